@@ -1,0 +1,8 @@
+"""monai-smia: SMIA (Stabilized Medical Image Attack, Qi et al., ICLR 2021) and baselines for MONAI."""
+
+from __future__ import annotations
+
+from monai_smia.attacks import FGSM, PGD, SMIA, Attack, AttackTrace, IterativeAttack, RandomSignNoise
+
+__version__ = "0.1.0"
+__all__ = ["SMIA", "PGD", "FGSM", "RandomSignNoise", "Attack", "IterativeAttack", "AttackTrace", "__version__"]

@@ -1,0 +1,117 @@
+"""Deviation and stabilization losses of SMIA (Qi et al., ICLR 2021, arXiv 2103.05232), per sample.
+
+Every function here returns one value per sample, shape ``(B,)``: the mean over classes' pixels for
+segmentation, so that a batch mean equals the usual "mean over batch and pixels" and an attack's
+result does not depend on how samples (or the slices of a volume) are batched.
+
+Networks with a single output channel are binary with logits: they use sigmoid and
+binary cross-entropy with logits, both for the deviation loss and for the stabilization term
+(softmax over one channel is constant 1 and would silently turn SMIA into PGD).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "prepare_labels",
+    "deviation_loss",
+    "stabilization_loss",
+    "soft_prediction",
+    "hard_prediction",
+    "per_sample_mean",
+    "DeviationLoss",
+]
+
+DeviationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_sample_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over every dim but the first: ``(B, ...) -> (B,)``."""
+    return t.reshape(t.shape[0], -1).mean(dim=1) if t.ndim > 1 else t
+
+
+def prepare_labels(labels: torch.Tensor, logits: torch.Tensor, name: str = "labels") -> torch.Tensor:
+    """Bring ``labels`` into the form :func:`deviation_loss` expects for ``logits``.
+
+    Multi-class (K > 1): integer class indices of shape ``(B,)`` (classification) or ``(B, *spatial)``
+    (segmentation). Accepted inputs: indices ``(B,)``/``(B, 1)``, label maps ``(B, 1, *sp)``/``(B, *sp)``,
+    one-hot ``(B, K[, *sp])``. Binary (K == 1): float targets shaped like ``logits``.
+
+    Raises:
+        ValueError: when the shape or the values do not fit the network output.
+    """
+    b, k, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
+    lab = labels.to(logits.device)
+    if lab.shape[:1] != (b,):
+        raise ValueError(f"{name} has batch size {tuple(lab.shape)[:1]}, the network output has {b}.")
+    rest = tuple(lab.shape[1:])
+    if k == 1:
+        if rest not in (spatial, (1, *spatial)) and not (not spatial and rest in ((), (1,))):
+            raise ValueError(
+                f"{name} of shape {tuple(lab.shape)} does not fit a single-channel output {tuple(logits.shape)}; "
+                f"expected (B, 1, *spatial) or (B, *spatial) binary targets."
+            )
+        return lab.reshape(logits.shape).to(torch.float32)
+    if rest == spatial:
+        idx = lab
+    elif rest == (1, *spatial):
+        idx = lab[:, 0]
+    elif rest == (k, *spatial):
+        idx = lab.argmax(dim=1)
+    else:
+        raise ValueError(
+            f"{name} of shape {tuple(lab.shape)} does not fit the network output {tuple(logits.shape)}; expected "
+            f"class indices (B,{' *spatial' if spatial else ''}), a label map (B, 1{', *spatial' if spatial else ''}) "
+            f"or one-hot (B, {k}{', *spatial' if spatial else ''})."
+        )
+    if idx.is_floating_point():
+        if not torch.equal(idx, idx.round()):
+            raise ValueError(f"{name} must hold integer class indices, got non-integer values.")
+    idx = idx.long()
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"{name} values must lie in [0, {k - 1}] for a {k}-channel output, got [{lo}, {hi}].")
+    return idx
+
+
+def deviation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Task loss per sample: cross-entropy (K > 1) or BCE with logits (K == 1), mean over pixels."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return per_sample_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
+    return per_sample_mean(F.cross_entropy(logits, target, reduction="none"))
+
+
+def soft_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities: softmax over channels, sigmoid for a single channel."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def hard_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted labels in the form :func:`deviation_loss` takes as target (argmax, or > 0 for one channel)."""
+    if logits.shape[1] == 1:
+        return (logits > 0).float()
+    return logits.argmax(dim=1)
+
+
+def stabilization_loss(logits: torch.Tensor, smoothed_prob: torch.Tensor, mode: str = "soft") -> torch.Tensor:
+    """SMIA's stabilization term per sample: cross-entropy of ``logits`` against the prediction
+    ``smoothed_prob`` on the Gaussian-smoothed perturbation (Qi et al. 2021, Eq. 5).
+
+    The soft cross-entropy has the gradient of KL(s || softmax(logits)), the quantity the paper analyses;
+    ``mode="hard"`` uses argmax(s), as the authors' released code does.
+    """
+    logits = logits.float()
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"stabilization must be 'soft' or 'hard', got {mode!r}.")
+    if logits.shape[1] == 1:
+        target = smoothed_prob if mode == "soft" else (smoothed_prob > 0.5).float()
+        return per_sample_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
+    if mode == "hard":
+        return per_sample_mean(F.cross_entropy(logits, smoothed_prob.argmax(dim=1), reduction="none"))
+    return per_sample_mean(-(smoothed_prob * F.log_softmax(logits, dim=1)).sum(dim=1))
