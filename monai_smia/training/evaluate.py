@@ -1,0 +1,112 @@
+"""Measure a segmentation bundle's checkpoint on one split, Dice per case and per label source.
+
+Usage (from the repository root)::
+
+    python -m monai_smia.training.evaluate --bundle_root bundles/lung_ct_seg --dataset_dir DIR [--split test]
+
+The bundle's ``configs/train.json`` supplies the validation preprocessing (image and label on the
+network's grid), the network and the validation inferer, so the test split is measured exactly as
+the validation split was during model selection. Dice is computed per volume on the foreground
+class on that grid, then averaged per ``label_source`` of the datalist items and over all cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import Dataset, decollate_batch
+from monai.data.utils import list_data_collate
+from monai.metrics import DiceMetric
+from monai.transforms import AsDiscrete
+
+from monai_smia.training.datalists import load_split
+
+__all__ = ["evaluate_segmentation_bundle", "load_checkpoint"]
+
+
+def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load ``path`` into ``network`` with ``weights_only=True``; accepts a bare or a {"model": ...} state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train the bundle first (see its docs/README.md)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    network.load_state_dict(state)
+    return network
+
+
+def evaluate_segmentation_bundle(
+    bundle_root: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    split: str = "test",
+    checkpoint: str | os.PathLike | None = None,
+    max_items: int | None = None,
+) -> dict[str, Any]:
+    """Dice of a bundle's checkpoint on ``split`` of ``dataset_dir``.
+
+    Args:
+        bundle_root: the bundle folder (holding ``configs/train.json``).
+        dataset_dir: a data_prep folder.
+        split: which split to measure.
+        checkpoint: defaults to ``bundle_root/models/model.pt``.
+        max_items: measure only the first items.
+
+    Returns:
+        ``{"split", "mean_dice", "by_source": {source: mean}, "cases": [{case, label_source, dice}]}``.
+    """
+    bundle_root = Path(bundle_root)
+    parser = ConfigParser()
+    parser.read_config(bundle_root / "configs" / "train.json")
+    parser["bundle_root"] = str(bundle_root)
+    parser["dataset_dir"] = str(dataset_dir)
+    parser["device"] = "$torch.device('cpu')"
+    network = parser.get_parsed_content("network_def")
+    load_checkpoint(network, checkpoint or bundle_root / "models" / "model.pt").eval()
+    transform = parser.get_parsed_content("validate#preprocessing")
+    inferer = parser.get_parsed_content("validate#inferer")
+    num_classes = int(parser.get_parsed_content("num_classes"))
+    items = load_split(dataset_dir, split, max_items=max_items, keys=None)
+    to_pred = AsDiscrete(argmax=True, to_onehot=num_classes)
+    to_label = AsDiscrete(to_onehot=num_classes)
+    metric = DiceMetric(include_background=False, reduction="none")
+    cases = []
+    with torch.no_grad():
+        for item in items:
+            data = list_data_collate([Dataset([{"image": item["image"], "label": item["label"]}], transform=transform)[0]])
+            logits = inferer(data["image"], network)
+            pred = to_pred(decollate_batch(logits)[0])
+            label = to_label(decollate_batch(data["label"])[0])
+            dice = float(metric(y_pred=pred[None], y=label[None]).mean())
+            cases.append({"case": item.get("case", item["image"]), "label_source": item.get("label_source", "unknown"), "dice": dice})
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for c in cases:
+        by_source[c["label_source"]].append(c["dice"])
+    mean = lambda v: float(sum(v) / len(v))  # noqa: E731
+    return {
+        "split": split,
+        "mean_dice": mean([c["dice"] for c in cases]),
+        "by_source": {k: mean(v) for k, v in sorted(by_source.items())},
+        "cases": cases,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m monai_smia.training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle_root", required=True)
+    p.add_argument("--dataset_dir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", default=None)
+    args = p.parse_args(argv)
+    print(json.dumps(evaluate_segmentation_bundle(args.bundle_root, args.dataset_dir, args.split, args.checkpoint), indent=2))
+
+
+if __name__ == "__main__":
+    main()
