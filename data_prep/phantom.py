@@ -118,7 +118,8 @@ def prepare(
     if num_cases < 3:
         raise ValueError(f"--num-cases must be at least 3 (one per split), got {num_cases}")
     names = [f"synthetic_phantom_{i:03d}" for i in range(num_cases)]
-    split = deterministic_split(names, (0.6, 0.2, 0.2))
+    n_hold = max(1, round(0.2 * num_cases))  # at least one phantom in validation and in test
+    split = deterministic_split(names, ((num_cases - 2 * n_hold) / num_cases, n_hold / num_cases, n_hold / num_cases))
     where = {n: s for s, ns in split.items() for n in ns}
     items: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
     with atomic_output_dir(out) as tmp:
