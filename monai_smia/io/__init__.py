@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from monai_smia.io.dicom_series import (
     DicomSeriesReport,
+    LoadSeriesImage,
+    LoadSeriesImaged,
     SingleSeriesITKReader,
     dicom_voxel_index,
     find_dicom_series,
@@ -20,6 +22,8 @@ from monai_smia.io.source_grid import (
 __all__ = [
     "DicomSeriesReport",
     "NiftiReport",
+    "LoadSeriesImage",
+    "LoadSeriesImaged",
     "SingleSeriesITKReader",
     "dicom_voxel_index",
     "find_dicom_series",

@@ -1,8 +1,11 @@
 """Read one CT series from a DICOM folder and write an adversarial copy as one new DICOM series.
 
-Reading goes through MONAI's ``ITKReader`` (``LoadImage(reader=SingleSeriesITKReader())``); unlike the
-plain reader, a folder holding several series is an error instead of a warning, so an attack never
-runs on whichever series ITK happens to list first.
+Reading goes through MONAI's ``ITKReader``: :class:`LoadSeriesImage` / :class:`LoadSeriesImaged` are
+MONAI's ``LoadImage`` / ``LoadImaged`` that read a folder with :class:`SingleSeriesITKReader`, for
+which a folder holding several series (or none) is an error instead of a warning, so an attack
+never runs on whichever series ITK happens to list first. (Plain ``LoadImage(reader=...)`` would
+fall back to its other readers when the given one refuses a folder, e.g. to ``PydicomReader``,
+which stacks every file of the folder.) Files are read as ``LoadImage`` reads them.
 
 Writing (:func:`write_adversarial_dicom_series`) keeps every source tag, then changes only what a
 derived image must change: ``ImageType`` starts with ``DERIVED\\SECONDARY``; pixel data are stored
@@ -10,7 +13,9 @@ uncompressed (explicit VR little endian, whatever the source transfer syntax, e.
 signed 16-bit integers with the source rescale intercept; new Series and SOP Instance UIDs are
 derived deterministically (``pydicom.uid.generate_uid(entropy_srcs=...)``) from the source UIDs,
 the attack settings and the written pixel data, so a rerun writes byte-identical files and a PACS
-sees one new series in the source study and frame of reference. No timestamps are added.
+sees one new series in the source study and frame of reference. No timestamps are added. Sources
+anonymised down to empty UIDs in the dataset fall back to their file meta for the SOP UIDs, and
+get a Study Instance UID derived from their SOP Instance UIDs.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import ITKReader
-from monai.utils import optional_import
+from monai.transforms import LoadImage, LoadImaged
+from monai.utils import ensure_tuple, optional_import
 
 pydicom, _has_pydicom = optional_import("pydicom")
 itk, _has_itk = optional_import("itk")
@@ -37,6 +43,8 @@ itk, _has_itk = optional_import("itk")
 __all__ = [
     "find_dicom_series",
     "SingleSeriesITKReader",
+    "LoadSeriesImage",
+    "LoadSeriesImaged",
     "DicomSeriesReport",
     "write_adversarial_dicom_series",
     "dicom_voxel_index",
@@ -100,6 +108,28 @@ class SingleSeriesITKReader(ITKReader):
             elif not Path(name).exists():
                 raise FileNotFoundError(f"image file {str(name)!r} does not exist.")
         return super().read(data, **kwargs)
+
+
+class LoadSeriesImage(LoadImage):
+    """MONAI's ``LoadImage``; a folder is read as one DICOM series by :class:`SingleSeriesITKReader`
+    with no fallback to other readers (errors name the folder). Arguments as ``LoadImage``."""
+
+    series_reader: SingleSeriesITKReader | None = None
+
+    def __call__(self, filename: Any, reader: Any = None) -> Any:
+        if reader is None and any(isinstance(f, (str, os.PathLike)) and Path(f).is_dir() for f in ensure_tuple(filename)):
+            if self.series_reader is None:
+                self.series_reader = SingleSeriesITKReader()
+            reader = self.series_reader
+        return super().__call__(filename, reader)
+
+
+class LoadSeriesImaged(LoadImaged):
+    """MONAI's ``LoadImaged`` reading DICOM folders as :class:`LoadSeriesImage` does. Arguments as ``LoadImaged``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loader.__class__ = LoadSeriesImage  # same state as LoadImage; only __call__ differs
 
 
 @dataclass
@@ -171,8 +201,23 @@ def _as_volume(perturbation: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return arr.astype(np.float64), affine
 
 
-def _derived_dataset(ds: Any, pixels: np.ndarray, slope: float, k: int, series_uid: str, sop_uid: str, info: Mapping[str, Any]) -> Any:
-    src_sop_class, src_sop = ds.SOPClassUID, ds.SOPInstanceUID
+def _source_uids(ds: Any) -> tuple[str, str]:
+    """SOP Class and Instance UID of a source file (from the file meta when the dataset's are empty)."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    sop = str(ds.get("SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
+    if not sop_class or not sop:
+        raise ValueError(f"DICOM file {getattr(ds, 'filename', '?')!r} has no SOP Class/Instance UID (neither in the dataset nor the file meta).")
+    return sop_class, sop
+
+
+def _derived_dataset(
+    ds: Any, pixels: np.ndarray, slope: float, k: int, series_uid: str, sop_uid: str, study_uid: str, info: Mapping[str, Any]
+) -> Any:
+    src_sop_class, src_sop = _source_uids(ds)
+    ds.SOPClassUID = src_sop_class
+    if not str(ds.get("StudyInstanceUID", "") or ""):
+        ds.StudyInstanceUID = study_uid
     image_type = list(ds.get("ImageType", ["ORIGINAL", "PRIMARY"]))
     image_type = ["DERIVED", "SECONDARY", *image_type[2:]]
     ds.ImageType = image_type
@@ -318,8 +363,10 @@ def write_adversarial_dicom_series(
     for arr in pixel_arrays:
         digest.update(arr.tobytes())
     src_series = str(datasets[0].get("SeriesInstanceUID", ""))
-    src_sops = [str(ds.SOPInstanceUID) for ds in datasets]
+    src_sops = [_source_uids(ds)[1] for ds in datasets]
     new_series = pydicom.uid.generate_uid(entropy_srcs=[src_series, *src_sops, settings_json, digest.hexdigest(), str(k)])
+    # sources without a StudyInstanceUID (anonymised) get one derived from their SOP Instance UIDs
+    study_uid = pydicom.uid.generate_uid(entropy_srcs=["study", *src_sops])
     derivation = f"source + adversarial perturbation, |d| <= {eps:g} (rescaled units); settings {settings_json}"
     info = {"suffix": series_description_suffix, "series_number_offset": series_number_offset, "derivation": derivation}
 
@@ -328,8 +375,8 @@ def write_adversarial_dicom_series(
     written, sop_uids = [], []
     try:
         for i, (ds, arr) in enumerate(zip(datasets, pixel_arrays)):
-            sop = pydicom.uid.generate_uid(entropy_srcs=[new_series, str(ds.SOPInstanceUID)])
-            ds = _derived_dataset(ds, arr, slope_out, k, new_series, sop, info)
+            sop = pydicom.uid.generate_uid(entropy_srcs=[new_series, src_sops[i]])
+            ds = _derived_dataset(ds, arr, slope_out, k, new_series, sop, study_uid, info)
             name = f"{i:04d}.dcm"
             ds.save_as(tmp / name, enforce_file_format=True, implicit_vr=False, little_endian=True)
             written.append(out / name)

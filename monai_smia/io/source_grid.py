@@ -22,9 +22,9 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import InvertibleTransform, Invertd, LoadImage
+from monai.transforms import InvertibleTransform, Invertd
 
-from monai_smia.io.dicom_series import SingleSeriesITKReader, find_dicom_series
+from monai_smia.io.dicom_series import LoadSeriesImage, find_dicom_series
 
 __all__ = ["invert_perturbation", "load_source_volume", "save_adversarial_nifti", "NiftiReport", "rounding_survival"]
 
@@ -85,7 +85,7 @@ def load_source_volume(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
         raise FileNotFoundError(f"source {str(path)!r} does not exist.")
     if path.is_dir():
         files = find_dicom_series(path)
-        img = LoadImage(reader=SingleSeriesITKReader(), image_only=True)(str(path))
+        img = LoadSeriesImage(image_only=True)(str(path))
         return np.asarray(img.numpy(), dtype=np.float64), np.asarray(img.affine.numpy(), dtype=np.float64), files
     try:
         nii = nib.load(str(path))

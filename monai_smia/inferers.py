@@ -1,0 +1,199 @@
+"""An inferer that attacks its input before predicting, for MONAI evaluators.
+
+``AttackInferer`` wraps a MONAI inferer (``SimpleInferer``, ``SliceInferer``, ``SlidingWindowInferer``):
+it attacks the batch through that inferer's view of the network, then predicts on the adversarial
+batch with the wrapped inferer. MONAI's ``SupervisedEvaluator`` runs inferers under
+``torch.no_grad()``; the attack turns gradients back on for itself.
+
+Ground-truth mode (the SMIA paper's setting) needs the labels in the inferer; evaluators pass only
+the image, so hand them over with ``PrepareBatchExtraInput({"labels": "label"})``. Without labels
+(or with ``use_labels=False``) the attack targets the network's own clean prediction. Attach
+:class:`AdversarialImageHandler` to keep the adversarial batch in ``engine.state.output`` for image
+metrics (PSNR, SSIM)::
+
+    inferer = AttackInferer(SMIA(net, eps=20.0, bounds=None), SliceInferer(roi_size=(256, 256), spatial_dim=2))
+    evaluator = SupervisedEvaluator(device, loader, net, inferer=inferer,
+                                    prepare_batch=PrepareBatchExtraInput({"labels": "label"}), ...)
+    AdversarialImageHandler(inferer, output_key="image_adv").attach(evaluator)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SimpleInferer, SliceInferer, SlidingWindowInferer
+from monai.utils import ensure_tuple, optional_import
+
+from monai_smia.attacks import Attack
+from monai_smia.slicewise import VolumeAttackResult, attack_volumes
+from monai_smia.transforms.array import attack_diagnostics
+
+IterationEvents, _ = optional_import("monai.engines.utils", name="IterationEvents")
+
+__all__ = ["AttackInferer", "AdversarialImageHandler", "InfererNetwork"]
+
+
+class InfererNetwork(torch.nn.Module):
+    """``inferer(x, network)`` as a module, so an attack sees the network the way the inferer runs it
+    (e.g. sliding windows with blending); MONAI's inferers let gradients reach the input."""
+
+    def __init__(self, inferer: Inferer, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.inferer = inferer
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.inferer(x, self.network)
+
+
+def _covers(roi_size: Any, shape: tuple[int, ...]) -> bool:
+    roi = ensure_tuple(roi_size)
+    if len(roi) == 1:
+        roi = roi * len(shape)
+    return all(int(r) <= 0 or int(r) >= s for r, s in zip(roi, shape))
+
+
+class AttackInferer(Inferer):
+    """Attack the inputs, then predict on them with ``inferer``.
+
+    Args:
+        attack: a :mod:`monai_smia` attack; it is applied to the network the evaluator passes in
+            (a shallow copy with that network swapped in when it differs from ``attack.network``).
+            A callable ``network -> Attack`` is accepted too.
+        inferer: the inferer to attack through and predict with (default ``SimpleInferer()``).
+            ``SliceInferer``: the attack runs slice by slice along its ``spatial_dim`` with the 2D
+            network (through sliding windows over each slice when ``roi_size`` is smaller than it),
+            ``slice_batch_size`` slices per call; the result equals attacking the whole volume
+            through the ``SliceInferer``. Other inferers: the attack differentiates through
+            ``inferer(x, network)`` on the whole input (use a 3D attack for 3D inputs).
+        slice_batch_size: slices per network call for ``SliceInferer``; default its ``sw_batch_size``.
+        use_labels: use ``labels`` when given (ground-truth mode); ``False``: always label-free.
+        compute_success: compute clean/adversarial error rates for :attr:`last_diagnostics`.
+        seed: seed of the CPU generator for random starts (one draw per volume); ``None``: torch's
+            global generator.
+
+    After each call, :attr:`last_adversarial` holds the adversarial batch, :attr:`last_result` the
+    :class:`~monai_smia.slicewise.VolumeAttackResult` and :attr:`last_diagnostics` one dict per volume.
+    """
+
+    def __init__(
+        self,
+        attack: Attack | Callable[[torch.nn.Module], Attack],
+        inferer: Inferer | None = None,
+        slice_batch_size: int | None = None,
+        use_labels: bool = True,
+        compute_success: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(attack, Attack) and not callable(attack):
+            raise TypeError(f"attack must be a monai_smia Attack or a callable network -> Attack, got {type(attack).__name__}.")
+        if inferer is not None and not isinstance(inferer, Inferer):
+            raise TypeError(f"inferer must be a MONAI Inferer, got {type(inferer).__name__}.")
+        self.attack = attack
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        if slice_batch_size is None:
+            slice_batch_size = int(getattr(self.inferer, "sw_batch_size", 16)) if isinstance(self.inferer, SliceInferer) else 16
+        if isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1:
+            raise ValueError(f"slice_batch_size must be an integer >= 1, got {slice_batch_size!r}.")
+        self.slice_batch_size = slice_batch_size
+        self.use_labels = use_labels
+        self.compute_success = compute_success
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._bound: dict[tuple[int, int], Attack] = {}
+        self.last_adversarial: torch.Tensor | None = None
+        self.last_result: VolumeAttackResult | None = None
+        self.last_diagnostics: list[dict[str, Any]] = []
+
+    def _bind(self, network: torch.nn.Module) -> Attack:
+        key = (id(network), id(self.attack))
+        if key not in self._bound:
+            if isinstance(self.attack, Attack):
+                bound = self.attack
+                if network is not bound.network:
+                    bound = copy.copy(bound)
+                    bound.network = network
+            else:
+                bound = self.attack(network)
+                if not isinstance(bound, Attack):
+                    raise TypeError(f"the attack factory returned {type(bound).__name__}, not a monai_smia Attack.")
+            self._bound = {key: bound}
+        return self._bound[key]
+
+    def attack_network(self, inputs: torch.Tensor, network: torch.nn.Module) -> tuple[torch.nn.Module, int | None]:
+        """The module the attack differentiates through, and the slice dim (``None``: whole input)."""
+        inf = self.inferer
+        if isinstance(inf, SliceInferer):
+            dim = int(inf.spatial_dim)
+            if inputs.ndim != 5 or not 0 <= dim <= 2:
+                raise ValueError(
+                    f"SliceInferer(spatial_dim={dim}) needs (B, C, H, W, D) inputs, got shape {tuple(inputs.shape)}."
+                )
+            slice_shape = tuple(s for i, s in enumerate(inputs.shape[2:]) if i != dim)
+            if _covers(inf.orig_roi_size, slice_shape):
+                return network, dim
+            window = SlidingWindowInferer(
+                roi_size=inf.orig_roi_size,
+                sw_batch_size=inf.sw_batch_size,
+                overlap=inf.overlap,
+                mode=inf.mode,
+                sigma_scale=inf.sigma_scale,
+                padding_mode=inf.padding_mode,
+                cval=inf.cval,
+            )
+            return InfererNetwork(window, network), dim
+        if isinstance(inf, SimpleInferer):
+            return network, None
+        return InfererNetwork(inf, network), None
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """Attack ``inputs`` (with ``labels`` in ground-truth mode), then return ``inferer(x_adv, network)``.
+
+        ``args``/``kwargs`` go to the wrapped inferer's prediction call only.
+        """
+        if not isinstance(network, torch.nn.Module):
+            raise TypeError(f"AttackInferer needs a torch.nn.Module network, got {type(network).__name__}.")
+        attack_net, slice_dim = self.attack_network(inputs, network)
+        attack = self._bind(attack_net)
+        lab = labels if self.use_labels else None
+        result = attack_volumes(
+            attack,
+            inputs,
+            labels=lab,
+            slice_dim=slice_dim,
+            slice_batch_size=self.slice_batch_size,
+            generator=self.generator,
+            compute_success=self.compute_success,
+        )
+        self.last_result = result
+        self.last_adversarial = result.adversarial
+        self.last_diagnostics = [attack_diagnostics(attack, result, b, lab is None, slice_dim) for b in range(inputs.shape[0])]
+        return self.inferer(result.adversarial, network, *args, **kwargs)
+
+
+class AdversarialImageHandler:
+    """Put the adversarial batch of an :class:`AttackInferer` into ``engine.state.output[output_key]``.
+
+    It runs on ``IterationEvents.FORWARD_COMPLETED``, before MONAI's decollation and
+    postprocessing, so per-item outputs carry it too and metrics (``PSNR``, ``SSIM`` handlers with
+    ``output_transform=from_engine([output_key, "image"])``) can read it.
+    """
+
+    def __init__(self, inferer: AttackInferer, output_key: str = "image_adv") -> None:
+        if not isinstance(inferer, AttackInferer):
+            raise TypeError(f"inferer must be an AttackInferer, got {type(inferer).__name__}.")
+        self.inferer = inferer
+        self.output_key = output_key
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        if not isinstance(engine.state.output, dict):
+            raise TypeError("AdversarialImageHandler expects engine.state.output to be a dict at FORWARD_COMPLETED.")
+        if self.inferer.last_adversarial is None:
+            raise RuntimeError("the AttackInferer has not run yet; is it the evaluator's inferer?")
+        engine.state.output[self.output_key] = self.inferer.last_adversarial
