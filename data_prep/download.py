@@ -190,9 +190,7 @@ def find_covid_pairs(folder: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     cts = [p for p in files if "_org_" in p.name]
     masks = {_case_key(_nii_stem(p)): p for p in files if "_org_" not in p.name and "lung" in str(p.parent).lower()}
     if not cts:
-        raise FileNotFoundError(
-            f"no CT volumes (*_org_*.nii.gz) under {folder}. Manual steps: {MANUAL['covid19_ct']}"
-        )
+        raise FileNotFoundError(f"no CT volumes (*_org_*.nii.gz) under {folder}. Manual steps: {MANUAL['covid19_ct']}")
     triples = []
     for ct in cts:
         key = _case_key(_nii_stem(ct))
@@ -232,7 +230,9 @@ def _prepare_covid(out: Path, dataset: str, cache: Path, manual_dir: Path | None
                 except Exception as e:
                     raise ValueError(f"cannot read {ct_path.name} or {mask_path.name} ({e}); re-download them") from e
                 if tuple(ct.shape) != tuple(mask_data.shape):
-                    raise ValueError(f"{ct_path.name} has shape {ct.shape} but its mask {mask_path.name} {mask_data.shape}")
+                    raise ValueError(
+                        f"{ct_path.name} has shape {ct.shape} but its mask {mask_path.name} {mask_data.shape}"
+                    )
                 nib.save(ct, str(tmp / "images" / f"{key}.nii.gz"))
                 label = nib.Nifti1Image((mask_data > 0).astype(np.uint8), ct.affine, ct.header)
                 label.set_data_dtype(np.uint8)
@@ -370,7 +370,9 @@ def _read_ead_mask(path: Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[0] != len(EAD_CLASSES) and arr.shape[-1] == len(EAD_CLASSES):
         arr = np.moveaxis(arr, -1, 0)
     if arr.ndim != 3 or arr.shape[0] != len(EAD_CLASSES):
-        raise ValueError(f"{path}: expected {len(EAD_CLASSES)} mask pages {EAD_CLASSES}, got array of shape {arr.shape}")
+        raise ValueError(
+            f"{path}: expected {len(EAD_CLASSES)} mask pages {EAD_CLASSES}, got array of shape {arr.shape}"
+        )
     return (arr > 127).astype(np.uint8)
 
 
@@ -445,7 +447,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--out", required=True, help="output dataset folder (written atomically)")
     parser.add_argument("--manual-dir", default=None, help="folder with a manual download (skips the network)")
-    parser.add_argument("--cache", default=None, help="download cache (default ~/.cache/monai-smia or $MONAI_SMIA_CACHE)")
+    parser.add_argument(
+        "--cache", default=None, help="download cache (default ~/.cache/monai-smia or $MONAI_SMIA_CACHE)"
+    )
     parser.add_argument("--size", type=int, default=224, help="fundus image size for aptos2019/kaggle_dr")
     args = parser.parse_args(argv)
     try:

@@ -125,7 +125,9 @@ def load_npz(path: str | os.PathLike, dataset: str) -> dict[str, tuple[np.ndarra
         images, labels = check_images_labels(images, labels, info.num_classes, f"{path}[{split}_images/labels]")
         channels = 1 if images.ndim == 3 else images.shape[-1]
         if channels != info.channels:
-            raise ValueError(f"{path}[{split}_images]: {info.name} images have {info.channels} channel(s), got {channels}")
+            raise ValueError(
+                f"{path}[{split}_images]: {info.name} images have {info.channels} channel(s), got {channels}"
+            )
         out[split] = (images, labels)
     return out
 

@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder with the MNIST idx.gz files")
     parser.add_argument("--out", required=True, help="output dataset folder (replaced atomically)")
-    parser.add_argument(
-        "--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VAL", "TEST")
-    )
+    parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--use-train-files", action="store_true", help="use the official 60k training files too")
     parser.add_argument("--force", action="store_true", help="rebuild even if --out is up to date")
     args = parser.parse_args(argv)

@@ -15,9 +15,18 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir()) if (ROOT / "bundles").is_dir() else []
+BUNDLES = (
+    sorted(p for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir()) if (ROOT / "bundles").is_dir() else []
+)
 SCHEMA = Path(os.environ.get("MONAI_SMIA_SCHEMA", ROOT / ".." / "shared" / "monai" / "meta_schema_20240725.json"))
-REQUIRED = ("configs/metadata.json", "configs/train.json", "configs/inference.json", "configs/logging.conf", "docs/README.md", "LICENSE")
+REQUIRED = (
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/inference.json",
+    "configs/logging.conf",
+    "docs/README.md",
+    "LICENSE",
+)
 MAX_MODEL_BYTES = 10 * 1024 * 1024
 
 pytestmark = pytest.mark.skipif(not BUNDLES, reason="no bundles/ folder with configs yet")

@@ -41,7 +41,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -104,7 +106,9 @@ def test_committed_checkpoint_matches_eval_metrics(prepared, tmp_path):
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, ScaleIntensityRange
 
     net = load_weights(_network(bundle), ROOT / "bundles" / bundle / "models" / "model.pt")
-    load = Compose([LoadImage(reader="PILReader", image_only=True), EnsureChannelFirst(), ScaleIntensityRange(0, 255, 0, 1)])
+    load = Compose(
+        [LoadImage(reader="PILReader", image_only=True), EnsureChannelFirst(), ScaleIntensityRange(0, 255, 0, 1)]
+    )
     items = load_split(data, "test")
     x = torch.stack([torch.as_tensor(load(it["image"])) for it in items]).float()
     y = torch.tensor([it["label"] for it in items])

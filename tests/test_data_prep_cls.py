@@ -25,7 +25,11 @@ from data_prep.layout import load_datalist
 Image = pytest.importorskip("PIL.Image")
 
 DATA = Path(os.environ.get("MONAI_SMIA_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
-NPZ = {"retinamnist": "fundus/retinamnist.npz", "pneumoniamnist": "xray/pneumoniamnist.npz", "breastmnist": "ultrasound/breastmnist.npz"}
+NPZ = {
+    "retinamnist": "fundus/retinamnist.npz",
+    "pneumoniamnist": "xray/pneumoniamnist.npz",
+    "breastmnist": "ultrasound/breastmnist.npz",
+}
 NUM_CLASSES = {"retinamnist": 5, "pneumoniamnist": 2, "breastmnist": 2}
 SPLIT_OF = {"training": "train", "validation": "val", "test": "test"}
 
@@ -104,7 +108,9 @@ def test_medmnist_bad_input(tmp_path):
         mm.load_npz(corrupt, "retinamnist")
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 255, (4, 28, 28, 3), dtype=np.uint8)
-    good = {f"{s}_images": imgs for s in ("train", "val", "test")} | {f"{s}_labels": np.zeros((4, 1), np.uint8) for s in ("train", "val", "test")}
+    good = {f"{s}_images": imgs for s in ("train", "val", "test")} | {
+        f"{s}_labels": np.zeros((4, 1), np.uint8) for s in ("train", "val", "test")
+    }
     missing = {k: v for k, v in good.items() if k != "val_labels"}
     np.savez(tmp_path / "missing.npz", **missing)
     with pytest.raises(ValueError, match="val_labels"):
@@ -258,7 +264,13 @@ def _nifti(path: Path, data: np.ndarray) -> None:
 def test_covid19_ct_converter_pairs_and_binarises(tmp_path):
     """Files named like Zenodo record 3757476 (tiny volumes written here; the real record is not stored)."""
     src = tmp_path / "zenodo"
-    cases = ["coronacases_org_001", "coronacases_org_002", "coronacases_org_003", "radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm", "radiopaedia_org_covid-19-pneumonia-7_85703_0-dcm"]
+    cases = [
+        "coronacases_org_001",
+        "coronacases_org_002",
+        "coronacases_org_003",
+        "radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm",
+        "radiopaedia_org_covid-19-pneumonia-7_85703_0-dcm",
+    ]
     masks = ["coronacases_001", "coronacases_002", "coronacases_003", "radiopaedia_4_85506_1", "radiopaedia_7_85703_0"]
     rng = np.random.default_rng(0)
     for c, m in zip(cases, masks):
