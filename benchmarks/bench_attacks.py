@@ -1,0 +1,124 @@
+"""Milliseconds per iteration of FGSM, PGD, SMIA and torchattacks' PGD, and SMIA's cost against its floor.
+
+SMIA's floor per call is T forward+backward passes, T-1 forward passes without gradient (the
+prediction on the smoothed perturbation) and T-1 Gaussian smoothings; PGD's is T forward+backward
+passes. The table divides measured times by these floors, each component measured in the same run.
+
+Usage: ``python benchmarks/bench_attacks.py [--repeats 3] [--device cpu|cuda] [--amp]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from typing import Callable
+
+import torch
+from monai.networks.nets import DenseNet121, UNet
+
+from monai_smia import FGSM, PGD, SMIA
+from monai_smia.attacks import frozen_network
+from monai_smia.attacks.smia import PerturbationSmoother
+
+T = 10
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Best-of-``repeats`` wall time in seconds (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench(name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, amp: bool) -> dict[str, float]:
+    device = x.device
+    eps = 4 / 255
+    net.eval()
+    res: dict[str, float] = {}
+
+    def fwd_bwd() -> None:
+        with frozen_network(net), torch.enable_grad():
+            xr = x.clone().requires_grad_(True)
+            with torch.autocast(device.type, enabled=amp):
+                out = net(xr)
+            torch.autograd.grad(torch.nn.functional.cross_entropy(out.float(), y, reduction="sum"), xr)
+
+    def fwd() -> None:
+        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+            net(x)
+
+    smoother = PerturbationSmoother(1.0, x.ndim - 2)
+    d = torch.rand_like(x)
+
+    def gauss() -> None:
+        smoother(d)
+
+    res["fwd_bwd"] = timed(fwd_bwd, repeats, device)
+    res["fwd"] = timed(fwd, repeats, device)
+    res["gauss"] = timed(gauss, repeats, device)
+    attacks = {
+        "FGSM": FGSM(net, eps=eps, amp=amp),
+        "PGD": PGD(net, eps=eps, num_iter=T, amp=amp),
+        "SMIA": SMIA(net, eps=eps, num_iter=T, spatial_dims=x.ndim - 2, amp=amp),
+    }
+    for k, attack in attacks.items():
+        res[k] = timed(lambda a=attack: a(x, y), repeats, device)
+    try:
+        import torchattacks
+
+        ta = torchattacks.PGD(net, eps=eps, alpha=2.5 * eps / T, steps=T, random_start=False)
+        res["torchattacks_PGD"] = timed(lambda: ta(x, y), repeats, device) if not amp else float("nan")
+    except ImportError:
+        res["torchattacks_PGD"] = float("nan")
+    floor_smia = T * res["fwd_bwd"] + (T - 1) * (res["fwd"] + res["gauss"])
+    floor_pgd = T * res["fwd_bwd"]
+    res["floor_ratio"] = floor_smia / floor_pgd
+    res["smia_over_pgd"] = res["SMIA"] / res["PGD"]
+    res["smia_over_pgd_vs_floor"] = res["smia_over_pgd"] / res["floor_ratio"]
+    res["pgd_over_bare"] = res["PGD"] / floor_pgd
+    res["ours_over_torchattacks"] = res["PGD"] / res["torchattacks_PGD"]
+    res["name"] = name  # type: ignore[assignment]
+    return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="run the networks under autocast")
+    parser.add_argument("--densenet-size", type=int, default=96, help="side of the DenseNet121 inputs (default 96)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    unet = UNet(2, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2).to(device)
+    dense = DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).to(device)
+    s = args.densenet_size
+    cases = [
+        ("UNet 2D, 8 x 1 x 256 x 256", unet, torch.rand(8, 1, 256, 256, device=device), torch.randint(0, 2, (8, 256, 256), device=device)),
+        (f"DenseNet121 2D, 16 x 3 x {s} x {s}", dense, torch.rand(16, 3, s, s, device=device), torch.randint(0, 5, (16,), device=device)),
+    ]
+    rows = [bench(name, net, x, y, args.repeats, args.amp) for name, net, x, y in cases]
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}\n")
+    print("| network | FGSM ms/it | PGD ms/it | SMIA ms/it | torchattacks PGD ms/it | floor SMIA/PGD | SMIA/PGD / floor | PGD / T bare fwd+bwd | ours / torchattacks |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['name']} | {1e3 * r['FGSM']:.1f} | {1e3 * r['PGD'] / T:.1f} | {1e3 * r['SMIA'] / T:.1f} | "
+            f"{1e3 * r['torchattacks_PGD'] / T:.1f} | {r['floor_ratio']:.3f} | {r['smia_over_pgd_vs_floor']:.3f} | "
+            f"{r['pgd_over_bare']:.3f} | {r['ours_over_torchattacks']:.3f} |"
+        )
+    print("\naims: SMIA/PGD / floor <= 1.05; PGD / T bare fwd+bwd <= 1.05; ours / torchattacks <= 1.05")
+
+
+if __name__ == "__main__":
+    main()
