@@ -16,12 +16,17 @@ came from (``label_source``):
 - ``hu_threshold``: a classical mask (:func:`data_prep.lung_masks.lung_mask_from_hu`) for CT
   without lung labels (the Lung-PET-CT-Dx chest series, the TotalSegmentator chest crops).
 
+The TotalSegmentator DICOM example (an abdomen, no lung in its label; its label array is flipped
+along y, so both are brought to LPS orientation and paired by world coordinates) is kept as a
+negative example: it teaches that bowel gas is not lung.
+
 Split by patient, never by slice (``example_ct`` and ``example_ct_sm`` are the same series, and
 ``pulm_ct_cropped`` lies inside ``aorta_ct_cropped``: one patient each). The independently
 labelled patients are all kept for the test split: agreement with a threshold mask only measures
 agreement with the thresholding recipe, while the CIP and TotalSegmentator masks measure lung
 segmentation itself. The threshold-labelled patients are assigned so that training sees a
-full-field chest CT, validation the tight crops and test the other full-field chest CT; the test
+full-field chest CT (and the abdominal negative example), validation the tight crops and test
+the other full-field chest CT; the test
 split therefore holds both kinds of label and Dice is reported for each kind separately.
 Patients not in that table are split by :func:`data_prep.layout.deterministic_split`.
 """
@@ -63,6 +68,7 @@ class CTCase:
         lung_values: label values that make up the lungs (empty: any non-zero value).
         label_names: JSON file mapping label values to names, checked to contain "lung" for every
             value of ``lung_values`` (guards against an unknown label map).
+        allow_empty: the CT holds no lung (a negative example); otherwise an empty label is an error.
     """
 
     case: str
@@ -72,7 +78,7 @@ class CTCase:
     label_source: str
     lung_values: tuple[int, ...] = ()
     label_names: str | None = None
-    notes: str = ""
+    allow_empty: bool = False
 
 
 TS = "ct/totalsegmentator"
@@ -104,12 +110,23 @@ CASES: tuple[CTCase, ...] = (
         (10, 11, 12, 13, 14),
         f"{TS}/labels_v2.json",
     ),
+    CTCase(
+        "ts_example_dicom",
+        "totalsegmentator_dicom_example",
+        f"{TS}/example_ct_dicom",
+        f"{TS}/example_seg_dicom.nii.gz",
+        "totalsegmentator_lobes",
+        (10, 11, 12, 13, 14),
+        f"{TS}/labels_v2.json",
+        allow_empty=True,
+    ),
     CTCase("ts_pulm_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/pulm_ct_cropped.nii.gz", None, "hu_threshold"),
     CTCase("ts_aorta_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/aorta_ct_cropped.nii.gz", None, "hu_threshold"),
 )
 
 PATIENT_SPLIT: dict[str, str] = {
     "Lung_Dx-A0001": "training",
+    "totalsegmentator_dicom_example": "training",
     "totalsegmentator_contrast_chest": "validation",
     "Lung_Dx-A0002": "test",
     "COPDGene_10002K": "test",
@@ -339,7 +356,7 @@ def prepare(
             logger.info("converting %s (%s)", c.case, c.label_source)
             image, label = load_case(c, data_dir, spacing)
             frac = float(sitk.GetArrayViewFromImage(label).mean())
-            if frac == 0:
+            if frac == 0 and not c.allow_empty:
                 raise ValueError(f"{c.case}: the lung label from {c.label or c.image} is empty")
             sitk.WriteImage(image, str(tmp / "images" / f"{c.case}.nii.gz"), useCompression=True)
             sitk.WriteImage(label, str(tmp / "labels" / f"{c.case}.nii.gz"), useCompression=True)

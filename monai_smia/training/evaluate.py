@@ -26,9 +26,12 @@ from monai.data.utils import list_data_collate
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 
+from data_prep.layout import write_json_atomic
 from monai_smia.training.datalists import load_split
 
-__all__ = ["evaluate_segmentation_bundle", "load_checkpoint"]
+INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")
+
+__all__ = ["evaluate_segmentation_bundle", "load_checkpoint", "metrics_for_metadata"]
 
 
 def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -89,13 +92,25 @@ def evaluate_segmentation_bundle(
     by_source: dict[str, list[float]] = defaultdict(list)
     for c in cases:
         by_source[c["label_source"]].append(c["dice"])
-    mean = lambda v: float(sum(v) / len(v))  # noqa: E731
+    mean = lambda v: float(sum(v) / len(v)) if v else float("nan")  # noqa: E731
+    valid = [c for c in cases if c["dice"] == c["dice"]]  # NaN: no lung in the label
     return {
         "split": split,
-        "mean_dice": mean([c["dice"] for c in cases]),
-        "by_source": {k: mean(v) for k, v in sorted(by_source.items())},
+        "mean_dice": mean([c["dice"] for c in valid]),
+        "independent_labels_dice": mean([c["dice"] for c in valid if c["label_source"] in INDEPENDENT_SOURCES]),
+        "by_source": {k: mean([d for d in v if d == d]) for k, v in sorted(by_source.items())},
         "cases": cases,
     }
+
+
+def metrics_for_metadata(result: dict[str, Any]) -> dict[str, float]:
+    """Flatten an :func:`evaluate_segmentation_bundle` result into ``eval_metrics`` entries."""
+    split = result["split"]
+    out = {f"{split}_mean_dice": round(result["mean_dice"], 4)}
+    out[f"{split}_dice_independent_labels"] = round(result["independent_labels_dice"], 4)
+    out.update({f"{split}_dice_{k}": round(v, 4) for k, v in result["by_source"].items()})
+    out.update({f"{split}_dice_case_{c['case']}": round(c["dice"], 4) for c in result["cases"] if c["dice"] == c["dice"]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,8 +119,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--checkpoint", default=None)
+    p.add_argument(
+        "--write_metadata", action="store_true", help="merge the results into configs/metadata.json eval_metrics"
+    )
     args = p.parse_args(argv)
-    print(json.dumps(evaluate_segmentation_bundle(args.bundle_root, args.dataset_dir, args.split, args.checkpoint), indent=2))
+    result = evaluate_segmentation_bundle(args.bundle_root, args.dataset_dir, args.split, args.checkpoint)
+    print(json.dumps(result, indent=2))
+    if args.write_metadata:
+        meta_path = Path(args.bundle_root) / "configs" / "metadata.json"
+        with open(meta_path) as f:
+            meta = json.load(f)
+        meta.setdefault("eval_metrics", {}).update(metrics_for_metadata(result))
+        write_json_atomic(meta_path, meta)
+        print(f"updated eval_metrics in {meta_path}")
 
 
 if __name__ == "__main__":
