@@ -179,16 +179,23 @@ def _nii_stem(path: Path) -> str:
     return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
 
 
+def _is_lung_mask_dir(path: Path, root: Path) -> bool:
+    """True for files under a ``Lung_Mask`` folder (not ``Infection_Mask`` nor ``Lung_and_Infection_Mask``)."""
+    rel = str(path.relative_to(root).parent).lower()
+    return "lung" in rel and "infection" not in rel
+
+
 def find_covid_pairs(folder: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     """Find (case, CT, lung mask) triples in an unzipped copy of Zenodo record 3757476.
 
     CT volumes are the NIfTI files whose name contains ``_org_``; lung masks are the others, found under a
-    folder named like ``Lung_Mask``. Raises FileNotFoundError if a CT has no mask (or none are found).
+    folder named like ``Lung_Mask`` (infection masks are ignored).
+    Raises FileNotFoundError if a CT has no mask (or none are found).
     """
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*.nii*") if p.is_file())
     cts = [p for p in files if "_org_" in p.name]
-    masks = {_case_key(_nii_stem(p)): p for p in files if "_org_" not in p.name and "lung" in str(p.parent).lower()}
+    masks = {_case_key(_nii_stem(p)): p for p in files if "_org_" not in p.name and _is_lung_mask_dir(p, folder)}
     if not cts:
         raise FileNotFoundError(f"no CT volumes (*_org_*.nii.gz) under {folder}. Manual steps: {MANUAL['covid19_ct']}")
     triples = []

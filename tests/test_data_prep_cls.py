@@ -276,6 +276,9 @@ def test_covid19_ct_converter_pairs_and_binarises(tmp_path):
     for c, m in zip(cases, masks):
         _nifti(src / "COVID-19-CT-Seg_20cases" / f"{c}.nii.gz", rng.integers(-1000, 400, (8, 8, 3)).astype(np.int16))
         _nifti(src / "Lung_Mask" / f"{m}.nii.gz", rng.integers(0, 3, (8, 8, 3)).astype(np.uint8))
+        # infection masks share the lung masks' names; they must not be taken for lung masks
+        _nifti(src / "Lung_and_Infection_Mask" / f"{m}.nii.gz", np.full((8, 8, 3), 3, np.uint8))
+        _nifti(src / "Infection_Mask" / f"{m}.nii.gz", np.zeros((8, 8, 3), np.uint8))
     out = tmp_path / "covid"
     dl.prepare_dataset("covid19_ct", out, manual_dir=src)
     obj = load_datalist(out)
@@ -283,8 +286,11 @@ def test_covid19_ct_converter_pairs_and_binarises(tmp_path):
     assert sorted(it["patient"] for it in items) == sorted(dl._case_key(m) for m in masks)
     assert all(obj[s] for s in ("training", "validation", "test"))
     nib = pytest.importorskip("nibabel")
-    lab = np.asarray(nib.load(str(out / items[0]["label"])).dataobj)
-    assert set(np.unique(lab)) <= {0, 1} and lab.any()
+    for it in items:  # binarised copy of the Lung_Mask volume (labels 1 and 2 -> 1)
+        lab = np.asarray(nib.load(str(out / it["label"])).dataobj)
+        mask_name = masks[[dl._case_key(m) for m in masks].index(it["patient"])]
+        src_mask = np.asarray(nib.load(str(src / "Lung_Mask" / f"{mask_name}.nii.gz")).dataobj)
+        np.testing.assert_array_equal(lab, (src_mask > 0).astype(np.uint8))
     (src / "Lung_Mask" / "radiopaedia_7_85703_0.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match="no lung mask for radiopaedia_org_covid-19-pneumonia-7"):
         dl.prepare_dataset("covid19_ct", tmp_path / "covid2", manual_dir=src)
