@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from monai_smia.attacks import Attack, AttackTrace, frozen_network
+from monai_smia.attacks import Attack, AttackTrace, RandomSignNoise, frozen_network
 from monai_smia.losses import hard_prediction, prepare_labels
 
 __all__ = ["VolumeAttackResult", "attack_volumes", "network_device", "draw_random_start"]
@@ -114,8 +114,9 @@ def attack_volumes(
         slice_batch_size: slices per network call (>= 1).
         device: where the network runs; default: the network's device. Results come back to the
             images' device.
-        delta_init: starting perturbation ``(B, C, *spatial)`` for random starts; drawn here per
-            volume with ``generator`` when ``None`` and the attack has ``random_start``.
+        delta_init: starting perturbation ``(B, C, *spatial)`` for random starts (the signs, for
+            ``RandomSignNoise``); drawn here per volume with ``generator`` when ``None`` and the
+            attack has ``random_start`` or is ``RandomSignNoise``.
         generator: CPU random generator for the random start.
         compute_success: also predict the clean and adversarial inputs (one extra forward each per
             slice batch, no gradient) to report error rates.
@@ -163,7 +164,7 @@ def attack_volumes(
         mask = mask.expand(images.shape[0], *mask.shape[1:])
     if delta_init is not None and tuple(delta_init.shape) != tuple(images.shape):
         raise ValueError(f"delta_init has shape {tuple(delta_init.shape)}, images {tuple(images.shape)}.")
-    if delta_init is None and getattr(attack, "random_start", False):
+    if delta_init is None and (getattr(attack, "random_start", False) or isinstance(attack, RandomSignNoise)):
         delta_init = draw_random_start(attack, images.shape, images.dtype, generator)
 
     dev = torch.device(device) if device is not None else network_device(attack.network, images.device)

@@ -149,7 +149,7 @@ class AdversarialAttack(Randomizable, Transform):
         attack = self.get_attack(x)
         if randomize:
             self.randomize()
-        generator = self._generator if getattr(attack, "random_start", False) else None
+        generator = self._generator
         result = attack_volumes(
             attack,
             x.unsqueeze(0),
