@@ -77,7 +77,9 @@ def main() -> None:
             # a fixed mmap threshold makes glibc return freed activation buffers to the OS, so RSS
             # follows live memory instead of heap fragmentation (glibc's dynamic threshold grows to 32 MiB)
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
+            )
             rows.append(json.loads(out))
     print("| slices | slice_batch_size | volume (MiB) | peak RSS - base (MiB) | activation (MiB) |")
     print("|---:|---:|---:|---:|---:|")

@@ -33,7 +33,7 @@ from monai_smia.transforms.array import attack_diagnostics
 
 IterationEvents, _ = optional_import("monai.engines.utils", name="IterationEvents")
 
-__all__ = ["AttackInferer", "AdversarialImageHandler", "InfererNetwork"]
+__all__ = ["AdversarialImageHandler", "AttackInferer", "InfererNetwork"]
 
 
 class InfererNetwork(torch.nn.Module):
@@ -90,13 +90,17 @@ class AttackInferer(Inferer):
     ) -> None:
         super().__init__()
         if not isinstance(attack, Attack) and not callable(attack):
-            raise TypeError(f"attack must be a monai_smia Attack or a callable network -> Attack, got {type(attack).__name__}.")
+            raise TypeError(
+                f"attack must be a monai_smia Attack or a callable network -> Attack, got {type(attack).__name__}."
+            )
         if inferer is not None and not isinstance(inferer, Inferer):
             raise TypeError(f"inferer must be a MONAI Inferer, got {type(inferer).__name__}.")
         self.attack = attack
         self.inferer = inferer if inferer is not None else SimpleInferer()
         if slice_batch_size is None:
-            slice_batch_size = int(getattr(self.inferer, "sw_batch_size", 16)) if isinstance(self.inferer, SliceInferer) else 16
+            slice_batch_size = (
+                int(getattr(self.inferer, "sw_batch_size", 16)) if isinstance(self.inferer, SliceInferer) else 16
+            )
         if isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be an integer >= 1, got {slice_batch_size!r}.")
         self.slice_batch_size = slice_batch_size
@@ -149,7 +153,14 @@ class AttackInferer(Inferer):
             return network, None
         return InfererNetwork(inf, network), None
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Attack ``inputs`` (with ``labels`` in ground-truth mode), then return ``inferer(x_adv, network)``.
 
         ``args``/``kwargs`` go to the wrapped inferer's prediction call only.
@@ -170,7 +181,9 @@ class AttackInferer(Inferer):
         )
         self.last_result = result
         self.last_adversarial = result.adversarial
-        self.last_diagnostics = [attack_diagnostics(attack, result, b, lab is None, slice_dim) for b in range(inputs.shape[0])]
+        self.last_diagnostics = [
+            attack_diagnostics(attack, result, b, lab is None, slice_dim) for b in range(inputs.shape[0])
+        ]
         return self.inferer(result.adversarial, network, *args, **kwargs)
 
 

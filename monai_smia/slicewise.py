@@ -20,7 +20,7 @@ import torch
 from monai_smia.attacks import Attack, AttackTrace, RandomSignNoise, frozen_network
 from monai_smia.losses import hard_prediction, prepare_labels
 
-__all__ = ["VolumeAttackResult", "attack_volumes", "network_device", "draw_random_start"]
+__all__ = ["VolumeAttackResult", "attack_volumes", "draw_random_start", "network_device"]
 
 
 @dataclass
@@ -52,7 +52,9 @@ def network_device(network: torch.nn.Module, default: torch.device | str | None 
     return torch.device(default) if default is not None else torch.device("cpu")
 
 
-def draw_random_start(attack: Attack, shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator | None) -> torch.Tensor:
+def draw_random_start(
+    attack: Attack, shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator | None
+) -> torch.Tensor:
     """Uniform noise in ``[-eps, eps]`` of ``shape`` on the CPU: one draw per volume, then sliced."""
     noise = torch.rand(tuple(shape), generator=generator, dtype=torch.promote_types(dtype, torch.float32))
     return (noise * 2 - 1) * attack.eps
@@ -139,11 +141,17 @@ def attack_volumes(
                 f"dims; use 0..{n_spatial - 1} (2 = axial after RAS orientation) or None for a whole-volume attack."
             )
         if n_spatial < 2:
-            raise ValueError(f"slice-wise attacks need at least 2 spatial dims, images have shape {tuple(images.shape)}.")
+            raise ValueError(
+                f"slice-wise attacks need at least 2 spatial dims, images have shape {tuple(images.shape)}."
+            )
     expected = getattr(attack, "spatial_dims", None)
     got = n_spatial - (1 if slice_dim is not None else 0)
     if expected is not None and expected != got:
-        hint = "set slice_dim to attack a volume slice by slice" if slice_dim is None else "use slice_dim=None for a volume network"
+        hint = (
+            "set slice_dim to attack a volume slice by slice"
+            if slice_dim is None
+            else "use slice_dim=None for a volume network"
+        )
         raise ValueError(
             f"the attack expects {expected} spatial dims but gets {got} from images of shape {tuple(images.shape)} "
             f"with slice_dim={slice_dim}; {hint}."
@@ -174,7 +182,9 @@ def attack_volumes(
     traces: list[AttackTrace] = []
     counter = _Counter(images.shape[0])
 
-    def run(b: int, x: torch.Tensor, lab: torch.Tensor | None, m: torch.Tensor | None, d0: torch.Tensor | None) -> torch.Tensor:
+    def run(
+        b: int, x: torch.Tensor, lab: torch.Tensor | None, m: torch.Tensor | None, d0: torch.Tensor | None
+    ) -> torch.Tensor:
         x = x.to(dev)
         lab = None if lab is None else lab.to(dev)
         m = None if m is None else m.to(dev)
@@ -206,13 +216,19 @@ def attack_volumes(
         n_slices = x_all.shape[axis]
         per_volume: list[AttackTrace] = []
 
-        def slices(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+        def slices(t: torch.Tensor | None, start: int, stop: int, axis: int = axis) -> torch.Tensor | None:
             # (1, C, *sp) -> (S, C, *sp without slice_dim)
             return None if t is None else t.narrow(axis, start, stop - start).movedim(axis, 0)[:, 0]
 
         for start in range(0, n_slices, slice_batch_size):
             stop = min(start + slice_batch_size, n_slices)
-            adv = run(b, slices(x_all[b : b + 1], start, stop), slices(lab_b, start, stop), slices(m_b, start, stop), slices(d_b, start, stop))
+            adv = run(
+                b,
+                slices(x_all[b : b + 1], start, stop),
+                slices(lab_b, start, stop),
+                slices(m_b, start, stop),
+                slices(d_b, start, stop),
+            )
             out[b].narrow(axis - 1, start, stop - start).copy_(adv.movedim(0, axis - 1))
             if attack.trace is not None:
                 per_volume.append(attack.trace)

@@ -73,8 +73,16 @@ def chest_case(data_dir):
     before = _hashes(src)
     pre, item = _pipeline(str(src), (4.0, 4.0, 8.0))
     attack = SMIAttackd(
-        "image", "label", _net(), eps=EPS, num_iter=3, slice_dim=2, slice_batch_size=8,
-        mask_key="mask", perturbation_key="perturbation", bounds=None,
+        "image",
+        "label",
+        _net(),
+        eps=EPS,
+        num_iter=3,
+        slice_dim=2,
+        slice_batch_size=8,
+        mask_key="mask",
+        perturbation_key="perturbation",
+        bounds=None,
     )
     attack.set_random_state(0)
     out = attack(item)
@@ -99,7 +107,7 @@ def test_attack_item_keeps_metadata_and_budget(chest_case):
 
 
 def test_chest_dicom_to_nifti_and_dicom(chest_case, tmp_path):
-    src, before, pre, item, out = chest_case
+    src, before, pre, _, out = chest_case
     d_src = invert_perturbation(out, "perturbation", pre)
     values, affine, files = load_source_volume(src)
     assert tuple(d_src.shape[1:]) == values.shape
@@ -112,7 +120,9 @@ def test_chest_dicom_to_nifti_and_dicom(chest_case, tmp_path):
     assert _within_budget(adv, values, EPS) and rep.max_abs_change > EPS / 2
 
     # nothing changes where the body mask, brought back to the source grid, is zero
-    inv_mask = Invertd("mask", pre, orig_keys="image", nearest_interp=False)({"mask": out["mask"], "image": out["image"]})["mask"]
+    inv_mask = Invertd("mask", pre, orig_keys="image", nearest_interp=False)(
+        {"mask": out["mask"], "image": out["image"]}
+    )["mask"]
     outside = inv_mask[0].numpy() == 0
     assert outside.any() and np.array_equal(adv[outside], values[outside])
 
@@ -133,7 +143,14 @@ def test_chest_dicom_to_nifti_and_dicom(chest_case, tmp_path):
         assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
         assert a.StudyInstanceUID == s.StudyInstanceUID and a.FrameOfReferenceUID == s.FrameOfReferenceUID
         assert a.PatientID == s.PatientID
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "SliceThickness"):
+        for tag in (
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+            "Rows",
+            "Columns",
+            "SliceThickness",
+        ):
             assert a.get(tag) == s.get(tag), tag
         assert a.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
         hu_a = a.pixel_array * float(a.RescaleSlope) + float(a.RescaleIntercept)
@@ -152,7 +169,9 @@ def test_chest_dicom_to_nifti_and_dicom(chest_case, tmp_path):
     # a rerun gives identical UIDs and byte-identical files; the sources were never written to
     first = _hashes(report.folder)
     again = write_adversarial_dicom_series(src, d_src, tmp_path / "dcm", eps=EPS, settings=settings)
-    assert again.series_instance_uid == report.series_instance_uid and again.sop_instance_uids == report.sop_instance_uids
+    assert (
+        again.series_instance_uid == report.series_instance_uid and again.sop_instance_uids == report.sop_instance_uids
+    )
     assert _hashes(report.folder) == first
     other = write_adversarial_dicom_series(src, d_src, tmp_path / "dcm2", eps=EPS, settings={**settings, "eps": 10})
     assert other.series_instance_uid != report.series_instance_uid
@@ -208,7 +227,9 @@ def test_nifti_source_roundtrip_and_rounding(data_dir, tmp_path):
     report = rounding_survival(lambda x: _predict(net, x), load, src, rep.path, rep_int.path)
     assert set(report) == {"error_clean", "error_float", "error_integer", "survives"}
     assert report["error_clean"] == 0.0 and report["error_float"] > 0.0
-    assert report["survives"] == (report["error_integer"] > 0 and report["error_integer"] >= 0.9 * report["error_float"])
+    assert report["survives"] == (
+        report["error_integer"] > 0 and report["error_integer"] >= 0.9 * report["error_float"]
+    )
     assert _hashes(src) == before
 
 

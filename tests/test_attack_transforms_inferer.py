@@ -45,7 +45,10 @@ def ct_item(data_dir):
     )
     item = pre({"image": str(ct), "label": str(seg)})
     # even in-plane sizes for the stride-2 UNet (crops keep the affine's origin)
-    item = {"image": item["image"][:, :60, :50], "label": (item["label"][:, :60, :50] > 0).long()}  # any organ vs background
+    item = {
+        "image": item["image"][:, :60, :50],
+        "label": (item["label"][:, :60, :50] > 0).long(),
+    }  # any organ vs background
     item["mask"] = (item["image"] > -500).float()
     return item
 
@@ -96,7 +99,10 @@ def test_batch_size_independent_float64_and_equal_to_sliceinferer(ct_item):
 
 def test_float32_batch_sizes_agree_on_metrics(ct_item):
     item = {"image": ct_item["image"][..., 2:10], "label": ct_item["label"][..., 2:10]}
-    t = {bs: SMIAttackd("image", "label", _unet(), eps=EPS, num_iter=3, slice_dim=2, slice_batch_size=bs) for bs in (3, 8)}
+    t = {
+        bs: SMIAttackd("image", "label", _unet(), eps=EPS, num_iter=3, slice_dim=2, slice_batch_size=bs)
+        for bs in (3, 8)
+    }
     info = {bs: tr(item)["image"].meta[ATTACK_META_KEY] for bs, tr in t.items()}
     for key in ("final_variance", "error_adversarial", "changed_fraction"):
         assert info[3][key] == pytest.approx(info[8][key], rel=0.02, abs=1e-3)
@@ -142,9 +148,13 @@ def test_bad_inputs(ct_item):
     with pytest.raises(ValueError, match="spatial dims"):
         SMIAttack(net, eps=EPS, slice_dim=2)(ct_item["image"][:, :, :, 0])
     with pytest.raises(ValueError, match="label of shape|labels of shape"):
-        SMIAttackd("image", "label", net, eps=EPS, slice_dim=2)({"image": ct_item["image"], "label": ct_item["label"][..., :-1]})
+        SMIAttackd("image", "label", net, eps=EPS, slice_dim=2)(
+            {"image": ct_item["image"], "label": ct_item["label"][..., :-1]}
+        )
     with pytest.raises(ValueError, match="mask of shape"):
-        SMIAttackd("image", None, net, eps=EPS, slice_dim=2, mask_key="m")({"image": ct_item["image"], "m": ct_item["mask"][:, :-1]})
+        SMIAttackd("image", None, net, eps=EPS, slice_dim=2, mask_key="m")(
+            {"image": ct_item["image"], "m": ct_item["mask"][:, :-1]}
+        )
     with pytest.raises(KeyError, match="label key 'seg'"):
         SMIAttackd("image", "seg", net, eps=EPS, slice_dim=2)({"image": ct_item["image"]})
     with pytest.raises(KeyError):
@@ -163,8 +173,10 @@ def test_supervised_evaluator_with_attack_inferer(ct_item, use_labels):
     item = {"image": ct_item["image"][..., :8], "label": ct_item["label"][..., :8]}
     loader = DataLoader(Dataset([item, item]), batch_size=2)
     inferer = AttackInferer(
-        SMIA(net, eps=EPS, num_iter=2, bounds=None), SliceInferer(roi_size=item["image"].shape[1:3], spatial_dim=2, sw_batch_size=4),
-        use_labels=use_labels, compute_success=True,
+        SMIA(net, eps=EPS, num_iter=2, bounds=None),
+        SliceInferer(roi_size=item["image"].shape[1:3], spatial_dim=2, sw_batch_size=4),
+        use_labels=use_labels,
+        compute_success=True,
     )
     post = Compose([AsDiscreted("pred", argmax=True, to_onehot=2), AsDiscreted("label", to_onehot=2)])
     evaluator = SupervisedEvaluator(
@@ -175,7 +187,9 @@ def test_supervised_evaluator_with_attack_inferer(ct_item, use_labels):
         prepare_batch=PrepareBatchExtraInput({"labels": "label"}),
         postprocessing=post,
         key_val_metric={"dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))},
-        additional_metrics={"psnr": PeakSignalToNoiseRatio(max_val=1400.0, output_transform=from_engine(["image_adv", "image"]))},
+        additional_metrics={
+            "psnr": PeakSignalToNoiseRatio(max_val=1400.0, output_transform=from_engine(["image_adv", "image"]))
+        },
     )
     AdversarialImageHandler(inferer, output_key="image_adv").attach(evaluator)
     evaluator.run()

@@ -21,9 +21,9 @@ from monai_smia.io.source_grid import (
 
 __all__ = [
     "DicomSeriesReport",
-    "NiftiReport",
     "LoadSeriesImage",
     "LoadSeriesImaged",
+    "NiftiReport",
     "SingleSeriesITKReader",
     "dicom_voxel_index",
     "find_dicom_series",

@@ -41,13 +41,13 @@ pydicom, _has_pydicom = optional_import("pydicom")
 itk, _has_itk = optional_import("itk")
 
 __all__ = [
-    "find_dicom_series",
-    "SingleSeriesITKReader",
+    "DicomSeriesReport",
     "LoadSeriesImage",
     "LoadSeriesImaged",
-    "DicomSeriesReport",
-    "write_adversarial_dicom_series",
+    "SingleSeriesITKReader",
     "dicom_voxel_index",
+    "find_dicom_series",
+    "write_adversarial_dicom_series",
 ]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -81,7 +81,9 @@ def find_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     names.SetDirectory(str(path))
     uids = [str(u) for u in names.GetSeriesUIDs()]
     if not uids:
-        raise FileNotFoundError(f"no DICOM series found in {str(path)!r}; point to a folder with the .dcm files of one series.")
+        raise FileNotFoundError(
+            f"no DICOM series found in {str(path)!r}; point to a folder with the .dcm files of one series."
+        )
     if series_uid is None:
         if len(uids) > 1:
             raise ValueError(
@@ -117,7 +119,9 @@ class LoadSeriesImage(LoadImage):
     series_reader: SingleSeriesITKReader | None = None
 
     def __call__(self, filename: Any, reader: Any = None) -> Any:
-        if reader is None and any(isinstance(f, (str, os.PathLike)) and Path(f).is_dir() for f in ensure_tuple(filename)):
+        if reader is None and any(
+            isinstance(f, (str, os.PathLike)) and Path(f).is_dir() for f in ensure_tuple(filename)
+        ):
             if self.series_reader is None:
                 self.series_reader = SingleSeriesITKReader()
             reader = self.series_reader
@@ -175,7 +179,9 @@ def dicom_voxel_index(ds: Any, affine: np.ndarray, shape: Sequence[int], tol: fl
     step_c = vox(ipp + col_spacing * iop[:3]) - origin  # along a row: next column
     step_r = vox(ipp + row_spacing * iop[3:]) - origin  # down a column: next row
     grid = [origin, step_c, step_r]
-    if any(np.abs(g - np.round(g)).max() > tol for g in grid) or any(np.abs(s).sum() != 1 for s in map(np.round, grid[1:])):
+    if any(np.abs(g - np.round(g)).max() > tol for g in grid) or any(
+        np.abs(s).sum() != 1 for s in map(np.round, grid[1:])
+    ):
         raise ValueError(
             f"DICOM slice {getattr(ds, 'filename', '?')!r} does not lie on the grid of the volume (affine\n{affine}); "
             "pass the perturbation on the grid MONAI's ITKReader gives for this series."
@@ -185,7 +191,9 @@ def dicom_voxel_index(ds: Any, affine: np.ndarray, shape: Sequence[int], tol: fl
     idx = [origin[a] + rows * step_r[a] + cols * step_c[a] for a in range(3)]
     for a in range(3):
         if idx[a].min() < 0 or idx[a].max() >= shape[a]:
-            raise ValueError(f"DICOM slice {getattr(ds, 'filename', '?')!r} falls outside the volume of shape {tuple(shape)}.")
+            raise ValueError(
+                f"DICOM slice {getattr(ds, 'filename', '?')!r} falls outside the volume of shape {tuple(shape)}."
+            )
     return tuple(idx)
 
 
@@ -207,12 +215,21 @@ def _source_uids(ds: Any) -> tuple[str, str]:
     sop_class = str(ds.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
     sop = str(ds.get("SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
     if not sop_class or not sop:
-        raise ValueError(f"DICOM file {getattr(ds, 'filename', '?')!r} has no SOP Class/Instance UID (neither in the dataset nor the file meta).")
+        raise ValueError(
+            f"DICOM file {getattr(ds, 'filename', '?')!r} has no SOP Class/Instance UID (neither in the dataset nor the file meta)."
+        )
     return sop_class, sop
 
 
 def _derived_dataset(
-    ds: Any, pixels: np.ndarray, slope: float, k: int, series_uid: str, sop_uid: str, study_uid: str, info: Mapping[str, Any]
+    ds: Any,
+    pixels: np.ndarray,
+    slope: float,
+    k: int,
+    series_uid: str,
+    sop_uid: str,
+    study_uid: str,
+    info: Mapping[str, Any],
 ) -> Any:
     src_sop_class, src_sop = _source_uids(ds)
     ds.SOPClassUID = src_sop_class
@@ -334,7 +351,9 @@ def write_adversarial_dicom_series(
         except Exception as e:
             raise ValueError(f"cannot read DICOM file {f!r}: {e}") from e
         if int(ds.get("SamplesPerPixel", 1)) != 1 or stored.ndim != 2:
-            raise ValueError(f"{f!r}: only single-frame grayscale slices are supported, got pixel array {stored.shape}.")
+            raise ValueError(
+                f"{f!r}: only single-frame grayscale slices are supported, got pixel array {stored.shape}."
+            )
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         new_slope = slope / k
         if slope_out is None:
@@ -364,7 +383,9 @@ def write_adversarial_dicom_series(
         digest.update(arr.tobytes())
     src_series = str(datasets[0].get("SeriesInstanceUID", ""))
     src_sops = [_source_uids(ds)[1] for ds in datasets]
-    new_series = pydicom.uid.generate_uid(entropy_srcs=[src_series, *src_sops, settings_json, digest.hexdigest(), str(k)])
+    new_series = pydicom.uid.generate_uid(
+        entropy_srcs=[src_series, *src_sops, settings_json, digest.hexdigest(), str(k)]
+    )
     # sources without a StudyInstanceUID (anonymised) get one derived from their SOP Instance UIDs
     study_uid = pydicom.uid.generate_uid(entropy_srcs=["study", *src_sops])
     derivation = f"source + adversarial perturbation, |d| <= {eps:g} (rescaled units); settings {settings_json}"

@@ -22,11 +22,11 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import InvertibleTransform, Invertd
+from monai.transforms import Invertd, InvertibleTransform
 
 from monai_smia.io.dicom_series import LoadSeriesImage, find_dicom_series
 
-__all__ = ["invert_perturbation", "load_source_volume", "save_adversarial_nifti", "NiftiReport", "rounding_survival"]
+__all__ = ["NiftiReport", "invert_perturbation", "load_source_volume", "rounding_survival", "save_adversarial_nifti"]
 
 
 def invert_perturbation(
@@ -57,11 +57,15 @@ def invert_perturbation(
         if key not in data:
             raise KeyError(f"invert_perturbation: key {key!r} is not in the data (keys: {sorted(map(str, data))}).")
     if not isinstance(transform, InvertibleTransform):
-        raise TypeError(f"transform must be an invertible MONAI transform (e.g. Compose), got {type(transform).__name__}.")
+        raise TypeError(
+            f"transform must be an invertible MONAI transform (e.g. Compose), got {type(transform).__name__}."
+        )
     inv = Invertd(keys=perturbation_key, transform=transform, orig_keys=orig_key, nearest_interp=False, to_tensor=True)
     out = inv({perturbation_key: data[perturbation_key], orig_key: data[orig_key]})[perturbation_key]
     if not isinstance(out, MetaTensor):
-        raise ValueError(f"inverting {perturbation_key!r} did not give a MetaTensor; was {orig_key!r} produced by transform?")
+        raise ValueError(
+            f"inverting {perturbation_key!r} did not give a MetaTensor; was {orig_key!r} produced by transform?"
+        )
     return out
 
 
@@ -91,7 +95,9 @@ def load_source_volume(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
         nii = nib.load(str(path))
         values = np.asarray(nii.get_fdata(dtype=np.float64))
     except Exception as e:  # nibabel raises several types for damaged files
-        raise ValueError(f"cannot read NIfTI {str(path)!r} ({type(e).__name__}: {e}); the file may be truncated or not NIfTI.") from e
+        raise ValueError(
+            f"cannot read NIfTI {str(path)!r} ({type(e).__name__}: {e}); the file may be truncated or not NIfTI."
+        ) from e
     if values.ndim == 4 and values.shape[3] == 1:
         values = values[..., 0]
     if values.ndim != 3:
@@ -270,10 +276,18 @@ def rounding_survival(
     Returns:
         ``{"error_clean", "error_float", "error_integer", "survives"}``.
     """
-    preds = {name: predict(load(path)) for name, path in (("clean", source), ("float", float_file), ("integer", integer_file))}
+    preds = {
+        name: predict(load(path))
+        for name, path in (("clean", source), ("float", float_file), ("integer", integer_file))
+    }
     ref = preds["clean"] if reference is None else torch.as_tensor(reference).to(preds["clean"].device)
     if ref.shape != preds["clean"].shape:
         raise ValueError(f"reference has shape {tuple(ref.shape)}, predictions have {tuple(preds['clean'].shape)}.")
     err = {name: float((p != ref).double().mean()) for name, p in preds.items()}
     survives = err["integer"] > err["clean"] and err["integer"] >= min_ratio * err["float"]
-    return {"error_clean": err["clean"], "error_float": err["float"], "error_integer": err["integer"], "survives": bool(survives)}
+    return {
+        "error_clean": err["clean"],
+        "error_float": err["float"],
+        "error_integer": err["integer"],
+        "survives": bool(survives),
+    }

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 from monai_smia.transforms.array import ATTACK_META_KEY, AdversarialAttack, SMIAttack, attack_diagnostics
 from monai_smia.transforms.dictionary import (
-    AdversarialAttackd,
     AdversarialAttackD,
+    AdversarialAttackd,
     AdversarialAttackDict,
     AttackD,
     Attackd,
     AttackDict,
-    SMIAttackd,
     SMIAttackD,
+    SMIAttackd,
     SMIAttackDict,
 )
 
 __all__ = [
     "ATTACK_META_KEY",
     "AdversarialAttack",
-    "AdversarialAttackd",
     "AdversarialAttackD",
     "AdversarialAttackDict",
-    "Attackd",
+    "AdversarialAttackd",
     "AttackD",
     "AttackDict",
+    "Attackd",
     "SMIAttack",
-    "SMIAttackd",
     "SMIAttackD",
     "SMIAttackDict",
+    "SMIAttackd",
     "attack_diagnostics",
 ]

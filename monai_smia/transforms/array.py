@@ -27,7 +27,9 @@ __all__ = ["ATTACK_META_KEY", "AdversarialAttack", "SMIAttack", "attack_diagnost
 ATTACK_META_KEY = "adversarial_attack"
 
 
-def attack_diagnostics(attack: Attack, result: VolumeAttackResult, index: int, label_free: bool, slice_dim: int | None) -> dict[str, Any]:
+def attack_diagnostics(
+    attack: Attack, result: VolumeAttackResult, index: int, label_free: bool, slice_dim: int | None
+) -> dict[str, Any]:
     """Plain-Python diagnostics of volume ``index`` of ``result`` (what goes into the item's metadata).
 
     Keys: ``attack``, ``eps``, ``num_iter``, ``step_size``, ``alpha``, ``sigma``, ``slice_dim``,
@@ -138,12 +140,18 @@ class AdversarialAttack(Randomizable, Transform):
         self._generator = torch.Generator().manual_seed(int(self.R.randint(0, 2**31 - 1)))
 
     def attack_item(
-        self, img: NdarrayOrTensor, label: NdarrayOrTensor | None = None, mask: NdarrayOrTensor | None = None, randomize: bool = True
+        self,
+        img: NdarrayOrTensor,
+        label: NdarrayOrTensor | None = None,
+        mask: NdarrayOrTensor | None = None,
+        randomize: bool = True,
     ) -> tuple[NdarrayOrTensor, NdarrayOrTensor, dict[str, Any]]:
         """Return ``(adversarial, perturbation, diagnostics)`` for one item; both arrays like ``img``."""
         x = convert_to_tensor(img, track_meta=False)
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
-            raise ValueError(f"the image must be channel-first (C, *spatial) without a batch dim, got shape {getattr(x, 'shape', None)}.")
+            raise ValueError(
+                f"the image must be channel-first (C, *spatial) without a batch dim, got shape {getattr(x, 'shape', None)}."
+            )
         if not x.is_floating_point():
             x = x.float()
         attack = self.get_attack(x)
@@ -177,11 +185,17 @@ class AdversarialAttack(Randomizable, Transform):
                 out.meta[ATTACK_META_KEY] = info
             return out
         if isinstance(img, np.ndarray):
-            return convert_to_dst_type(t, img, dtype=t.dtype if not np.issubdtype(img.dtype, np.floating) else img.dtype)[0]
+            return convert_to_dst_type(
+                t, img, dtype=t.dtype if not np.issubdtype(img.dtype, np.floating) else img.dtype
+            )[0]
         return t.to(img.device) if isinstance(img, torch.Tensor) else t
 
     def __call__(
-        self, img: NdarrayOrTensor, label: NdarrayOrTensor | None = None, mask: NdarrayOrTensor | None = None, randomize: bool = True
+        self,
+        img: NdarrayOrTensor,
+        label: NdarrayOrTensor | None = None,
+        mask: NdarrayOrTensor | None = None,
+        randomize: bool = True,
     ) -> NdarrayOrTensor:
         """Return the adversarial item (same type, shape, dtype and device; metadata kept)."""
         return self.attack_item(img, label, mask, randomize)[0]

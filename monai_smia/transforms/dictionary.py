@@ -32,15 +32,15 @@ from monai_smia.attacks import Attack
 from monai_smia.transforms.array import AdversarialAttack, SMIAttack
 
 __all__ = [
-    "AdversarialAttackd",
     "AdversarialAttackD",
     "AdversarialAttackDict",
-    "Attackd",
+    "AdversarialAttackd",
     "AttackD",
     "AttackDict",
-    "SMIAttackd",
+    "Attackd",
     "SMIAttackD",
     "SMIAttackDict",
+    "SMIAttackd",
 ]
 
 
@@ -86,10 +86,14 @@ class AdversarialAttackd(Randomizable, MapTransform):
         self.attacker = self._make_attacker(attack, slice_dim, slice_batch_size, device, compute_success)
         self._init_keys(label_key, mask_key, perturbation_key)
 
-    def _make_attacker(self, attack: Any, slice_dim: Any, slice_batch_size: Any, device: Any, compute_success: bool) -> AdversarialAttack:
+    def _make_attacker(
+        self, attack: Any, slice_dim: Any, slice_batch_size: Any, device: Any, compute_success: bool
+    ) -> AdversarialAttack:
         return AdversarialAttack(attack, slice_dim, slice_batch_size, device, compute_success)
 
-    def _init_keys(self, label_key: str | None, mask_key: str | None, perturbation_key: str | Sequence[str] | None) -> None:
+    def _init_keys(
+        self, label_key: str | None, mask_key: str | None, perturbation_key: str | Sequence[str] | None
+    ) -> None:
         self.label_key = label_key
         self.mask_key = mask_key
         if perturbation_key is None:
@@ -117,7 +121,9 @@ class AdversarialAttackd(Randomizable, MapTransform):
         if key is None:
             return None
         if key not in d:
-            raise KeyError(f"{type(self).__name__}: {role} key {key!r} is not in the data (keys: {sorted(map(str, d))}).")
+            raise KeyError(
+                f"{type(self).__name__}: {role} key {key!r} is not in the data (keys: {sorted(map(str, d))})."
+            )
         return d[key]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
