@@ -443,7 +443,8 @@ def percentile_interval(stats: np.ndarray, confidence: float = 0.95) -> tuple[fl
     if stats.size == 0:
         return float("nan"), float("nan")
     q = [(1 - confidence) / 2, 1 - (1 - confidence) / 2]
-    lo, hi = np.quantile(stats, q)
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.quantile(stats, q)
     if math.isnan(lo) or math.isnan(hi):  # infinite values make linear interpolation undefined
         lo, hi = np.quantile(stats, q, method="nearest")
     return float(lo), float(hi)
@@ -537,10 +538,11 @@ def resampled_roc_auc_one_vs_rest(y_pred: torch.Tensor, y: torch.Tensor, idx: np
     Returns:
         ``(R,)`` float64 array.
     """
-    y_pred = torch.as_tensor(y_pred).detach().double().cpu()
+    y_pred = torch.as_tensor(y_pred).detach().float().cpu()  # the precision roc_auc_one_vs_rest uses
     k = y_pred.shape[1]
     if logits:
         y_pred = torch.sigmoid(y_pred) if k == 1 else torch.softmax(y_pred, dim=1)
+    y_pred = y_pred.double()
     lab = class_indices(y, k, spatial=False).cpu()
     classes = [1] if k == 1 else list(range(k))
     out = []
