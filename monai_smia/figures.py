@@ -85,7 +85,11 @@ def pick_axial_slice(foreground: Any, axis: int = -1) -> int:
     if fg is None:
         raise ValueError("pick_axial_slice needs a label or prediction map.")
     ax = axis % fg.ndim
-    counts = (fg != 0).reshape(-1, fg.shape[ax]) if ax == fg.ndim - 1 else np.moveaxis(fg != 0, ax, -1).reshape(-1, fg.shape[ax])
+    counts = (
+        (fg != 0).reshape(-1, fg.shape[ax])
+        if ax == fg.ndim - 1
+        else np.moveaxis(fg != 0, ax, -1).reshape(-1, fg.shape[ax])
+    )
     per_slice = counts.sum(axis=0)
     return int(per_slice.argmax()) if per_slice.max() > 0 else fg.shape[ax] // 2
 
@@ -93,12 +97,16 @@ def pick_axial_slice(foreground: Any, axis: int = -1) -> int:
 def _prepare_case(case: Mapping[str, Any], task: str, axis: int) -> dict[str, Any]:
     for key in ("image", "adv_image"):
         if key not in case:
-            raise ValueError(f"case_figure: each case needs 'image' and 'adv_image' (channel-first arrays); missing {key!r}.")
+            raise ValueError(
+                f"case_figure: each case needs 'image' and 'adv_image' (channel-first arrays); missing {key!r}."
+            )
     img, adv = _np(case["image"]).astype(np.float64), _np(case["adv_image"]).astype(np.float64)
     if img.ndim == 2:
         img, adv = img[None], adv[None]
     if img.shape != adv.shape or img.ndim not in (3, 4):
-        raise ValueError(f"case_figure: image {img.shape} and adv_image {adv.shape} must match, as (C, H, W) or (C, H, W, D).")
+        raise ValueError(
+            f"case_figure: image {img.shape} and adv_image {adv.shape} must match, as (C, H, W) or (C, H, W, D)."
+        )
     sp = img.ndim - 1
     out: dict[str, Any] = {"case_id": case.get("case_id", ""), "title": case.get("title")}
     maps = {}
@@ -186,7 +194,11 @@ def case_figure(
     cmap_labels = plt.get_cmap("tab10")
     for row, c in zip(axes, prepared):
         img, adv = c["image"], c["adv_image"]
-        lo, hi = display_range if display_range is not None else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
+        lo, hi = (
+            display_range
+            if display_range is not None
+            else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
+        )
         if hi <= lo:
             lo, hi = float(img.min()), float(img.max()) + 1e-12
         d = adv - img

@@ -67,12 +67,16 @@ def _check_pair(x: torch.Tensor, x_adv: torch.Tensor, name: str = "x_adv") -> No
     if not isinstance(x, torch.Tensor) or not isinstance(x_adv, torch.Tensor):
         raise TypeError(f"x and {name} must be torch.Tensor, got {type(x).__name__} and {type(x_adv).__name__}.")
     if x.shape != x_adv.shape:
-        raise ValueError(f"x {tuple(x.shape)} and {name} {tuple(x_adv.shape)} must have the same shape (B, C, *spatial).")
+        raise ValueError(
+            f"x {tuple(x.shape)} and {name} {tuple(x_adv.shape)} must have the same shape (B, C, *spatial)."
+        )
     if x.ndim < 3:
         raise ValueError(f"x must be batch-first and channel-first (B, C, *spatial), got shape {tuple(x.shape)}.")
 
 
-def perturbation_statistics(x: torch.Tensor, x_adv: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def perturbation_statistics(
+    x: torch.Tensor, x_adv: torch.Tensor, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """L-infinity norm, L2 norm and variance of ``d = x_adv - x`` per case.
 
     Args:
@@ -92,9 +96,15 @@ def perturbation_statistics(x: torch.Tensor, x_adv: torch.Tensor, mask: torch.Te
         w = torch.ones_like(d)
     else:
         try:
-            w = (torch.broadcast_to(torch.as_tensor(mask, device=x.device), x.shape) != 0).reshape(x.shape[0], -1).double()
+            w = (
+                (torch.broadcast_to(torch.as_tensor(mask, device=x.device), x.shape) != 0)
+                .reshape(x.shape[0], -1)
+                .double()
+            )
         except RuntimeError as err:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to images {tuple(x.shape)}.") from err
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to images {tuple(x.shape)}."
+            ) from err
     n = w.sum(dim=1)
     dw = d * w
     mean = dw.sum(dim=1) / n
@@ -118,7 +128,10 @@ class PerturbationMetric(CumulativeIterationMetric):
     """
 
     def __init__(
-        self, statistic: str = "linf", reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False
+        self,
+        statistic: str = "linf",
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
     ) -> None:
         super().__init__()
         if statistic not in PERTURBATION_STATISTICS:
@@ -132,10 +145,14 @@ class PerturbationMetric(CumulativeIterationMetric):
             raise ValueError("PerturbationMetric needs y (the clean images) beside y_pred (the adversarial images).")
         return perturbation_statistics(y, y_pred, kwargs.get("mask"))[self.statistic][:, None]
 
-    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
-            raise RuntimeError("PerturbationMetric.aggregate: nothing accumulated yet (call the metric on a batch first).")
+            raise RuntimeError(
+                "PerturbationMetric.aggregate: nothing accumulated yet (call the metric on a batch first)."
+            )
         f, not_nans = do_metric_reduction(data, reduction or self.reduction)
         return (f, not_nans) if self.get_not_nans else f
 
@@ -249,7 +266,9 @@ def class_indices(y: torch.Tensor, num_channels: int, spatial: bool) -> torch.Te
             return y[:, 0].long()
         if y.ndim == 1:
             return y.long()
-        raise ValueError(f"classification labels must be (B,), (B, 1) or one-hot (B, K={num_channels}); got {tuple(y.shape)}.")
+        raise ValueError(
+            f"classification labels must be (B,), (B, 1) or one-hot (B, K={num_channels}); got {tuple(y.shape)}."
+        )
     if y.ndim >= 3 and y.shape[1] == num_channels and num_channels > 1:
         return y.argmax(dim=1).long()
     if y.ndim >= 3 and y.shape[1] == 1:
@@ -286,7 +305,9 @@ def top1_accuracy(y_pred: torch.Tensor, y: torch.Tensor, threshold: float = 0.0)
     return float(top1_correct(y_pred, y, threshold).mean())
 
 
-def _classification_one_hot(y_pred: torch.Tensor, y: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _classification_one_hot(
+    y_pred: torch.Tensor, y: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     k = y_pred.shape[1]
     pred = predicted_classes(y_pred, threshold)
     lab = class_indices(y, k, spatial=False).to(pred.device)
@@ -408,7 +429,9 @@ def classification_attack_success(clean_pred: Any, adv_pred: Any, labels: Any) -
     """
     c, a, y = (np.asarray(v).reshape(-1) for v in (clean_pred, adv_pred, labels))
     if not (len(c) == len(a) == len(y)):
-        raise ValueError(f"clean_pred, adv_pred and labels must have one entry per case, got {len(c)}, {len(a)}, {len(y)}.")
+        raise ValueError(
+            f"clean_pred, adv_pred and labels must have one entry per case, got {len(c)}, {len(a)}, {len(y)}."
+        )
     out = np.where(a != y, 1.0, 0.0)
     out[c != y] = np.nan
     return out
@@ -524,7 +547,9 @@ def _chunks(idx: np.ndarray, size: int = 128) -> list[np.ndarray]:
     return [idx[i : i + size] for i in range(0, len(idx), size)]
 
 
-def resampled_roc_auc_one_vs_rest(y_pred: torch.Tensor, y: torch.Tensor, idx: np.ndarray, logits: bool = True) -> np.ndarray:
+def resampled_roc_auc_one_vs_rest(
+    y_pred: torch.Tensor, y: torch.Tensor, idx: np.ndarray, logits: bool = True
+) -> np.ndarray:
     """Macro one-vs-rest ROC AUC of many resamples at once, equal to :func:`roc_auc_one_vs_rest` on each.
 
     Vectorised Mann-Whitney form with average ranks for ties (what MONAI's ``compute_roc_auc`` computes
@@ -565,7 +590,9 @@ def resampled_roc_auc_one_vs_rest(y_pred: torch.Tensor, y: torch.Tensor, idx: np
     return np.concatenate(out)
 
 
-def resampled_one_vs_rest_fpr(y_pred: torch.Tensor, y: torch.Tensor, idx: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+def resampled_one_vs_rest_fpr(
+    y_pred: torch.Tensor, y: torch.Tensor, idx: np.ndarray, threshold: float = 0.0
+) -> np.ndarray:
     """Macro one-vs-rest FPR of many resamples at once, equal to :func:`one_vs_rest_fpr` on each.
 
     Returns:

@@ -202,7 +202,11 @@ def summarize_records(
             out[m] = float(fn(rows))
             if hasattr(fn, "bootstrap"):  # vectorised over resamples (SetMetric)
                 stats = fn.bootstrap(rows, bootstrap_indices(len(rows), num_resamples, seed))
-                ci = percentile_interval(np.asarray(stats, dtype=np.float64), confidence) if rows else (math.nan, math.nan)
+                ci = (
+                    percentile_interval(np.asarray(stats, dtype=np.float64), confidence)
+                    if rows
+                    else (math.nan, math.nan)
+                )
             else:
                 ci = bootstrap_statistic_ci(
                     lambda idx, fn=fn, rows=rows: fn([rows[i] for i in idx]), len(rows), num_resamples, confidence, seed
@@ -236,7 +240,9 @@ class SetMetric:
             out = torch.tensor(np.array([np.ravel(np.asarray(r[self.output_key], dtype=np.float64)) for r in rows]))
             lab = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
         except KeyError as err:
-            raise ValueError(f"set metrics need records with {self.output_key!r} and 'label' keys; missing {err}.") from err
+            raise ValueError(
+                f"set metrics need records with {self.output_key!r} and 'label' keys; missing {err}."
+            ) from err
         return out, lab
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> float:
@@ -523,11 +529,14 @@ def write_eps_sweep(
     out = Path(output_dir)
     paths = {
         "json": atomic_write_json(
-            out / "eps_sweep.json", {repr(float(e)): s for e, s in sorted(summaries_by_eps.items(), key=lambda kv: float(kv[0]))}
+            out / "eps_sweep.json",
+            {repr(float(e)): s for e, s in sorted(summaries_by_eps.items(), key=lambda kv: float(kv[0]))},
         ),
         "markdown": atomic_write_text(
             out / f"eps_sweep_{metric}.md",
-            format_eps_sweep_table(summaries_by_eps, metric, confidence=confidence, eps_scale=eps_scale, eps_unit=eps_unit),
+            format_eps_sweep_table(
+                summaries_by_eps, metric, confidence=confidence, eps_scale=eps_scale, eps_unit=eps_unit
+            ),
         ),
         "figure": robustness_curve_figure(
             out / f"robustness_{metric}.png",
@@ -557,7 +566,9 @@ def write_reports(
         ``{"summary": summary, "json": path, "markdown": path, "csv": path}``.
     """
     out = Path(output_dir)
-    summary = summarize_records(records, metrics=metrics, set_metrics=set_metrics, num_resamples=num_resamples, seed=seed)
+    summary = summarize_records(
+        records, metrics=metrics, set_metrics=set_metrics, num_resamples=num_resamples, seed=seed
+    )
     columns = None if metrics is None else [*metrics, *(set_metrics or {})]
     return {
         "summary": summary,
@@ -673,6 +684,11 @@ class CaseStore:
                 continue
             out.append(rec)
         out.sort(
-            key=lambda r: (r["attack"] != "clean", r["attack"], -1.0 if r.get("eps") is None else float(r["eps"]), r["case_id"])
+            key=lambda r: (
+                r["attack"] != "clean",
+                r["attack"],
+                -1.0 if r.get("eps") is None else float(r["eps"]),
+                r["case_id"],
+            )
         )
         return out

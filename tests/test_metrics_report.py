@@ -116,7 +116,9 @@ def test_top1_is_ignite_accuracy_not_one_vs_rest_accuracy():
     assert float(cm.aggregate()[0]) > M.top1_accuracy(logits, y) + 0.1  # one-vs-rest reads higher
     # labels as (B, 1) and one-hot give the same; one channel is thresholded at 0
     assert M.top1_accuracy(logits, y[:, None]) == M.top1_accuracy(logits, torch.eye(5)[y])
-    np.testing.assert_array_equal(M.top1_correct(torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1, 1, 0])), [1, 0, 0])
+    np.testing.assert_array_equal(
+        M.top1_correct(torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1, 1, 0])), [1, 0, 0]
+    )
 
 
 def test_fpr_and_auc_match_monai_and_their_resampled_forms():
@@ -133,7 +135,9 @@ def test_fpr_and_auc_match_monai_and_their_resampled_forms():
     assert M.roc_auc_one_vs_rest(logits, y) == pytest.approx(auc.aggregate())
     idx = M.bootstrap_indices(80, 15, seed=1)
     np.testing.assert_allclose(
-        M.resampled_roc_auc_one_vs_rest(logits, y, idx), [M.roc_auc_one_vs_rest(logits[i], y[i]) for i in idx], rtol=1e-6
+        M.resampled_roc_auc_one_vs_rest(logits, y, idx),
+        [M.roc_auc_one_vs_rest(logits[i], y[i]) for i in idx],
+        rtol=1e-6,
     )
     np.testing.assert_allclose(
         M.resampled_one_vs_rest_fpr(logits, y, idx), [M.one_vs_rest_fpr(logits[i], y[i])[0] for i in idx], rtol=1e-6
@@ -212,7 +216,11 @@ def _records() -> list[dict]:
 def test_reports_written_and_readable(tmp_path: Path):
     recs = _records()
     out = R.write_reports(
-        tmp_path, recs, set_metrics=R.classification_set_metrics(), headline=["top1", "roc_auc_one_vs_rest"], num_resamples=200
+        tmp_path,
+        recs,
+        set_metrics=R.classification_set_metrics(),
+        headline=["top1", "roc_auc_one_vs_rest"],
+        num_resamples=200,
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary) == ["clean", "SMIA"]
@@ -319,7 +327,9 @@ def test_figures_from_a_real_attack(data_dir: Path, tmp_path: Path):
     _assert_png(trace_curves_figure(tmp_path / "fig2.png", summaries, title="RetinaMNIST"))
     cases = [{"case_id": f"test_{i}", "image": x[i], "adv_image": adv["SMIA"][i], "label": y[i], "clean_pred": clean_pred[i],
               "adv_pred": adv_pred[i]} for i in range(3)]  # fmt: skip
-    _assert_png(case_figure(tmp_path / "cases.png", cases, task="classification", display_range=(0.0, 1.0), attack_name="SMIA"))
+    _assert_png(
+        case_figure(tmp_path / "cases.png", cases, task="classification", display_range=(0.0, 1.0), attack_name="SMIA")
+    )
     with pytest.raises(ValueError, match="adv_image"):
         case_figure(tmp_path / "bad.png", [{"image": x[0]}], task="classification")
 
