@@ -29,6 +29,11 @@ __all__ = [
 DeviationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 (half and bfloat16 outputs of autocast are widened; float64 stays)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def per_sample_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean over every dim but the first: ``(B, ...) -> (B,)``."""
     return t.reshape(t.shape[0], -1).mean(dim=1) if t.ndim > 1 else t
@@ -55,7 +60,7 @@ def prepare_labels(labels: torch.Tensor, logits: torch.Tensor, name: str = "labe
                 f"{name} of shape {tuple(lab.shape)} does not fit a single-channel output {tuple(logits.shape)}; "
                 f"expected (B, 1, *spatial) or (B, *spatial) binary targets."
             )
-        return lab.reshape(logits.shape).to(torch.float32)
+        return lab.reshape(logits.shape).to(torch.promote_types(logits.dtype, torch.float32))
     if rest == spatial:
         idx = lab
     elif rest == (1, *spatial):
@@ -80,7 +85,7 @@ def prepare_labels(labels: torch.Tensor, logits: torch.Tensor, name: str = "labe
 
 def deviation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Task loss per sample: cross-entropy (K > 1) or BCE with logits (K == 1), mean over pixels."""
-    logits = logits.float()
+    logits = _wide(logits)
     if logits.shape[1] == 1:
         return per_sample_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
     return per_sample_mean(F.cross_entropy(logits, target, reduction="none"))
@@ -88,7 +93,7 @@ def deviation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def soft_prediction(logits: torch.Tensor) -> torch.Tensor:
     """Class probabilities: softmax over channels, sigmoid for a single channel."""
-    logits = logits.float()
+    logits = _wide(logits)
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
@@ -106,7 +111,7 @@ def stabilization_loss(logits: torch.Tensor, smoothed_prob: torch.Tensor, mode: 
     The soft cross-entropy has the gradient of KL(s || softmax(logits)), the quantity the paper analyses;
     ``mode="hard"`` uses argmax(s), as the authors' released code does.
     """
-    logits = logits.float()
+    logits = _wide(logits)
     if mode not in ("soft", "hard"):
         raise ValueError(f"stabilization must be 'soft' or 'hard', got {mode!r}.")
     if logits.shape[1] == 1:
