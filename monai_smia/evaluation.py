@@ -79,9 +79,10 @@ def make_attack(
 
 
 def check_attacks(attacks: Sequence[str]) -> list[str]:
+    """Validate attack names (an empty list evaluates clean data only)."""
     unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown or not attacks:
-        raise ValueError(f"unknown attack(s) {unknown or attacks}; choose from {', '.join(ATTACKS)}")
+    if unknown:
+        raise ValueError(f"unknown attack(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ATTACKS)}")
     return list(dict.fromkeys(attacks))
 
 
