@@ -17,6 +17,7 @@ def load_split(
     max_items: int | None = None,
     repeat: int = 1,
     keys: Sequence[str] | None = ("image", "label"),
+    skip_empty_labels: bool = False,
 ) -> list[dict[str, Any]]:
     """Items of ``split`` from ``dataset_dir/datalist.json`` with absolute paths.
 
@@ -29,12 +30,16 @@ def load_split(
         keys: keep only these keys of each item (``None`` keeps all). The default drops the
             descriptive keys such as ``label_source``: MONAI's spatial dictionary transforms treat
             every key starting with ``"label_"`` as the metadata dictionary of ``"label"``.
+        skip_empty_labels: drop items whose datalist entry says their label is empty
+            (``"lung_fraction": 0``, the negative examples).
 
     Raises:
         FileNotFoundError: no ``datalist.json`` in ``dataset_dir``.
         ValueError: the split is empty or ``repeat`` is not positive.
     """
     items = load_datalist(dataset_dir, split)
+    if skip_empty_labels:
+        items = [i for i in items if i.get("lung_fraction", 1) != 0]
     if max_items is not None:
         items = items[: int(max_items)]
     if not items:
