@@ -1,57 +1,146 @@
-"""The ``monai-smia`` console command."""
+"""The ``monai-smia`` console command: a thin front to the MONAI bundles.
+
+    monai-smia demo
+    monai-smia evaluate --bundle NAME_OR_PATH --dataset-dir DIR --output DIR [--attacks ...] [--eps ...]
+    monai-smia attack --bundle NAME_OR_PATH --input PATH --output DIR [--attack SMIA] [--eps ...]
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+ATTACK_HELP = "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA"
 
 
-def _default_data_dir() -> str | None:
-    return os.environ.get("MONAI_SMIA_DATA")
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"budgets must be > 0, got {text} (the sign of eps is not a direction)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from monai_smia.evaluation import ATTACKS
+    from monai_smia.victim import builtin_bundles
+
+    bundles = ", ".join(builtin_bundles())
     parser = argparse.ArgumentParser(
         prog="monai-smia",
-        description="Stress-test MONAI networks with SMIA (Stabilized Medical Image Attack, ICLR 2021) and its baselines.",
+        description="Stress-test MONAI networks with SMIA (Stabilized Medical Image Attack, ICLR 2021) and the baselines "
+        "it is compared with. Each command runs a MONAI bundle: one of this package's (" + bundles + ") or any bundle folder.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,evaluate,attack}")
+
     demo = sub.add_parser(
         "demo",
-        help="train a small RetinaMNIST classifier and compare noise, FGSM, PGD, DEV and SMIA on real fundus images",
-        description="Train a small MONAI classifier on RetinaMNIST for a few seconds, attack the test split with "
-        "random sign noise, FGSM, PGD, DEV and SMIA at one budget, and print top-1 accuracy for each.",
+        help="evaluate the lung CT and fundus bundles on real data against noise, FGSM, PGD, DEV and SMIA",
+        description="Evaluate the 2D lung CT segmentation bundle (eps = 20 HU) and the fundus DR grading bundle "
+        "(eps = 1/255) on clean data and under noise, FGSM, PGD, DEV and SMIA; print the tables and name the figures. "
+        "Data: --data-dir or $MONAI_SMIA_DATA (a folder laid out like ../shared/data), else the public sample "
+        "(downloaded once), else a synthetic CT phantom, announced as such.",
     )
-    demo.add_argument(
-        "--data-dir",
-        default=_default_data_dir(),
-        help="folder laid out like ../shared/data holding fundus/retinamnist.npz (default: $MONAI_SMIA_DATA)",
+    demo.add_argument("--data-dir", default=os.environ.get("MONAI_SMIA_DATA"), help="raw data folder (default: $MONAI_SMIA_DATA)")
+    demo.add_argument("--output", default="monai_smia_demo", help="output folder (default: ./monai_smia_demo)")
+    demo.add_argument("--cache", default=None, help="where prepared data is kept (default: $MONAI_SMIA_CACHE or ~/.cache/monai_smia)")
+    demo.add_argument("--bundles", nargs="+", default=None, help="bundles to run (default: lung_ct_seg retina_dr_cls)")
+    demo.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N test cases")
+    demo.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="clean vs attacked MONAI metrics of a bundle's network on a dataset",
+        description="Evaluate a bundle's network on the test list of DATASET_DIR/datalist.json, clean and under each "
+        "attack at the same budget, and write summary.json, summary.md, per_case.csv, provenance.json and figures "
+        "to OUTPUT. An interrupted run resumes where it stopped.",
     )
-    demo.add_argument("--eps", type=float, default=1 / 255, help="L-infinity budget in [0, 1] intensity units (default 1/255)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ev.add_argument("--bundle", required=True, help=f"a bundle name ({bundles}) or the path of a MONAI bundle folder")
+    ev.add_argument("--dataset-dir", required=True, help="folder with datalist.json (written by python -m data_prep.*)")
+    ev.add_argument("--output", required=True, help="output folder")
+    ev.add_argument("--attacks", nargs="+", default=None, metavar="NAME", help=f"attacks to run (default all): {ATTACK_HELP}")
+    ev.add_argument("--eps", nargs="+", type=_positive_float, default=None, help="budget(s) in the bundle's unit (several: an eps sweep)")
+    ev.add_argument("--num-iter", type=_positive_int, default=None, help="iterations of PGD, DEV and SMIA (default 10)")
+    ev.add_argument("--split", default=None, choices=("training", "validation", "test"), help="datalist split (default test)")
+    ev.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N cases")
+    ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+
+    at = sub.add_parser(
+        "attack",
+        help="write adversarial images and perturbation maps for a bundle's network",
+        description="Attack every image of INPUT (a data_prep folder, a folder of NIfTI/PNG files and DICOM series, "
+        "one file, or one DICOM series folder) and write adversarial images and perturbation maps on the source grid "
+        "to OUTPUT. Finished cases are skipped on a rerun; inputs are never written to.",
+    )
+    at.add_argument("--bundle", required=True, help=f"a bundle name ({bundles}) or the path of a MONAI bundle folder")
+    at.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images, or data_prep folder")
+    at.add_argument("--output", required=True, help="output folder")
+    at.add_argument("--attack", default="SMIA", choices=ATTACKS, help="attack (default SMIA)")
+    at.add_argument("--eps", type=_positive_float, default=None, help="budget in the bundle's unit (default: the bundle's)")
+    at.add_argument("--num-iter", type=_positive_int, default=None, help="iterations (default 10)")
+    at.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "demo":
+        from monai_smia.demo import DEMO_BUNDLES, run_demo
+
+        run_demo(args.data_dir, args.output, args.cache, tuple(args.bundles or DEMO_BUNDLES), args.max_cases, args.device)
+    elif args.command == "evaluate":
+        from monai_smia.evaluation import check_attacks, evaluation_from_bundle
+
+        if args.attacks is not None:
+            check_attacks(args.attacks)
+        evaluation_from_bundle(
+            args.bundle,
+            dataset_dir=args.dataset_dir,
+            output_dir=args.output,
+            attacks=args.attacks,
+            eps=args.eps,
+            num_iter=args.num_iter,
+            data_split=args.split,
+            max_cases=args.max_cases,
+            device=args.device,
+        ).run()
+    elif args.command == "attack":
+        from monai_smia.attack_run import run_attack
+
+        run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, num_iter=args.num_iter, device=args.device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        if not args.data_dir:
-            print("monai-smia demo: no data folder; pass --data-dir DIR or set MONAI_SMIA_DATA=DIR", file=sys.stderr)
-            return 2
-        if args.eps <= 0:
-            print(f"monai-smia demo: --eps must be > 0, got {args.eps}", file=sys.stderr)
-            return 2
-        from monai_smia.quick_demo import run
-
-        try:
-            run(args.data_dir, eps=args.eps, seed=args.seed)
-        except FileNotFoundError as e:
-            print(f"monai-smia demo: {e}", file=sys.stderr)
-            return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        _run(args)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"monai-smia {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as err:  # e.g. a download refused offline: one line, not a traceback
+        if type(err).__name__ != "DownloadUnavailableError":
+            raise
+        print(f"monai-smia {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -420,3 +420,32 @@ class RobustnessEvaluation:
         if curves:
             paths.append(trace_curves_figure(self.output_dir / "iterations_dev_vs_smia.png", curves, title=f"{victim.name}, eps = {eps:g}{self.eps_unit}"))
         return paths
+
+
+def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> RobustnessEvaluation:
+    """A :class:`RobustnessEvaluation` with the defaults of the bundle's ``configs/evaluate.json``
+    (budget, unit, batch size, ...) and ``overrides`` (``None`` values are ignored).
+
+    Bundles without such a config (e.g. from the MONAI model zoo) get the package defaults.
+    """
+    from monai.bundle import ConfigParser
+
+    from monai_smia.victim import resolve_bundle
+
+    root = resolve_bundle(bundle)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    cfg = root / "configs" / "evaluate.json"
+    parser = ConfigParser()
+    if cfg.is_file():
+        parser.read_config(str(cfg))
+    target = str(parser.config.get("evaluation", {}).get("_target_", "")) if isinstance(parser.config.get("evaluation"), dict) else ""
+    if not target.endswith("RobustnessEvaluation"):
+        if "dataset_dir" not in overrides or "output_dir" not in overrides:
+            raise ValueError(f"{root} has no monai_smia evaluate.json: pass dataset_dir and output_dir")
+        return RobustnessEvaluation(bundle=root, **overrides)
+    parser["bundle_root"] = str(root)
+    for key, value in overrides.items():
+        if key not in parser.config:
+            raise ValueError(f"unknown evaluation setting {key!r}")
+        parser[key] = value
+    return parser.get_parsed_content("evaluation", instantiate=True)
