@@ -90,13 +90,20 @@ def load_victim(
     dataset_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     checkpoint: str | os.PathLike | None = None,
+    labels: bool = True,
 ) -> Victim:
-    """Instantiate the bundle's network, preprocessing and inferer, and load its checkpoint."""
+    """Instantiate the bundle's network, preprocessing and inferer, and load its checkpoint.
+
+    Args:
+        labels: prefer ``train.json``'s ``validate`` preprocessing (images and labels). ``False``:
+            prefer ``inference.json``'s ``preprocessing``/``inferer`` (images only), for images
+            without labels; ``train.json`` is used only when the bundle has no ``inference.json``.
+    """
     root = resolve_bundle(bundle)
     with open(root / "configs" / "metadata.json") as f:
         meta = json.load(f)
     configs = root / "configs"
-    use_train = (configs / "train.json").is_file()
+    use_train = (configs / "train.json").is_file() and (labels or not (configs / "inference.json").is_file())
     parser = ConfigParser()
     parser.read_config(str(configs / ("train.json" if use_train else "inference.json")))
     parser["bundle_root"] = str(root)
