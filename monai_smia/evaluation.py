@@ -86,6 +86,14 @@ def check_attacks(attacks: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(attacks))
 
 
+def case_seed(seed: int, attack_name: str, eps: float | None, case_ids: Sequence[str]) -> int:
+    """A seed derived from the run seed, the condition and the cases of a batch."""
+    import hashlib
+
+    text = f"{seed}|{attack_name}|{eps!r}|{'|'.join(map(str, case_ids))}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 class RobustnessEvaluation:
     """Evaluate a bundle's victim on clean and attacked data and write the reports.
 
@@ -149,6 +157,9 @@ class RobustnessEvaluation:
     def _setup_distributed(self) -> torch.device:
         import torch.distributed as dist
 
+        if self.distributed and not dist.is_initialized() and "RANK" not in os.environ:
+            logger.warning("distributed=True but not launched by torchrun (no RANK): running as one process")
+            self.distributed = False
         if self.distributed:
             if not dist.is_initialized():
                 backend = "nccl" if torch.cuda.is_available() and self.device != "cpu" else "gloo"
@@ -230,6 +241,11 @@ class RobustnessEvaluation:
                 if example is not None:
                     self._save_example(attack_name, eps, rec["case_id"], example)
 
+        def reseed(engine: Any) -> None:  # random starts depend on the cases, not on batching or ranks
+            if isinstance(inferer, AttackInferer):
+                inferer.generator = torch.Generator().manual_seed(case_seed(self.seed, attack_name, eps, engine.state.batch["case_id"]))
+
+        evaluator.add_event_handler(Events.ITERATION_STARTED, reseed)
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, on_iteration)
         if ProgressBar is not None and self.rank == 0:
             ProgressBar(desc=f"{victim.name} {attack_name}{'' if eps is None else f' eps={eps:g}{self.eps_unit}'}", persist=True).attach(evaluator)

@@ -1,0 +1,153 @@
+"""Robustness evaluation end to end on real data: the evaluate bundle, resume, torchrun equivalence, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from monai_smia.cli import main
+from monai_smia.evaluation import evaluation_from_bundle
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def retina(data_dir, tmp_path_factory):
+    from data_prep.medmnist import prepare_medmnist
+
+    out = tmp_path_factory.mktemp("retina")
+    prepare_medmnist(data_dir, out, "retinamnist")
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir, tmp_path_factory):
+    from data_prep.mnist import prepare_mnist
+
+    out = tmp_path_factory.mktemp("mnist")
+    prepare_mnist(data_dir, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def retina_report(retina, tmp_path_factory):
+    out = tmp_path_factory.mktemp("retina_eval")
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(REPO_ROOT / "bundles/retina_dr_cls/configs/evaluate.json"),
+        "--bundle_root", str(REPO_ROOT / "bundles/retina_dr_cls"),
+        "--dataset_dir", str(retina), "--output_dir", str(out), "--max_cases", "120", "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_evaluate_bundle_end_to_end(retina_report):
+    summary = json.loads((retina_report / "summary.json").read_text())
+    assert list(summary) == ["clean", "noise", "FGSM", "PGD", "DEV", "SMIA"]
+    clean = summary["clean"]["top1"]
+    print("\nRetinaMNIST (120 test cases) top-1:", {k: round(v["top1"], 3) for k, v in summary.items()})
+    for key in ("top1", "top1_ci95", "fpr_one_vs_rest", "roc_auc_one_vs_rest", "num_cases"):
+        assert key in summary["clean"], key
+    assert summary["clean"]["num_cases"] == 120
+    noise = summary["noise"]["top1"]
+    for name in ("FGSM", "PGD", "DEV", "SMIA"):
+        row = summary[name]
+        assert row["top1"] < clean - 0.1, f"{name} barely hurts: {row['top1']:.3f} vs clean {clean:.3f}"
+        assert row["top1"] < noise - 0.05, f"{name} not below random noise ({row['top1']:.3f} vs {noise:.3f})"
+        assert row["linf"] == pytest.approx(1.0, abs=1e-3)  # eps = 1/255, reported in /255 units
+        assert 0 < row["success"] <= 1 and row["psnr"] > 40 and 0.9 < row["ssim"] <= 1
+    for name in ("PGD", "DEV", "SMIA"):
+        assert 0 <= summary[name]["positive_cosine_share"] <= 1
+    table = (retina_report / "summary.md").read_text()
+    assert "| SMIA |" in table and "[" in table
+    csv_lines = (retina_report / "per_case.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 6 * 120
+    prov = json.loads((retina_report / "provenance.json").read_text())
+    assert len(prov["checkpoint"]["sha256"]) == 64 and prov["seed"] == 0 and prov["attack_settings"]["eps"] == [1.0]
+    for png in ("examples_SMIA.png", "iterations_dev_vs_smia.png", "robustness_top1.png"):
+        data = (retina_report / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+
+
+def test_resume_from_partial_output(retina, retina_report, tmp_path):
+    """Copy a finished run, drop some cases and corrupt one: the rerun recomputes exactly those."""
+    import shutil
+
+    out = tmp_path / "partial"
+    shutil.copytree(retina_report / "cases", out / "cases")
+    smia_cases = sorted((out / "cases" / "SMIA").glob("*/*.json"))
+    for p in smia_cases[:5]:
+        p.unlink()
+    smia_cases[5].write_text('{"case_id": "trunc')
+    kept = {p: p.stat().st_mtime_ns for p in sorted((out / "cases" / "FGSM").glob("*/*.json"))}
+    evaluation_from_bundle(
+        "retina_dr_cls", dataset_dir=str(retina), output_dir=str(out), max_cases=120, device="cpu", attacks=["FGSM", "SMIA"]
+    ).run()
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "finished cases were recomputed"
+    assert len(list((out / "cases" / "SMIA").glob("*/*.json"))) == 120
+    before = json.loads((retina_report / "summary.json").read_text())
+    after = json.loads((out / "summary.json").read_text())
+    for name in ("clean", "FGSM", "SMIA"):
+        assert after[name]["top1"] == pytest.approx(before[name]["top1"], abs=1e-12)
+
+
+def _run_eval(mnist, out, nproc: int) -> dict:
+    bundle = REPO_ROOT / "bundles/mnist_cls"
+    configs = f"['{bundle}/configs/evaluate.json','{bundle}/configs/multi_gpu_evaluate.json']" if nproc > 1 else str(bundle / "configs/evaluate.json")
+    args = [
+        "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(bundle),
+        "--dataset_dir", str(mnist), "--output_dir", str(out), "--max_cases", "7", "--batch_size", "1",
+        "--attacks", "['noise','PGD','SMIA']", "--num_iter", "3", "--num_figure_cases", "0",
+    ]  # fmt: skip
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29533", *args]
+    else:
+        cmd = [sys.executable, *args, "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO_ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_two_processes_match_one(mnist, tmp_path):
+    one = _run_eval(mnist, tmp_path / "one", 1)
+    two = _run_eval(mnist, tmp_path / "two", 2)
+    assert list(one) == list(two) == ["clean", "noise", "PGD", "SMIA"]
+    for cond in one:
+        assert two[cond]["num_cases"] == 7
+        for metric in ("top1", "linf", "psnr", "success"):
+            if metric in one[cond]:
+                assert two[cond][metric] == pytest.approx(one[cond][metric], abs=1e-9, nan_ok=True), (cond, metric)
+    for cond in ("clean", "noise", "PGD", "SMIA"):
+        ids = sorted(p.stem for p in (tmp_path / "two" / "cases" / cond).glob("*/*.json"))
+        assert len(ids) == len(set(ids)) == 7
+
+
+def test_cli_help_and_errors(capsys, tmp_path):
+    for cmd in ("demo", "evaluate", "attack"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+    assert "--dataset-dir" in capsys.readouterr().out
+    assert main(["evaluate", "--bundle", "no_such_bundle", "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "bundle 'no_such_bundle' not found" in capsys.readouterr().err
+    assert main(["evaluate", "--bundle", str(tmp_path), "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "is not a MONAI bundle" in capsys.readouterr().err
+    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o"), "--attacks", "CW"]) == 2
+    assert "unknown attack(s) 'CW'" in capsys.readouterr().err
+    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "datalist.json not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path), "--output", str(tmp_path), "--eps", "-0.1"])
+    assert e.value.code == 2
+    assert "budgets must be > 0" in capsys.readouterr().err
