@@ -64,14 +64,19 @@ from monai_smia.evaluation import ATTACKS, make_attack
 from monai_smia.inferers import AttackInferer
 from monai_smia.io import (
     LoadSeriesImage,
-    find_dicom_series,
     invert_perturbation,
     load_source_volume,
     save_adversarial_nifti,
     write_adversarial_dicom_series,
 )
 from monai_smia.losses import hard_prediction, prepare_labels
-from monai_smia.report import CaseStore, atomic_write_bytes, atomic_write_json, file_sha256, to_jsonable, write_provenance
+from monai_smia.report import (
+    CaseStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    to_jsonable,
+    write_provenance,
+)
 from monai_smia.victim import Victim, load_victim, resolve_bundle
 
 Image, _has_pil = optional_import("PIL.Image")
@@ -240,13 +245,15 @@ def _datalist_cases(
         for i, item in enumerate(load_datalist(root, split)):
             image = item.get("image")
             if not isinstance(image, str):
-                raise ValueError(
+                raise TypeError(
                     f"{root / DATALIST}: {split}[{i}] has image {image!r}; one file or DICOM folder per item is expected."
                 )
             src = Path(image)
             kind = "dicom" if src.is_dir() else _kind_of_file(src)
             if kind is None:
-                raise ValueError(f"{root / DATALIST}: {split}[{i}] image {image!r} is not NIfTI, PNG or a DICOM folder.")
+                raise ValueError(
+                    f"{root / DATALIST}: {split}[{i}] image {image!r} is not NIfTI, PNG or a DICOM folder."
+                )
             prefix = f"{split}_" if data_split == "all" else ""
             cases.append(SourceCase(f"{prefix}{_stem(src)}", src, kind, item.get(label_key), split))
     if not cases:
@@ -434,12 +441,16 @@ class AdversarialWriter:
             raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}.")
         if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0):
             raise ValueError(f"eps must be a budget > 0 (e.g. 20 for 20 HU), got {eps!r}.")
-        if eps_scale is not None and (isinstance(eps_scale, bool) or not isinstance(eps_scale, (int, float)) or not eps_scale > 0):
+        if eps_scale is not None and (
+            isinstance(eps_scale, bool) or not isinstance(eps_scale, (int, float)) or not eps_scale > 0
+        ):
             raise ValueError(f"eps_scale must be a number > 0 (network units per eps unit), got {eps_scale!r}.")
         if source_scale is not None and (
             isinstance(source_scale, bool) or not isinstance(source_scale, (int, float)) or not source_scale > 0
         ):
-            raise ValueError(f"source_scale must be a number > 0 (network units per source unit), got {source_scale!r}.")
+            raise ValueError(
+                f"source_scale must be a number > 0 (network units per source unit), got {source_scale!r}."
+            )
         if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
             raise ValueError(f"num_iter must be an integer >= 1, got {num_iter!r}.")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
@@ -577,7 +588,11 @@ class AdversarialWriter:
             victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)
             checkpoint = victim.checkpoint
             self._prepare(victim, label_free)
-            bar = tqdm(pending, desc=f"{self.root.name} {self.attack}", disable=not (self.progress and _has_tqdm)) if _has_tqdm else pending
+            bar = (
+                tqdm(pending, desc=f"{self.root.name} {self.attack}", disable=not (self.progress and _has_tqdm))
+                if _has_tqdm
+                else pending
+            )
             for case in bar:
                 self.store.save(self.attack_case(victim, case, label_free))
         summary = self.write_summary(cases)
@@ -596,7 +611,9 @@ class AdversarialWriter:
         self.preprocessing = victim.preprocessing
         _use_series_loader(self.preprocessing)
         self.missing_ok = label_free and victim.has_labels
-        self.eps_scale = self.eps_scale_arg if self.eps_scale_arg is not None else default_eps_scale(victim, self.eps_unit)
+        self.eps_scale = (
+            self.eps_scale_arg if self.eps_scale_arg is not None else default_eps_scale(victim, self.eps_unit)
+        )
         self.eps_network = self.eps * self.eps_scale
         self.source_scale = (
             self.source_scale_arg if self.source_scale_arg is not None else source_intensity_scale(self.preprocessing)
@@ -635,7 +652,14 @@ class AdversarialWriter:
         data, x, lab = self._load_batch(item)
         spatial_dims = 2 if isinstance(victim.inferer, SliceInferer) else x.ndim - 2
         attack = make_attack(
-            self.attack, victim.network, self.eps_network, self.num_iter, self.alpha, self.sigma, spatial_dims, self.bounds
+            self.attack,
+            victim.network,
+            self.eps_network,
+            self.num_iter,
+            self.alpha,
+            self.sigma,
+            spatial_dims,
+            self.bounds,
         )
         case_seed = (self.seed * 1_000_003 + zlib.crc32(case.case_id.encode())) % (2**63)
         inferer = AttackInferer(attack, victim.inferer, use_labels=not label_free, compute_success=True, seed=case_seed)
@@ -671,7 +695,9 @@ class AdversarialWriter:
             "error_clean": error(logits_clean),
             "error_adversarial": error(logits_adv),
         }
-        record["prediction_changed_fraction"] = float((hard_prediction(logits_adv) != hard_prediction(logits_clean)).double().mean())
+        record["prediction_changed_fraction"] = float(
+            (hard_prediction(logits_adv) != hard_prediction(logits_clean)).double().mean()
+        )
         record["success"] = record["error_adversarial"] > record["error_clean"]
         if victim.task == "classification":
             record["pred_clean"] = hard_prediction(logits_clean).flatten().tolist()
@@ -683,7 +709,8 @@ class AdversarialWriter:
         record["outputs"] = {k: str(Path(v).relative_to(self.output_dir)) for k, v in outputs.items()}
         record.update(written)
         if self.verify:
-            errors = {}
+            errors, deviation = {}, {}
+            x_adv = result.adversarial.to(x.device)
             for key in ("adversarial", "dicom"):
                 if key in outputs:
                     _, x_w, _ = self._load_batch({**item, "image": str(outputs[key])})
@@ -693,10 +720,18 @@ class AdversarialWriter:
                             f"to {tuple(x.shape)}; its geometry differs from the source."
                         )
                     errors[key] = error(self._predict(victim, x_w))
+                    deviation[key] = float((x_w - x_adv).abs().max())
             record["error_written"] = errors
+            # how far the written file, preprocessed again, is from the attacked input (network units):
+            # integer rounding, and for resampled volumes the round trip to the source grid and back
+            record["written_deviation_network"] = deviation
             integer = "dicom" if "dicom" in errors else ("adversarial" if written.get("integer_output") else None)
             if integer is not None:
-                float_err = errors["adversarial"] if integer == "dicom" and not written.get("integer_output") else record["error_adversarial"]
+                float_err = (
+                    errors["adversarial"]
+                    if integer == "dicom" and not written.get("integer_output")
+                    else record["error_adversarial"]
+                )
                 e_int = errors[integer]
                 record["rounding"] = {
                     "output": integer,
@@ -733,7 +768,9 @@ class AdversarialWriter:
         }
         if case.kind == "dicom" and self.dicom:
             settings = {"attack": self.attack, "eps": self.eps, "eps_unit": self.eps_unit, "num_iter": self.num_iter}
-            dcm = write_adversarial_dicom_series(case.source, d_src, out / f"{case.case_id}_adv_dicom", eps=self.eps_source, settings=settings)
+            dcm = write_adversarial_dicom_series(
+                case.source, d_src, out / f"{case.case_id}_adv_dicom", eps=self.eps_source, settings=settings
+            )
             outputs["dicom"] = dcm.folder
             written["dicom"] = {
                 "series_instance_uid": dcm.series_instance_uid,
@@ -760,7 +797,9 @@ class AdversarialWriter:
         with Image.open(case.source) as im:
             src = np.asarray(im)
         if not np.issubdtype(src.dtype, np.integer):
-            raise ValueError(f"{str(case.source)!r} holds {src.dtype} pixels; only integer PNGs (8 or 16 bit) are supported.")
+            raise ValueError(
+                f"{str(case.source)!r} holds {src.dtype} pixels; only integer PNGs (8 or 16 bit) are supported."
+            )
         gray = src.ndim == 2
         cf = src[None] if gray else np.moveaxis(src, -1, 0)  # (C, H, W)
         raw = self._raw_image(str(case.source))
@@ -850,8 +889,19 @@ class AdversarialWriter:
             "eps": self.eps,
             "eps_unit": self.eps_unit,
             "num_cases": len(rows),
-            "mean": {k: mean(k) for k in ("error_clean", "error_adversarial", "prediction_changed_fraction", "success", "positive_cosine_share")},
-            "max_abs_perturbation_source": max((r["max_abs_perturbation_source"] or 0.0 for r in rows.values()), default=None),
+            "mean": {
+                k: mean(k)
+                for k in (
+                    "error_clean",
+                    "error_adversarial",
+                    "prediction_changed_fraction",
+                    "success",
+                    "positive_cosine_share",
+                )
+            },
+            "max_abs_perturbation_source": max(
+                (r["max_abs_perturbation_source"] or 0.0 for r in rows.values()), default=None
+            ),
             "cases": rows,
         }
         atomic_write_json(self.output_dir / "summary.json", summary)
