@@ -291,6 +291,16 @@ def bundle_attack_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
+def bundle_loads_labels(bundle: str | os.PathLike) -> bool:
+    """Whether :func:`monai_smia.victim.load_victim` gives this bundle a preprocessing for images and labels
+    (``configs/train.json`` with a ``validate#preprocessing``)."""
+    train = resolve_bundle(bundle) / "configs" / "train.json"
+    if not train.is_file():
+        return False
+    config = ConfigParser.load_config_file(str(train))
+    return isinstance(config.get("validate"), dict) and "preprocessing" in config["validate"]
+
+
 def _flat_transforms(transform: Any) -> list[Any]:
     if isinstance(transform, Compose):
         return [t for sub in transform.transforms for t in _flat_transforms(sub)]
@@ -569,6 +579,14 @@ class AdversarialWriter:
         """Attack every pending case, then write ``summary.json`` and ``provenance.json``; returns the summary."""
         cases, data_source = self.cases()
         label_free = not all(c.label is not None for c in cases)
+        if not label_free and not bundle_loads_labels(self.root):
+            logger.warning(
+                "%s has no train.json 'validate' preprocessing that loads labels; attacking label-free.", self.root.name
+            )
+            label_free = True
+        if label_free:
+            for c in cases:
+                c.label = None
         settings = self.settings(label_free)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._check_settings(settings)

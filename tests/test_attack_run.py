@@ -245,6 +245,21 @@ def test_retina_bundle_attack_config_writes_pngs(retina_dataset, tmp_path):
     assert summary["num_cases"] == 4 and summary["eps_unit"] == "/255"
 
 
+def test_inference_only_bundle_attacks_label_free(retina_dataset, tmp_path):
+    """A bundle with inference.json but no train.json (as many model-zoo bundles) still works, label-free."""
+    root = tmp_path / "zoo_like"
+    (root / "models").mkdir(parents=True)
+    (root / "configs").mkdir()
+    for name in ("inference.json", "metadata.json", "attack.json"):
+        shutil.copy(BUNDLES / "retina_dr_cls" / "configs" / name, root / "configs" / name)
+    shutil.copy(BUNDLES / "retina_dr_cls" / "models" / "model.pt", root / "models" / "model.pt")
+    summary = run_attack(root, retina_dataset, tmp_path / "adv", num_iter=2, device="cpu", progress=False)
+    assert summary["num_cases"] == 4
+    records = _records(tmp_path / "adv")
+    assert all(r["label_free"] and r["error_clean"] == 0.0 for r in records)
+    assert all((tmp_path / "adv" / r["outputs"]["adversarial"]).is_file() for r in records)
+
+
 def _mnist_pngs(data_dir: Path, folder: Path, n: int) -> Path:
     idx = data_dir / "digits" / "mnist" / "t10k-images-idx3-ubyte.gz"
     if not idx.is_file():
