@@ -588,9 +588,15 @@ class AdversarialWriter:
             for c in cases:
                 c.label = None
         settings = self.settings(label_free)
+        pending = [c for c in cases if not self.is_done(c)]
+        checkpoint = self.checkpoint if self.checkpoint is not None else self.root / "models" / "model.pt"
+        if pending and not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"checkpoint {str(checkpoint)!r} not found: train the bundle first (see its docs/README.md) or pass "
+                "checkpoint=PATH."
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._check_settings(settings)
-        pending = [c for c in cases if not self.is_done(c)]
         logger.info(
             "%s on %s: %d cases, %d already done, %s eps=%g%s",
             self.root.name,
@@ -601,7 +607,6 @@ class AdversarialWriter:
             self.eps,
             self.eps_unit,
         )
-        checkpoint = self.checkpoint if self.checkpoint is not None else self.root / "models" / "model.pt"
         if pending:
             victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)
             checkpoint = victim.checkpoint
@@ -614,6 +619,8 @@ class AdversarialWriter:
             for case in bar:
                 self.store.save(self.attack_case(victim, case, label_free))
         summary = self.write_summary(cases)
+        if not pending and (self.output_dir / "provenance.json").is_file():
+            return summary  # nothing new: keep the provenance of the run that wrote the outputs
         write_provenance(
             self.output_dir / "provenance.json",
             seed=self.seed,

@@ -316,6 +316,10 @@ def test_bad_arguments_name_the_problem(lung_bundle, ct_inputs, tmp_path):
         run_attack("no_such_bundle", ct_inputs, out)
     with pytest.raises(ValueError, match="inside the input"):
         run_attack(lung_bundle, ct_inputs, ct_inputs / "adv")
+    empty = tmp_path / "untrained"
+    shutil.copytree(lung_bundle / "configs", empty / "configs")
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        run_attack(empty, ct_inputs, out)
     with pytest.raises(ValueError, match="save_dtype"):
         AdversarialWriter(lung_bundle, ct_inputs, out, save_dtype="int8")
     assert not out.exists() and not (ct_inputs / "adv").exists()
