@@ -81,11 +81,13 @@ def test_checkpoint_loads_weights_only(name: str) -> None:
     net = load_checkpoint(parser.get_parsed_content("network_def"), ckpt)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     # MONAI's own CheckpointLoader (weights_only=True) reads the same file
+    from ignite.engine import Engine
     from monai.handlers import CheckpointLoader
 
     net2 = parser.get_parsed_content("network_def", lazy=False)
-    engine = type("E", (), {"state": type("S", (), {"epoch": 0, "iteration": 0})()})()
-    CheckpointLoader(load_path=str(ckpt), load_dict={"model": net2})(engine)
+    engine = Engine(lambda e, b: None)
+    CheckpointLoader(load_path=str(ckpt), load_dict={"model": net2}).attach(engine)
+    engine.run([0], max_epochs=1)
     assert all(torch.equal(before[k], v) for k, v in net2.state_dict().items())
 
 
