@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m data_prep.lung_ct --data-dir ../shared/data --out outputs/lung_ct [--spacing 1.5 1.5]
+    python -m data_prep.lung_ct --data-dir ../shared/data --out data/lung_ct [--spacing 1.5 1.5]
 
 Every case becomes ``images/<case>.nii.gz`` (HU, int16) and ``labels/<case>.nii.gz`` (binary lung,
 uint8), resampled to one in-plane spacing (slice spacing kept, so a slice stays a slice), oriented
