@@ -124,7 +124,8 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "attack":
         from monai_smia.attack_run import run_attack
 
-        run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, num_iter=args.num_iter, device=args.device)
+        extra = {"num_iter": args.num_iter} if args.num_iter is not None else {}
+        run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, device=args.device, **extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,10 +50,12 @@ class InfererNetwork(torch.nn.Module):
 
 
 def _covers(roi_size: Any, shape: tuple[int, ...]) -> bool:
+    """Whether one window is exactly the slice (then the inferer calls the network on it unchanged);
+    a larger roi is padded by the sliding-window inferer, so it is not the bare network."""
     roi = ensure_tuple(roi_size)
     if len(roi) == 1:
         roi = roi * len(shape)
-    return all(int(r) <= 0 or int(r) >= s for r, s in zip(roi, shape))
+    return all(int(r) <= 0 or int(r) == s for r, s in zip(roi, shape))
 
 
 class AttackInferer(Inferer):
