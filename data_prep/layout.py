@@ -100,17 +100,25 @@ def load_datalist(root: str | os.PathLike, split: str | None = None) -> Any:
             "(run e.g. `python -m data_prep.lung_ct --data-dir ../shared/data --out DIR`)"
         )
     with open(path) as f:
-        obj = json.load(f)
+        try:
+            obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); rerun data_prep to rewrite it") from e
     if split is None:
         return obj
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if split not in obj:
         raise KeyError(f"{path} has no {split!r} list; expected keys {SPLITS}")
     out = []
-    for item in obj[split]:
+    for n, item in enumerate(obj[split]):
         item = dict(item)
         for key in ("image", "label"):
             if isinstance(item.get(key), str):
-                item[key] = str(root / item[key])
+                full = root / item[key]
+                if not full.exists():
+                    raise FileNotFoundError(f"{path}: {split}[{n}][{key!r}] refers to missing file {full}")
+                item[key] = str(full)
         out.append(item)
     return out
 

@@ -8,17 +8,15 @@ with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["load_split", "load_weights"]
+from data_prep.layout import DATALIST, load_datalist
 
-DATALIST = "datalist.json"
-SPLITS = ("training", "validation", "test")
+__all__ = ["load_split", "load_weights"]
 
 
 def load_split(
@@ -40,44 +38,20 @@ def load_split(
         FileNotFoundError: if ``datalist.json`` or a referenced image is missing.
         ValueError: on an unknown split, an empty split, or a label outside the class range.
     """
-    root = Path(dataset_dir)
-    path = root / DATALIST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: --dataset_dir must be a folder written by data_prep, e.g. "
-            "`python -m data_prep.medmnist --data-dir ../shared/data --out DIR --dataset retinamnist`"
-        )
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    with open(path) as f:
-        try:
-            obj = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); rerun data_prep to rewrite it") from e
-    items = obj.get(split)
+    items = load_datalist(dataset_dir, split)
     if not items:
-        raise ValueError(f"{path} has no items in its {split!r} list")
+        raise ValueError(f"{Path(dataset_dir) / DATALIST} has no items in its {split!r} list")
     if max_items is not None:
         items = items[: int(max_items)]
-    out = []
-    for n, item in enumerate(items):
-        item = dict(item)
-        for key in ("image", "label"):
-            value = item.get(key)
-            if isinstance(value, str):
-                full = root / value
-                if not full.exists():
-                    raise FileNotFoundError(f"{path}: {split}[{n}][{key!r}] refers to missing file {full}")
-                item[key] = str(full)
-        if num_classes is not None:
+    if num_classes is not None:
+        for n, item in enumerate(items):
             label = item.get("label")
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
                 raise ValueError(
-                    f"{path}: {split}[{n}] has label {label!r}; this bundle expects an integer class in "
-                    f"[0, {num_classes - 1}]"
+                    f"{Path(dataset_dir) / DATALIST}: {split}[{n}] has label {label!r}; this bundle expects an "
+                    f"integer class in [0, {num_classes - 1}]"
                 )
-        out.append(item)
-    return out
+    return items
 
 
 def load_weights(

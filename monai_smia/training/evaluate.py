@@ -27,6 +27,7 @@ from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 
 from data_prep.layout import write_json_atomic
+from monai_smia.bundle_utils import load_weights
 from monai_smia.training.datalists import load_split
 
 INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")
@@ -34,16 +35,8 @@ INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")
 __all__ = ["evaluate_segmentation_bundle", "load_checkpoint", "metrics_for_metadata"]
 
 
-def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load ``path`` into ``network`` with ``weights_only=True``; accepts a bare or a {"model": ...} state dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; train the bundle first (see its docs/README.md)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    network.load_state_dict(state)
-    return network
+#: kept for the bundle tests and configs; one loader for every checkpoint of the project
+load_checkpoint = load_weights
 
 
 def evaluate_segmentation_bundle(
