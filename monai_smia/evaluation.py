@@ -210,7 +210,9 @@ class RobustnessEvaluation:
     # ------------------------------------------------------------------ one condition
     def _evaluate(self, victim: Victim, attack_name: str, eps: float | None, items: list[dict[str, Any]], device: torch.device) -> None:
         store, scale = self.store, self.scale
+        self._barrier()  # every rank sees the same finished cases, before any rank writes new ones
         pending = store.pending(attack_name, eps, [it["case_id"] for it in items])
+        self._barrier()
         todo = [it for it in items if it["case_id"] in set(pending)]
         sampler = None
         if self.distributed:

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 from monai_smia.cli import main
@@ -29,12 +31,14 @@ def test_quick_start_has_two_commands_and_ci_runs_the_second():
 
 def test_cli_help():
     out = subprocess.run([sys.executable, "-m", "monai_smia.cli", "demo", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "RetinaMNIST" in out.stdout and "--data-dir" in out.stdout
+    assert out.returncode == 0 and "lung CT" in out.stdout and "--data-dir" in out.stdout
 
 
 def test_cli_demo_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MONAI_SMIA_DATA", raising=False)
-    assert main(["demo", "--data-dir", str(tmp_path)]) == 2
-    assert "retinamnist.npz" in capsys.readouterr().err
-    assert main(["demo", "--data-dir", str(tmp_path), "--eps", "-1"]) == 2
-    assert "--eps must be > 0" in capsys.readouterr().err
+    assert main(["demo", "--data-dir", str(tmp_path), "--cache", str(tmp_path / "cache")]) == 2
+    assert "has no ct/ folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--max-cases", "0"])
+    assert e.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err

@@ -306,7 +306,7 @@ def test_eps_sweep_table_and_curve(tmp_path: Path):
 
 def test_figures_from_a_real_attack(data_dir: Path, tmp_path: Path):
     from monai_smia import SMIA
-    from monai_smia.quick_demo import load_retinamnist, train_quick_classifier
+    from monai_smia.quick_victim import load_retinamnist, train_quick_classifier
 
     if not (data_dir / "fundus" / "retinamnist.npz").is_file():
         pytest.skip("fundus/retinamnist.npz is absent from the data folder")
