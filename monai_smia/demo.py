@@ -26,6 +26,8 @@ __all__ = ["DEMO_BUNDLES", "default_cache", "prepare_demo_data", "run_demo"]
 logger = logging.getLogger(__name__)
 
 DEMO_BUNDLES = ("lung_ct_seg", "retina_dr_cls")
+#: the demo evaluates the first test volumes only, to finish in minutes on 2 CPU cores (the evaluate command runs all)
+DEMO_MAX_CASES = {"lung_ct_seg": 2, "lung_ct_seg3d": 2}
 TOTALSEG_URL = "https://github.com/wasserth/TotalSegmentator/raw/master/tests/reference_files/"
 TOTALSEG_SAMPLE = ("example_ct.nii.gz", "example_seg_v1.nii.gz", "example_ct_sm.nii.gz", "example_seg.nii.gz", "pulm_ct_cropped.nii.gz")
 
@@ -116,9 +118,12 @@ def run_demo(
             print(f"\n[{bundle}] skipped: {err}")
             continue
         n = len(load_datalist(dataset_dir, "test"))
-        print(f"\n[{bundle}] data: {source}; {n if max_cases is None else min(n, max_cases)} test cases")
+        limit = max_cases if max_cases is not None else DEMO_MAX_CASES.get(bundle)
+        shown = n if limit is None else min(n, limit)
+        more = "" if shown == n else f" (first {shown} of {n}; `monai-smia evaluate` runs them all)"
+        print(f"\n[{bundle}] data: {source}; {shown} test cases{more}")
         evaluation = evaluation_from_bundle(
-            bundle, dataset_dir=str(dataset_dir), output_dir=str(out / bundle), max_cases=max_cases, device=device
+            bundle, dataset_dir=str(dataset_dir), output_dir=str(out / bundle), max_cases=limit, device=device
         )
         results[bundle] = evaluation.run()
         figures = sorted(p.name for p in (out / bundle).glob("*.png"))
