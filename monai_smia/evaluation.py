@@ -423,12 +423,20 @@ class RobustnessEvaluation:
                     continue
                 with np.load(clean_p) as c, np.load(adv_p) as a:
                     case = {"case_id": cid, "image": c["image"], "adv_image": a["adv_image"], "clean_pred": c["pred"], "adv_pred": a["pred"]}
+                    if task == "classification":  # PNGs load width-first (PILReader): show them upright
+                        case["image"], case["adv_image"] = (np.swapaxes(case[k], -1, -2) for k in ("image", "adv_image"))
                     if "label" in c.files:
                         case["label"] = c["label"]
                 cases.append(case)
             if cases:
                 paths.append(
-                    case_figure(self.output_dir / f"examples_{name}.png", cases, task=task, attack_name=f"{name} ({eps:g}{self.eps_unit})")
+                    case_figure(
+                        self.output_dir / f"examples_{name}.png",
+                        cases,
+                        task=task,
+                        attack_name=f"{name} ({eps:g}{self.eps_unit})",
+                        transpose=task == "segmentation",  # RAS arrays: anterior at the top
+                    )
                 )
         curves = {}
         for name in ("DEV", "SMIA"):
