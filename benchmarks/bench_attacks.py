@@ -24,19 +24,22 @@ from monai_smia.attacks.smia import PerturbationSmoother
 T = 10
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Best-of-``repeats`` wall time in seconds (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+def timed_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Best-of-``repeats`` wall time in seconds of each function, measured in turns (one call of each per
+    round, after one warm-up call each) so that a slow phase of a shared machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 def bench(name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, amp: bool) -> dict[str, float]:
@@ -62,23 +65,23 @@ def bench(name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rep
     def gauss() -> None:
         smoother(d)
 
-    res["fwd_bwd"] = timed(fwd_bwd, repeats, device)
-    res["fwd"] = timed(fwd, repeats, device)
-    res["gauss"] = timed(gauss, repeats, device)
     attacks = {
         "FGSM": FGSM(net, eps=eps, amp=amp),
         "PGD": PGD(net, eps=eps, num_iter=T, amp=amp),
         "SMIA": SMIA(net, eps=eps, num_iter=T, spatial_dims=x.ndim - 2, amp=amp),
     }
-    for k, attack in attacks.items():
-        res[k] = timed(lambda a=attack: a(x, y), repeats, device)
+    fns: dict[str, Callable[[], object]] = {"fwd_bwd": fwd_bwd, "fwd": fwd, "gauss": gauss}
+    fns.update({k: (lambda a=a: a(x, y)) for k, a in attacks.items()})
     try:
         import torchattacks
 
-        ta = torchattacks.PGD(net, eps=eps, alpha=2.5 * eps / T, steps=T, random_start=False)
-        res["torchattacks_PGD"] = timed(lambda: ta(x, y), repeats, device) if not amp else float("nan")
+        if not amp:
+            ta = torchattacks.PGD(net, eps=eps, alpha=2.5 * eps / T, steps=T, random_start=False)
+            fns["torchattacks_PGD"] = lambda: ta(x, y)
     except ImportError:
-        res["torchattacks_PGD"] = float("nan")
+        pass
+    res.update(timed_round_robin(fns, repeats, device))
+    res.setdefault("torchattacks_PGD", float("nan"))
     floor_smia = T * res["fwd_bwd"] + (T - 1) * (res["fwd"] + res["gauss"])
     floor_pgd = T * res["fwd_bwd"]
     res["floor_ratio"] = floor_smia / floor_pgd

@@ -122,6 +122,7 @@ class TraceRecorder:
         self.num_samples = num_samples
         self.device = device
         self._prev_update: torch.Tensor | None = None
+        self._prev_sq: torch.Tensor | None = None
         self._nan = torch.full((num_samples,), float("nan"), device=device)
 
     def record(
@@ -134,24 +135,25 @@ class TraceRecorder:
     ) -> None:
         """Record one iteration: the objective's gradient, the two loss terms, the new ``d`` and the update applied."""
         b = self.num_samples
-        flat_d = delta.detach().reshape(b, -1).double()
-        flat_u = update.detach().reshape(b, -1).double()
+        f64 = torch.float64  # sums accumulate in float64 without a float64 copy of the tensors
+        flat_d = delta.detach().reshape(b, -1)
+        flat_u = update.detach().reshape(b, -1)
         prev = self._prev_update
         r = self.rows
         r["deviation_loss"].append(deviation.detach().float().reshape(b))
         r["stabilization_loss"].append(self._nan if stabilization is None else stabilization.detach().float().reshape(b))
         r["zero_gradient"].append(grad.detach().reshape(b, -1).abs().amax(dim=1) == 0)
-        r["d_sum"].append(flat_d.sum(dim=1))
-        r["d_sqsum"].append((flat_d * flat_d).sum(dim=1))
-        u_sq = (flat_u * flat_u).sum(dim=1)
+        r["d_sum"].append(flat_d.sum(dim=1, dtype=f64))
+        r["d_sqsum"].append((flat_d * flat_d).sum(dim=1, dtype=f64))
+        u_sq = (flat_u * flat_u).sum(dim=1, dtype=f64)
         r["upd_sq"].append(u_sq)
         if prev is None:
             r["upd_dot"].append(torch.zeros_like(u_sq))
             r["upd_prev_sq"].append(torch.zeros_like(u_sq))
         else:
-            r["upd_dot"].append((flat_u * prev).sum(dim=1))
-            r["upd_prev_sq"].append((prev * prev).sum(dim=1))
-        self._prev_update = flat_u
+            r["upd_dot"].append((flat_u * prev).sum(dim=1, dtype=f64))
+            r["upd_prev_sq"].append(self._prev_sq)
+        self._prev_update, self._prev_sq = flat_u, u_sq
 
     def finish(self) -> AttackTrace:
         """Stack the rows into an :class:`AttackTrace` on the CPU."""
