@@ -131,6 +131,7 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("ignite").setLevel(logging.WARNING)  # the progress bars say enough
     try:
         _run(args)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
