@@ -42,7 +42,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +76,7 @@ from monai_smia.report import (
     to_jsonable,
     write_provenance,
 )
+from monai_smia.io.source_grid import write_nifti_atomic
 from monai_smia.victim import Victim, load_victim, resolve_bundle
 
 Image, _has_pil = optional_import("PIL.Image")
@@ -354,19 +354,6 @@ def _use_series_loader(preprocessing: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # writing
-
-
-def _atomic_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        img.to_filename(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _atomic_png(arr: np.ndarray, path: Path) -> None:
@@ -783,7 +770,7 @@ class AdversarialWriter:
         pert_img.header.set_data_dtype(np.float32)
         pert_img.header.set_slope_inter(1.0, 0.0)
         pert_path = out / f"{case.case_id}_perturbation.nii.gz"
-        _atomic_nifti(pert_img, pert_path)
+        write_nifti_atomic(pert_img, pert_path)
         outputs = {"adversarial": adv_path, "perturbation": pert_path}
         written: dict[str, Any] = {
             "max_abs_perturbation_source": rep.max_abs_change,

@@ -143,7 +143,8 @@ def _perturbation_array(perturbation: Any, shape: Sequence[int], affine: np.ndar
     return arr
 
 
-def _atomic_nifti(img: nib.Nifti1Image, output: Path) -> None:
+def write_nifti_atomic(img: nib.Nifti1Image, output: Path) -> None:
+    """Write ``img`` to ``output`` (.nii or .nii.gz) through a temporary file and a rename."""
     output.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if output.name.endswith(".nii.gz") else ".nii"
     if not output.name.endswith((".nii", ".nii.gz")):
@@ -241,7 +242,7 @@ def save_adversarial_nifti(
         else:
             img = nib.Nifti1Image(adv, affine)
         img.header.set_data_dtype(out_dtype)
-    _atomic_nifti(img, output)
+    write_nifti_atomic(img, output)
 
     back = np.asarray(nib.load(str(output)).get_fdata(dtype=np.float64))
     if back.ndim == 4:
