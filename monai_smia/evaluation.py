@@ -233,13 +233,13 @@ class RobustnessEvaluation:
         evaluator = SupervisedEvaluator(
             device=device, val_data_loader=loader, network=victim.network, inferer=inferer, decollate=False, amp=False, **kwargs
         )
-        first = {it["case_id"] for it in items[: self.num_figure_cases]}
+        figure_cases = {it["case_id"] for it in items[: self.num_figure_cases]}
 
         def on_iteration(engine: Any) -> None:
             out, batch = engine.state.output, engine.state.batch
             x = out["image"].as_tensor() if hasattr(out["image"], "as_tensor") else out["image"]
             x_adv = inferer.last_adversarial if attack is not None else None
-            for rec, example in self.case_records(victim, attack_name, eps, batch["case_id"], x, x_adv, out, inferer, first):
+            for rec, example in self.case_records(victim, attack_name, eps, batch["case_id"], x, x_adv, out, inferer, figure_cases):
                 store.save(rec)
                 if example is not None:
                     self._save_example(attack_name, eps, rec["case_id"], example)
@@ -362,7 +362,6 @@ class RobustnessEvaluation:
         set_metrics = classification_set_metrics(output_key="logits") if cls else None
         unit = self.eps_unit
         by_eps = {}
-        first = None
         for i, eps in enumerate(self.eps):
             records = self._records(items, eps, victim)
             target = out if i == 0 else out / f"eps_{eps:g}"
@@ -376,8 +375,6 @@ class RobustnessEvaluation:
                 seed=self.seed,
             )
             by_eps[eps] = res["summary"]
-            if first is None:
-                first = res
         write_eps_sweep(out, by_eps, headline[0], eps_unit=unit)
         write_provenance(
             out / "provenance.json",
@@ -402,7 +399,7 @@ class RobustnessEvaluation:
         )
         self.write_figures(victim, items, self.eps[0])
         print((out / "summary.md").read_text())
-        return first["summary"]
+        return by_eps[self.eps[0]]
 
     def _data_source(self) -> dict[str, Any]:
         try:
