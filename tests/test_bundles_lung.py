@@ -25,6 +25,9 @@ DATA = Path(os.environ.get("MONAI_SMIA_DATA", ROOT / ".." / "shared" / "data"))
 SCHEMA = ROOT / ".." / "shared" / "monai" / "meta_schema_20240725.json"
 BUNDLES = ["lung_ct_seg", "lung_ct_seg3d"]
 TOLERANCE = 0.01
+#: the issue's Dice targets, met on chest CT (threshold and Chest Imaging Platform masks); the
+#: TotalSegmentator lung bases of an abdominal scan miss them (see the bundle READMEs)
+CHEST_CT_TARGETS = {"lung_ct_seg": 0.90, "lung_ct_seg3d": 0.85}
 
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -119,3 +122,5 @@ def test_committed_eval_metrics_reproduce(name: str, lung_data: Path) -> None:
     assert measured["mean_dice"] == pytest.approx(claimed["test_mean_dice"], abs=TOLERANCE)
     for source, value in measured["by_source"].items():
         assert value == pytest.approx(claimed[f"test_dice_{source}"], abs=TOLERANCE), source
+    for source in ("hu_threshold", "cip_wholelung"):
+        assert measured["by_source"][source] >= CHEST_CT_TARGETS[name], source
