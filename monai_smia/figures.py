@@ -11,14 +11,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from monai.utils import optional_import
+
+from data_prep.layout import atomic_file
 
 matplotlib, _has_mpl = optional_import("matplotlib")
 
@@ -45,16 +45,11 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG through a temporary file and :func:`os.replace`; closes it."""
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

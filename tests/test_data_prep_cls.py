@@ -20,7 +20,7 @@ import pytest
 from data_prep import download as dl
 from data_prep import medmnist as mm
 from data_prep import mnist as mn
-from data_prep.layout import load_datalist
+from data_prep.layout import atomic_file, load_datalist, write_json_atomic
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -326,3 +326,15 @@ def test_kaggle_dr_converter_keeps_eyes_together(tmp_path):
     with pytest.raises(FileNotFoundError, match="3_left.jpeg"):
         dl.prepare_dataset("kaggle_dr", tmp_path / "dr2", manual_dir=src, size=32)
     assert not (tmp_path / "dr2").exists()
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "sub" / "summary.json"
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_file(target, suffix=".json") as tmp:
+            tmp.write_text('{"a": 2, "half')
+            raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["summary.json"]

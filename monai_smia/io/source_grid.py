@@ -10,9 +10,7 @@ most ``eps`` (in the source's own units, e.g. HU) at every voxel.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd, InvertibleTransform
 
+from data_prep.layout import atomic_file
 from monai_smia.io.dicom_series import LoadSeriesImage, find_dicom_series
 
 __all__ = ["NiftiReport", "invert_perturbation", "load_source_volume", "rounding_survival", "save_adversarial_nifti"]
@@ -145,19 +144,10 @@ def _perturbation_array(perturbation: Any, shape: Sequence[int], affine: np.ndar
 
 def write_nifti_atomic(img: nib.Nifti1Image, output: Path) -> None:
     """Write ``img`` to ``output`` (.nii or .nii.gz) through a temporary file and a rename."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if output.name.endswith(".nii.gz") else ".nii"
     if not output.name.endswith((".nii", ".nii.gz")):
         raise ValueError(f"output {str(output)!r} must end with .nii or .nii.gz.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
-    os.close(fd)
-    try:
+    with atomic_file(output, suffix=".nii.gz" if output.name.endswith(".nii.gz") else ".nii") as tmp:
         img.to_filename(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_adversarial_nifti(
