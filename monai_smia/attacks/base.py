@@ -219,14 +219,19 @@ class Attack:
         if not random_start:
             return torch.zeros_like(x)
         if delta_init is not None:
-            if delta_init.shape != x.shape:
-                raise ValueError(f"delta_init has shape {tuple(delta_init.shape)}, images have {tuple(x.shape)}.")
-            delta = delta_init.detach().to(device=x.device, dtype=x.dtype)
+            delta = self.checked_delta_init(x, delta_init)
         else:
             dev = generator.device if generator is not None else x.device
             delta = (torch.rand(x.shape, generator=generator, device=dev, dtype=x.dtype) * 2 - 1) * self.eps
             delta = delta.to(x.device)
         return self.project(x, delta, mask)
+
+    @staticmethod
+    def checked_delta_init(x: torch.Tensor, delta_init: torch.Tensor) -> torch.Tensor:
+        """``delta_init`` detached onto ``x``'s device and dtype, after checking that the shapes match."""
+        if delta_init.shape != x.shape:
+            raise ValueError(f"delta_init has shape {tuple(delta_init.shape)}, images have {tuple(x.shape)}.")
+        return delta_init.detach().to(device=x.device, dtype=x.dtype)
 
     # ----------------------------------------------------------------- checks
     def _check_images(self, images: Any) -> torch.Tensor:

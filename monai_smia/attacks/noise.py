@@ -33,9 +33,7 @@ class RandomSignNoise(Attack):
     ) -> torch.Tensor:
         self.trace = None
         if delta_init is not None:
-            if delta_init.shape != x.shape:
-                raise ValueError(f"delta_init has shape {tuple(delta_init.shape)}, images have {tuple(x.shape)}.")
-            signs = delta_init.detach().to(device=x.device, dtype=x.dtype).sign()
+            signs = self.checked_delta_init(x, delta_init).sign()
         else:
             dev = generator.device if generator is not None else x.device
             signs = torch.randint(0, 2, x.shape, generator=generator, device=dev).to(device=x.device, dtype=x.dtype) * 2 - 1
