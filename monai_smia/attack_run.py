@@ -58,7 +58,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleInte
 from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import optional_import
 
-from data_prep.layout import DATALIST, SPLITS, load_datalist
+from monai_smia.io.datalist import DATALIST, SPLITS, load_datalist
 from monai_smia.evaluation import ATTACKS, make_attack
 from monai_smia.inferers import AttackInferer
 from monai_smia.io import (
@@ -781,7 +781,7 @@ class AdversarialWriter:
         if case.kind == "dicom" and self.dicom:
             settings = {"attack": self.attack, "eps": self.eps, "eps_unit": self.eps_unit, "num_iter": self.num_iter}
             dcm = write_adversarial_dicom_series(
-                case.source, d_src, out / f"{case.case_id}_adv_dicom", eps=self.eps_source, settings=settings
+                case.source, d_src, out / f"{case.case_id}_adv_dicom", eps=self.eps_source, settings=settings, overwrite=True
             )
             outputs["dicom"] = dcm.folder
             written["dicom"] = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from data_prep.layout import DATALIST, load_datalist
+from monai_smia.io.datalist import DATALIST, load_datalist
 
 __all__ = ["load_split", "load_weights"]
 

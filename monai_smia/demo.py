@@ -7,7 +7,7 @@ Data, in order of preference:
    demo runs data_prep on it into a cache (once; later runs reuse it).
 2. On a machine with a network: the public sample (TotalSegmentator's example CTs, RetinaMNIST from
    MedMNIST) is downloaded once into the cache.
-3. Otherwise: the synthetic CT phantom of :mod:`data_prep.phantom`, announced as synthetic
+3. Otherwise: the synthetic CT phantom of :mod:`monai_smia.apps.data_prep.phantom`, announced as synthetic
    everywhere (console, report title, provenance).
 """
 
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.layout import load_datalist
+from monai_smia.io.datalist import load_datalist
 
 __all__ = ["DEMO_BUNDLES", "default_cache", "prepare_demo_data", "run_demo"]
 
@@ -60,12 +60,12 @@ def prepare_demo_data(bundle: str, data_dir: str | os.PathLike | None, cache: st
     cache = Path(cache)
     raw = Path(data_dir) if data_dir else None
     if bundle in ("lung_ct_seg", "lung_ct_seg3d"):
-        from data_prep import lung_ct, phantom
+        from monai_smia.apps.data_prep import lung_ct, phantom
 
         if raw is not None and (raw / "ct").is_dir():
             out = cache / f"lung_ct_{_key(raw)}"
             lung_ct.prepare(raw, out)
-            return out, f"real chest/abdomen CT from {raw} (data_prep.lung_ct)"
+            return out, f"real chest/abdomen CT from {raw} (monai_smia.apps.data_prep.lung_ct)"
         if raw is not None:
             raise FileNotFoundError(f"{raw} has no ct/ folder: point --data-dir at a folder laid out like ../shared/data")
         try:
@@ -81,12 +81,12 @@ def prepare_demo_data(bundle: str, data_dir: str | os.PathLike | None, cache: st
             return out, "SYNTHETIC CT phantom (no real data folder and no network): numbers say nothing about real CT"
     if bundle == "retina_dr_cls":
         if raw is not None and (raw / "fundus" / "retinamnist.npz").is_file():
-            from data_prep.medmnist import prepare_medmnist
+            from monai_smia.apps.data_prep.medmnist import prepare_medmnist
 
             out = cache / f"retinamnist_{_key(raw)}"
             prepare_medmnist(raw, out, "retinamnist")
             return out, f"RetinaMNIST from {raw / 'fundus' / 'retinamnist.npz'}"
-        from data_prep.download import prepare_dataset
+        from monai_smia.apps.data_prep.download import prepare_dataset
 
         out = cache / "retinamnist_public"
         if not (out / "datalist.json").is_file():

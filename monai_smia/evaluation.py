@@ -26,7 +26,7 @@ from monai.engines.utils import PrepareBatchExtraInput
 from monai.inferers import SliceInferer
 from monai.utils import optional_import
 
-from data_prep.layout import load_datalist
+from monai_smia.io.datalist import load_datalist
 from monai_smia.attacks import FGSM, PGD, SMIA, Attack, RandomSignNoise
 from monai_smia.figures import case_figure, trace_curves_figure
 from monai_smia.inferers import AttackInferer

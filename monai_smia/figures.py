@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
-from data_prep.layout import atomic_file
+from monai_smia.io.atomic import atomic_file
 
 matplotlib, _has_mpl = optional_import("matplotlib")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.layout import atomic_file
+from monai_smia.io.atomic import atomic_file
 from monai_smia.metrics import (
     bootstrap_ci,
     bootstrap_indices,

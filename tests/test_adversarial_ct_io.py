@@ -168,7 +168,7 @@ def test_chest_dicom_to_nifti_and_dicom(chest_case, tmp_path):
 
     # a rerun gives identical UIDs and byte-identical files; the sources were never written to
     first = _hashes(report.folder)
-    again = write_adversarial_dicom_series(src, d_src, tmp_path / "dcm", eps=EPS, settings=settings)
+    again = write_adversarial_dicom_series(src, d_src, tmp_path / "dcm", eps=EPS, settings=settings, overwrite=True)
     assert (
         again.series_instance_uid == report.series_instance_uid and again.sop_instance_uids == report.sop_instance_uids
     )

@@ -21,7 +21,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from data_prep.layout import write_datalist
+from monai_smia.apps.data_prep.layout import write_datalist
 from monai_smia.attack_run import AdversarialWriter, discover_cases, run_attack
 from monai_smia.io import load_source_volume
 
@@ -139,7 +139,7 @@ def test_ct_records_hold_settings_diagnostics_and_errors(ct_run):
 def test_dicom_output_is_one_new_series(ct_run, ct_inputs):
     out, _, _ = ct_run
     src_files = sorted((ct_inputs / "chest_a0002").glob("*.dcm"))
-    written = sorted((out / "chest_a0002_adv_dicom").iterdir())
+    written = sorted((out / "chest_a0002_adv_dicom").glob("*.dcm"))
     assert len(written) == len(src_files)
     src = {pydicom.dcmread(f).ImagePositionPatient[2]: pydicom.dcmread(f) for f in src_files}
     series = set()
@@ -185,7 +185,7 @@ def test_partial_output_folder_resumes(ct_run, lung_bundle, ct_inputs, tmp_path)
     values, _, _ = load_source_volume(ct_inputs / "chest_a0002")
     adv = nib.load(str(partial / "chest_a0002_adv.nii.gz")).get_fdata(dtype=np.float64)
     assert _within(adv, values, EPS_HU) and np.abs(adv - values).max() > EPS_HU / 2
-    assert len(list((partial / "chest_a0002_adv_dicom").iterdir())) == 4
+    assert len(list((partial / "chest_a0002_adv_dicom").glob("*.dcm"))) == 4
     # the same folder with other settings is refused rather than mixed
     with pytest.raises(ValueError, match="eps"):
         run_attack(lung_bundle, ct_inputs, partial, eps=10.0, num_iter=2, device="cpu", progress=False)

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MONAI_SMIA_DATA", ROOT / ".." / "shared" / "data"))
 BUNDLES = {
     # bundle: (data_prep module, extra args, source file, top-1 target on the test split)
-    "retina_dr_cls": ("data_prep.medmnist", ["--dataset", "retinamnist"], "fundus/retinamnist.npz", 0.50),
-    "mnist_cls": ("data_prep.mnist", [], "digits/mnist/t10k-images-idx3-ubyte.gz", 0.98),
+    "retina_dr_cls": ("monai_smia.apps.data_prep.medmnist", ["--dataset", "retinamnist"], "fundus/retinamnist.npz", 0.50),
+    "mnist_cls": ("monai_smia.apps.data_prep.mnist", [], "digits/mnist/t10k-images-idx3-ubyte.gz", 0.98),
 }
 TOLERANCE = 0.003  # one test image of RetinaMNIST is 0.0025; float summation order may flip a borderline argmax
 

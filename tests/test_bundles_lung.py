@@ -16,7 +16,7 @@ pytest.importorskip("ignite")
 
 from monai.bundle import ConfigParser  # noqa: E402
 
-from data_prep import lung_ct  # noqa: E402
+from monai_smia.apps.data_prep import lung_ct  # noqa: E402
 from monai_smia.training import evaluate_segmentation_bundle  # noqa: E402
 from monai_smia.training.evaluate import load_checkpoint  # noqa: E402
 

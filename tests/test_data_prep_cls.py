@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import download as dl
-from data_prep import medmnist as mm
-from data_prep import mnist as mn
-from data_prep.layout import atomic_file, load_datalist, write_json_atomic
+from monai_smia.apps.data_prep import download as dl
+from monai_smia.apps.data_prep import medmnist as mm
+from monai_smia.apps.data_prep import mnist as mn
+from monai_smia.apps.data_prep.layout import atomic_file, load_datalist, write_json_atomic
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -1,4 +1,4 @@
-"""data_prep.lung_ct on the real CT of the shared data folder, lung masks, phantoms, bad input."""
+"""monai_smia.apps.data_prep.lung_ct on the real CT of the shared data folder, lung masks, phantoms, bad input."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("scipy")
 
-from data_prep import lung_ct, phantom  # noqa: E402
-from data_prep.layout import load_datalist  # noqa: E402
-from data_prep.lung_masks import lung_mask_from_hu  # noqa: E402
+from monai_smia.apps.data_prep import lung_ct, phantom  # noqa: E402
+from monai_smia.apps.data_prep.layout import load_datalist  # noqa: E402
+from monai_smia.apps.data_prep.lung_masks import lung_mask_from_hu  # noqa: E402
 
 DATA = Path(os.environ.get("MONAI_SMIA_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 needs_ct = pytest.mark.skipif(
@@ -167,7 +167,7 @@ def test_unknown_label_map_rejected(tmp_path: Path) -> None:
 
 
 def test_missing_data_dir_is_clear(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="data_prep.phantom"):
+    with pytest.raises(FileNotFoundError, match="monai_smia.apps.data_prep.phantom"):
         lung_ct.prepare(tmp_path, tmp_path / "out")
     assert lung_ct.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
 

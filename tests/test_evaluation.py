@@ -22,7 +22,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def retina(data_dir, tmp_path_factory):
-    from data_prep.medmnist import prepare_medmnist
+    from monai_smia.apps.data_prep.medmnist import prepare_medmnist
 
     out = tmp_path_factory.mktemp("retina")
     prepare_medmnist(data_dir, out, "retinamnist")
@@ -31,7 +31,7 @@ def retina(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mnist(data_dir, tmp_path_factory):
-    from data_prep.mnist import prepare_mnist
+    from monai_smia.apps.data_prep.mnist import prepare_mnist
 
     out = tmp_path_factory.mktemp("mnist")
     prepare_mnist(data_dir, out)

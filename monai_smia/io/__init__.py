@@ -1,16 +1,15 @@
-"""Reading CT sources and writing adversarial copies on the source grid (NIfTI and DICOM)."""
+"""Reading CT sources and writing adversarial copies on the source grid (NIfTI and DICOM), atomically."""
 
 from __future__ import annotations
 
-from monai_smia.io.dicom_series import (
-    DicomSeriesReport,
+from monai_smia.io.dicom_read import (
     LoadSeriesImage,
     LoadSeriesImaged,
     SingleSeriesITKReader,
-    dicom_voxel_index,
+    check_dicom_series,
     find_dicom_series,
-    write_adversarial_dicom_series,
 )
+from monai_smia.io.dicom_write import DicomSeriesReport, dicom_voxel_index, write_adversarial_dicom_series
 from monai_smia.io.source_grid import (
     NiftiReport,
     invert_perturbation,
@@ -25,6 +24,7 @@ __all__ = [
     "LoadSeriesImaged",
     "NiftiReport",
     "SingleSeriesITKReader",
+    "check_dicom_series",
     "dicom_voxel_index",
     "find_dicom_series",
     "invert_perturbation",

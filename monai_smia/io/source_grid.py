@@ -22,8 +22,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd, InvertibleTransform
 
-from data_prep.layout import atomic_file
-from monai_smia.io.dicom_series import LoadSeriesImage, find_dicom_series
+from monai_smia.io.atomic import atomic_file
+from monai_smia.io.dicom_read import LoadSeriesImage, find_dicom_series
 
 __all__ = ["NiftiReport", "invert_perturbation", "load_source_volume", "rounding_survival", "save_adversarial_nifti"]
 

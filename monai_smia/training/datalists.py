@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from data_prep.layout import load_datalist
+from monai_smia.io.datalist import load_datalist
 
 __all__ = ["load_split"]
 

@@ -26,7 +26,7 @@ from monai.data.utils import list_data_collate
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 
-from data_prep.layout import write_json_atomic
+from monai_smia.io.atomic import write_json_atomic
 from monai_smia.bundle_utils import load_weights
 from monai_smia.training.datalists import load_split
 

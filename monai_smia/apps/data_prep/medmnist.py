@@ -7,7 +7,7 @@ are kept (train -> ``training``, val -> ``validation``, test -> ``test``).
 
 Usage::
 
-    python -m data_prep.medmnist --data-dir ../shared/data --out data/retinamnist --dataset retinamnist
+    python -m monai_smia.apps.data_prep.medmnist --data-dir ../shared/data --out data/retinamnist --dataset retinamnist
 
 ``--data-dir`` is either a folder (looked up as ``DIR/fundus/retinamnist.npz``, ``DIR/xray/pneumoniamnist.npz``,
 ``DIR/ultrasound/breastmnist.npz`` or ``DIR/<name>.npz``) or the ``.npz`` file itself. Items are
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.layout import DATALIST, atomic_output_dir, write_datalist
-from data_prep.png_classification import check_images_labels, sha256_of, write_png_items
+from monai_smia.apps.data_prep.layout import DATALIST, atomic_output_dir, write_datalist
+from monai_smia.apps.data_prep.png_classification import check_images_labels, sha256_of, write_png_items
 
 __all__ = ["MEDMNIST", "MedMNISTInfo", "find_npz", "load_npz", "prepare_medmnist", "main"]
 
@@ -91,7 +91,7 @@ def find_npz(data_dir: str | os.PathLike, dataset: str) -> Path:
             return c
     raise FileNotFoundError(
         f"no {info.name}.npz found; looked at {', '.join(str(c) for c in candidates)}. "
-        f"Download it with `python -m data_prep.download --dataset {info.name} --out DIR` on a machine with a "
+        f"Download it with `python -m monai_smia.apps.data_prep.download --dataset {info.name} --out DIR` on a machine with a "
         "network, or fetch the official MedMNIST v2 file by hand (see data_prep/download.py) and pass its path."
     )
 
@@ -149,7 +149,7 @@ def prepare_medmnist(data_dir: str | os.PathLike, out: str | os.PathLike, datase
                 print(f"{existing} is up to date with {npz_path.name}; nothing to do (use --force to rebuild)")
                 return existing
     arrays = load_npz(npz_path, dataset)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, overwrite=True, protected=[data_dir]) as tmp:
         splits = {}
         for split, (images, labels) in arrays.items():
             names = [f"{split}_{i:05d}" for i in range(len(labels))]

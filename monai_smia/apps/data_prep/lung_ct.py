@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m data_prep.lung_ct --data-dir ../shared/data --out data/lung_ct [--spacing 1.5 1.5]
+    python -m monai_smia.apps.data_prep.lung_ct --data-dir ../shared/data --out data/lung_ct [--spacing 1.5 1.5]
 
 Every case becomes ``images/<case>.nii.gz`` (HU, int16) and ``labels/<case>.nii.gz`` (binary lung,
 uint8), resampled to one in-plane spacing (slice spacing kept, so a slice stays a slice), oriented
@@ -13,7 +13,7 @@ came from (``label_source``):
 - ``cip_wholelung``: the Chest Imaging Platform whole-lung mask of COPDGene case 10002K;
 - ``totalsegmentator_lobes``: union of TotalSegmentator's five lung lobes (v1 labels 13-17 for
   ``example_ct``, v2 labels 10-14 for ``example_ct_sm``; checked against labels_v*.json);
-- ``hu_threshold``: a classical mask (:func:`data_prep.lung_masks.lung_mask_from_hu`) for CT
+- ``hu_threshold``: a classical mask (:func:`monai_smia.apps.data_prep.lung_masks.lung_mask_from_hu`) for CT
   without lung labels (the Lung-PET-CT-Dx chest series, the TotalSegmentator chest crops).
 
 The TotalSegmentator DICOM example (an abdomen, no lung in its label; its label array is flipped
@@ -28,7 +28,7 @@ segmentation itself. The threshold-labelled patients are assigned so that traini
 full-field chest CT (and the abdominal negative example), validation the tight crops and test
 the other full-field chest CT; the test
 split therefore holds both kinds of label and Dice is reported for each kind separately.
-Patients not in that table are split by :func:`data_prep.layout.deterministic_split`.
+Patients not in that table are split by :func:`monai_smia.apps.data_prep.layout.deterministic_split`.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.layout import DATALIST, atomic_output_dir, deterministic_split, write_datalist
-from data_prep.lung_masks import lung_mask_from_hu
+from monai_smia.apps.data_prep.layout import DATALIST, atomic_output_dir, deterministic_split, write_datalist
+from monai_smia.apps.data_prep.lung_masks import lung_mask_from_hu
 
-logger = logging.getLogger("data_prep.lung_ct")
+logger = logging.getLogger("monai_smia.apps.data_prep.lung_ct")
 
 LABEL_SOURCES = ("cip_wholelung", "totalsegmentator_lobes", "hu_threshold")
 INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")
@@ -329,7 +329,7 @@ def prepare(
     if not (data_dir / "ct").is_dir():
         raise FileNotFoundError(
             f"{data_dir / 'ct'} not found: --data-dir must hold the ct/ folder of the shared data "
-            "(see MANIFEST.md); without real CT, use `python -m data_prep.phantom --out DIR`"
+            "(see MANIFEST.md); without real CT, use `python -m monai_smia.apps.data_prep.phantom --out DIR`"
         )
     present = [c for c in cases if (data_dir / c.image).exists()]
     for c in cases:
@@ -349,7 +349,7 @@ def prepare(
     splits_by_patient = split_patients(sorted({c.patient for c in present}))
     where = {p: s for s, ps in splits_by_patient.items() for p in ps}
     items: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, overwrite=True, protected=[data_dir]) as tmp:
         for sub in ("images", "labels") + (("qc",) if qc else ()):
             (tmp / sub).mkdir()
         for c in present:
@@ -391,7 +391,7 @@ def prepare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep.lung_ct", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m monai_smia.apps.data_prep.lung_ct", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True, help="shared data folder holding ct/ (e.g. ../shared/data)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--spacing", type=float, nargs="+", default=[1.5, 1.5], help="in-plane spacing in mm (default 1.5 1.5)")

@@ -70,7 +70,7 @@ def write_png_items(
     """Save ``images[i]`` as ``root/images/names[i].png`` and return the datalist items.
 
     Args:
-        root: dataset root (usually the temporary folder of :func:`data_prep.layout.atomic_output_dir`).
+        root: dataset root (usually the temporary folder of :func:`monai_smia.apps.data_prep.layout.atomic_output_dir`).
         names: file stems, one per image.
         images: ``(N, H, W)`` or ``(N, H, W, 3)`` ``uint8``.
         labels: ``(N,)`` integer labels.

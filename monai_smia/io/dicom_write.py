@@ -1,31 +1,22 @@
-"""Read one CT series from a DICOM folder and write an adversarial copy as one new DICOM series.
+"""Write an adversarial copy of a CT series as one new DICOM series.
 
-Reading goes through MONAI's ``ITKReader``: :class:`LoadSeriesImage` / :class:`LoadSeriesImaged` are
-MONAI's ``LoadImage`` / ``LoadImaged`` that read a folder with :class:`SingleSeriesITKReader`, for
-which a folder holding several series (or none) is an error instead of a warning, so an attack
-never runs on whichever series ITK happens to list first. (Plain ``LoadImage(reader=...)`` would
-fall back to its other readers when the given one refuses a folder, e.g. to ``PydicomReader``,
-which stacks every file of the folder.) Files are read as ``LoadImage`` reads them.
-
-Writing (:func:`write_adversarial_dicom_series`) keeps every source tag, then changes only what a
-derived image must change: ``ImageType`` starts with ``DERIVED\\SECONDARY``; pixel data are stored
+:func:`write_adversarial_dicom_series` keeps every source tag, then changes only what a derived
+image must change: ``ImageType`` starts with ``DERIVED\\SECONDARY``; pixel data are stored
 uncompressed (explicit VR little endian, whatever the source transfer syntax, e.g. JPEG 2000) as
 signed 16-bit integers with the source rescale intercept; new Series and SOP Instance UIDs are
 derived deterministically (``pydicom.uid.generate_uid(entropy_srcs=...)``) from the source UIDs,
 the attack settings and the written pixel data, so a rerun writes byte-identical files and a PACS
 sees one new series in the source study and frame of reference. No timestamps are added. Sources
 anonymised down to empty UIDs in the dataset fall back to their file meta for the SOP UIDs, and
-get a Study Instance UID derived from their SOP Instance UIDs.
+get a Study Instance UID derived from their SOP Instance UIDs. The series folder is written
+atomically and never replaces a folder this package did not write (:mod:`monai_smia.io.atomic`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,107 +24,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import ITKReader
-from monai.transforms import LoadImage, LoadImaged
-from monai.utils import ensure_tuple, optional_import
+from monai.utils import optional_import
+
+from monai_smia.io.atomic import atomic_output_dir, check_replaceable_dir
+from monai_smia.io.dicom_read import find_dicom_series
 
 pydicom, _has_pydicom = optional_import("pydicom")
-itk, _has_itk = optional_import("itk")
 
-__all__ = [
-    "DicomSeriesReport",
-    "LoadSeriesImage",
-    "LoadSeriesImaged",
-    "SingleSeriesITKReader",
-    "dicom_voxel_index",
-    "find_dicom_series",
-    "write_adversarial_dicom_series",
-]
+__all__ = ["DicomSeriesReport", "dicom_voxel_index", "write_adversarial_dicom_series"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # pixel value tags whose VR follows PixelRepresentation; they are dropped or rewritten
 _PIXEL_VALUE_TAGS = (0x00280106, 0x00280107, 0x00280108, 0x00280109, 0x00281080)
 _PADDING_TAGS = (0x00280120, 0x00280121)
 _INT16 = np.iinfo(np.int16)
-
-
-def find_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> list[str]:
-    """Return the files of the one DICOM series in ``folder``, sorted by ITK/GDCM along the slice axis.
-
-    Series are told apart as MONAI's ``ITKReader`` does (GDCM series details plus the series date).
-
-    Args:
-        folder: a folder holding one DICOM series (other files are ignored).
-        series_uid: pick this GDCM series identifier when the folder holds several.
-
-    Raises:
-        FileNotFoundError: ``folder`` is not a folder, or holds no DICOM series.
-        ValueError: ``folder`` holds several series and ``series_uid`` does not pick one.
-    """
-    if not _has_itk:
-        raise ImportError("reading DICOM series needs ITK: pip install itk-io")
-    path = Path(folder)
-    if not path.is_dir():
-        raise FileNotFoundError(f"DICOM series folder {str(path)!r} does not exist or is not a folder.")
-    names = itk.GDCMSeriesFileNames.New()
-    names.SetUseSeriesDetails(True)
-    names.AddSeriesRestriction("0008|0021")
-    names.SetDirectory(str(path))
-    uids = [str(u) for u in names.GetSeriesUIDs()]
-    if not uids:
-        raise FileNotFoundError(
-            f"no DICOM series found in {str(path)!r}; point to a folder with the .dcm files of one series."
-        )
-    if series_uid is None:
-        if len(uids) > 1:
-            raise ValueError(
-                f"{str(path)!r} holds {len(uids)} DICOM series ({', '.join(uids)}); move each series into its own "
-                "folder, or pick one with series_uid=..."
-            )
-        series_uid = uids[0]
-    elif series_uid not in uids:
-        raise ValueError(f"series {series_uid!r} is not in {str(path)!r}; found: {', '.join(uids)}.")
-    return [str(f) for f in names.GetFileNames(series_uid)]
-
-
-class SingleSeriesITKReader(ITKReader):
-    """MONAI's ``ITKReader`` that refuses a DICOM folder holding several series (or none).
-
-    Use it as ``LoadImage(reader=SingleSeriesITKReader())`` or ``LoadImaged(keys, reader=...)``;
-    everything else (affine in RAS, channel handling, metadata) is MONAI's reader unchanged.
-    """
-
-    def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs: Any) -> Any:
-        for name in [data] if isinstance(data, (str, os.PathLike)) else data:
-            if Path(name).is_dir():
-                find_dicom_series(name, self.series_name or None)
-            elif not Path(name).exists():
-                raise FileNotFoundError(f"image file {str(name)!r} does not exist.")
-        return super().read(data, **kwargs)
-
-
-class LoadSeriesImage(LoadImage):
-    """MONAI's ``LoadImage``; a folder is read as one DICOM series by :class:`SingleSeriesITKReader`
-    with no fallback to other readers (errors name the folder). Arguments as ``LoadImage``."""
-
-    series_reader: SingleSeriesITKReader | None = None
-
-    def __call__(self, filename: Any, reader: Any = None) -> Any:
-        if reader is None and any(
-            isinstance(f, (str, os.PathLike)) and Path(f).is_dir() for f in ensure_tuple(filename)
-        ):
-            if self.series_reader is None:
-                self.series_reader = SingleSeriesITKReader()
-            reader = self.series_reader
-        return super().__call__(filename, reader)
-
-
-class LoadSeriesImaged(LoadImaged):
-    """MONAI's ``LoadImaged`` reading DICOM folders as :class:`LoadSeriesImage` does. Arguments as ``LoadImaged``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._loader.__class__ = LoadSeriesImage  # same state as LoadImage; only __call__ differs
 
 
 @dataclass
@@ -287,7 +191,7 @@ def write_adversarial_dicom_series(
     series_description_suffix: str = "ADVERSARIAL",
     series_number_offset: int = 1000,
     series_uid: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> DicomSeriesReport:
     """Write ``source + perturbation`` as one new, uncompressed, DERIVED DICOM series.
 
@@ -313,7 +217,9 @@ def write_adversarial_dicom_series(
         series_description_suffix: appended to ``SeriesDescription``.
         series_number_offset: added to ``SeriesNumber``.
         series_uid: GDCM series identifier, when ``source_folder`` holds several series.
-        overwrite: replace an existing ``output_folder``; otherwise raise ``FileExistsError``.
+        overwrite: replace an existing ``output_folder`` that this package wrote (never a folder it did
+            not write, and never one that is, holds or lies inside the source; see
+            :func:`monai_smia.io.atomic.check_replaceable_dir`); otherwise raise ``FileExistsError``.
 
     Raises:
         ValueError: shapes or geometry do not match, or the stored values leave the int16 range.
@@ -330,11 +236,7 @@ def write_adversarial_dicom_series(
     except TypeError as e:  # pragma: no cover - default=str makes this rare
         raise TypeError(f"settings must be JSON-serialisable: {e}") from e
     out = Path(output_folder)
-    src_dir = Path(source_folder).resolve()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output folder {str(out)!r} exists; pass overwrite=True or choose another folder.")
-    if out.resolve() == src_dir:
-        raise ValueError("output_folder must differ from source_folder (sources are never written to).")
+    check_replaceable_dir(out, [source_folder], overwrite)
     files = find_dicom_series(source_folder, series_uid)
     pert, pert_affine = _as_volume(perturbation)
     if affine is not None:
@@ -391,10 +293,8 @@ def write_adversarial_dicom_series(
     derivation = f"source + adversarial perturbation, |d| <= {eps:g} (rescaled units); settings {settings_json}"
     info = {"suffix": series_description_suffix, "series_number_offset": series_number_offset, "derivation": derivation}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     written, sop_uids = [], []
-    try:
+    with atomic_output_dir(out, overwrite=overwrite, protected=[source_folder]) as tmp:
         for i, (ds, arr) in enumerate(zip(datasets, pixel_arrays)):
             sop = pydicom.uid.generate_uid(entropy_srcs=[new_series, src_sops[i]])
             ds = _derived_dataset(ds, arr, slope_out, k, new_series, sop, study_uid, info)
@@ -402,17 +302,6 @@ def write_adversarial_dicom_series(
             ds.save_as(tmp / name, enforce_file_format=True, implicit_vr=False, little_endian=True)
             written.append(out / name)
             sop_uids.append(sop)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DicomSeriesReport(
         folder=out,
         files=written,

@@ -1,17 +1,17 @@
 """Download (where a network is available) or convert manually downloaded public datasets to the data_prep layout.
 
 Every dataset ends up as a folder with image/label files and ``datalist.json`` at its root (see
-:mod:`data_prep.layout`), written atomically: an interrupted download or conversion leaves no output
+:mod:`monai_smia.apps.data_prep.layout`), written atomically: an interrupted download or conversion leaves no output
 folder behind, and offline runs stop with :class:`DownloadUnavailableError` naming the manual alternative.
 
 Datasets:
 
 - ``retinamnist``, ``pneumoniamnist``, ``breastmnist``: the official MedMNIST v2 ``.npz`` files from
-  Zenodo (record 10519652), checked by MD5, then :func:`data_prep.medmnist.prepare_medmnist`.
+  Zenodo (record 10519652), checked by MD5, then :func:`monai_smia.apps.data_prep.medmnist.prepare_medmnist`.
   Manual: download ``https://zenodo.org/records/10519652/files/<name>.npz`` and run
-  ``python -m data_prep.medmnist --data-dir <file.npz> --out OUT --dataset <name>``.
+  ``python -m monai_smia.apps.data_prep.medmnist --data-dir <file.npz> --out OUT --dataset <name>``.
 - ``mnist``: the four idx.gz files (mirror ``https://ossci-datasets.s3.amazonaws.com/mnist/``), checked
-  by MD5, then :func:`data_prep.mnist.prepare_mnist` with the official 60k training set.
+  by MD5, then :func:`monai_smia.apps.data_prep.mnist.prepare_mnist` with the official 60k training set.
 - ``covid19_ct``: COVID-19 CT lung and infection segmentation dataset (Ma et al., Zenodo record 3757476,
   CC BY-NC-SA): ``COVID-19-CT-Seg_20cases.zip`` (20 CT volumes, NIfTI) and ``Lung_Mask.zip`` (left and right
   lung labels). Converted to ``images/<case>.nii.gz`` and binary ``labels/<case>.nii.gz`` (1 = lung), split by
@@ -32,8 +32,8 @@ Datasets:
 
 Usage::
 
-    python -m data_prep.download --dataset retinamnist --out data/retinamnist
-    python -m data_prep.download --dataset aptos2019 --manual-dir ~/Downloads/aptos --out data/aptos2019
+    python -m monai_smia.apps.data_prep.download --dataset retinamnist --out data/retinamnist
+    python -m monai_smia.apps.data_prep.download --dataset aptos2019 --manual-dir ~/Downloads/aptos --out data/aptos2019
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ from typing import Any, Callable
 import numpy as np
 from monai.utils import optional_import
 
-from data_prep.layout import atomic_output_dir, deterministic_split, write_datalist
-from data_prep.medmnist import MEDMNIST, prepare_medmnist
-from data_prep.mnist import prepare_mnist
-from data_prep.png_classification import IMAGE_DIR
+from monai_smia.apps.data_prep.layout import atomic_output_dir, deterministic_split, write_datalist
+from monai_smia.apps.data_prep.medmnist import MEDMNIST, prepare_medmnist
+from monai_smia.apps.data_prep.mnist import prepare_mnist
+from monai_smia.apps.data_prep.png_classification import IMAGE_DIR
 
 Image, _has_pil = optional_import("PIL.Image")
 nib, _has_nib = optional_import("nibabel")
@@ -81,25 +81,25 @@ EAD_CLASSES = ("instrument", "specularity", "artefact", "bubbles", "saturation")
 
 MANUAL = {
     "retinamnist": "download https://zenodo.org/records/10519652/files/retinamnist.npz by hand, then run "
-    "`python -m data_prep.medmnist --data-dir retinamnist.npz --out OUT --dataset retinamnist`",
+    "`python -m monai_smia.apps.data_prep.medmnist --data-dir retinamnist.npz --out OUT --dataset retinamnist`",
     "pneumoniamnist": "download https://zenodo.org/records/10519652/files/pneumoniamnist.npz by hand, then run "
-    "`python -m data_prep.medmnist --data-dir pneumoniamnist.npz --out OUT --dataset pneumoniamnist`",
+    "`python -m monai_smia.apps.data_prep.medmnist --data-dir pneumoniamnist.npz --out OUT --dataset pneumoniamnist`",
     "breastmnist": "download https://zenodo.org/records/10519652/files/breastmnist.npz by hand, then run "
-    "`python -m data_prep.medmnist --data-dir breastmnist.npz --out OUT --dataset breastmnist`",
+    "`python -m monai_smia.apps.data_prep.medmnist --data-dir breastmnist.npz --out OUT --dataset breastmnist`",
     "mnist": "download the four *-idx?-ubyte.gz files of MNIST by hand into one folder, then run "
-    "`python -m data_prep.mnist --data-dir FOLDER --out OUT --use-train-files`",
+    "`python -m monai_smia.apps.data_prep.mnist --data-dir FOLDER --out OUT --use-train-files`",
     "covid19_ct": "download COVID-19-CT-Seg_20cases.zip and Lung_Mask.zip from https://zenodo.org/records/3757476, "
-    "unzip both into one folder, then run `python -m data_prep.download --dataset covid19_ct --manual-dir FOLDER "
+    "unzip both into one folder, then run `python -m monai_smia.apps.data_prep.download --dataset covid19_ct --manual-dir FOLDER "
     "--out OUT`",
     "aptos2019": "sign in to Kaggle, accept the rules of https://www.kaggle.com/c/aptos2019-blindness-detection, "
-    "download and unzip its data (train.csv, train_images/), then run `python -m data_prep.download --dataset "
+    "download and unzip its data (train.csv, train_images/), then run `python -m monai_smia.apps.data_prep.download --dataset "
     "aptos2019 --manual-dir FOLDER --out OUT`",
     "kaggle_dr": "sign in to Kaggle, accept the rules of https://www.kaggle.com/c/diabetic-retinopathy-detection, "
-    "download and unzip trainLabels.csv and train/ (*.jpeg), then run `python -m data_prep.download --dataset "
+    "download and unzip trainLabels.csv and train/ (*.jpeg), then run `python -m monai_smia.apps.data_prep.download --dataset "
     "kaggle_dr --manual-dir FOLDER --out OUT`",
     "ead2019": "register at https://ead2019.grand-challenge.org, download the semantic segmentation training data, "
     "put the frames in FOLDER/images (*.jpg) and the 5-page masks in FOLDER/masks (*.tif), then run "
-    "`python -m data_prep.download --dataset ead2019 --manual-dir FOLDER --out OUT`",
+    "`python -m monai_smia.apps.data_prep.download --dataset ead2019 --manual-dir FOLDER --out OUT`",
 }
 
 
@@ -226,7 +226,7 @@ def _prepare_covid(out: Path, dataset: str, cache: Path, manual_dir: Path | None
         triples = find_covid_pairs(manual_dir)
         split = deterministic_split([k for k, _, _ in triples], (0.6, 0.2, 0.2), salt="monai-smia-covid19")
         where = {k: s for s, keys in split.items() for k in keys}
-        with atomic_output_dir(out) as tmp:
+        with atomic_output_dir(out, overwrite=True, protected=[manual_dir]) as tmp:
             (tmp / "images").mkdir()
             (tmp / "labels").mkdir()
             splits: dict[str, list] = {"training": [], "validation": [], "test": []}
@@ -321,7 +321,7 @@ def convert_graded_fundus(
         groups = sorted({group(i) for i, g, _ in items if g == grade} - set(where))
         for split, chosen in deterministic_split(groups, (0.7, 0.15, 0.15), salt=f"monai-smia-{name}").items():
             where.update({c: split for c in chosen})
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, overwrite=True, protected=[manual_dir]) as tmp:
         (tmp / IMAGE_DIR).mkdir()
         splits: dict[str, list] = {"training": [], "validation": [], "test": []}
         for image_id, grade, path in items:
@@ -398,7 +398,7 @@ def _prepare_ead(out: Path, dataset: str, cache: Path, manual_dir: Path | None, 
         pairs.append((frame.stem, frame, mask))
     split = deterministic_split([k for k, _, _ in pairs], (0.7, 0.15, 0.15), salt="monai-smia-ead2019")
     where = {k: s for s, keys in split.items() for k in keys}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, overwrite=True, protected=[folder]) as tmp:
         (tmp / IMAGE_DIR).mkdir()
         (tmp / "labels").mkdir()
         splits: dict[str, list] = {"training": [], "validation": [], "test": []}

@@ -11,7 +11,7 @@ into ``training``/``validation`` and keeps the official test set as ``test``.
 
 Usage::
 
-    python -m data_prep.mnist --data-dir ../shared/data --out data/mnist
+    python -m monai_smia.apps.data_prep.mnist --data-dir ../shared/data --out data/mnist
 
 ``--data-dir`` is a folder holding the files directly or under ``digits/mnist/``.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.layout import DATALIST, atomic_output_dir, deterministic_split, write_datalist
-from data_prep.png_classification import check_images_labels, sha256_of, write_png_items
+from monai_smia.apps.data_prep.layout import DATALIST, atomic_output_dir, deterministic_split, write_datalist
+from monai_smia.apps.data_prep.png_classification import check_images_labels, sha256_of, write_png_items
 
 __all__ = ["read_idx", "find_mnist_files", "prepare_mnist", "main"]
 
@@ -73,7 +73,7 @@ def find_mnist_files(data_dir: str | os.PathLike, prefix: str = "t10k") -> tuple
             return img, lab
     raise FileNotFoundError(
         f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz not found in {data_dir} "
-        f"(nor in {data_dir / 'digits' / 'mnist'}); fetch them with `python -m data_prep.download --dataset mnist "
+        f"(nor in {data_dir / 'digits' / 'mnist'}); fetch them with `python -m monai_smia.apps.data_prep.download --dataset mnist "
         "--out DIR` on a machine with a network, or download them by hand (see data_prep/download.py)."
     )
 
@@ -125,7 +125,7 @@ def prepare_mnist(
                 return existing
 
     images, labels = _load_pair(t_img, t_lab)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, overwrite=True, protected=[data_dir]) as tmp:
         splits: dict[str, list] = {}
         if use_train_files:
             tr_images, tr_labels = _load_pair(*sources[:2])
