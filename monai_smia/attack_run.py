@@ -73,6 +73,8 @@ from monai_smia.report import (
     CaseStore,
     atomic_write_bytes,
     atomic_write_json,
+    check_run_settings,
+    file_sha256,
     to_jsonable,
     write_provenance,
 )
@@ -87,22 +89,6 @@ __all__ = ["AdversarialWriter", "SourceCase", "bundle_attack_defaults", "discove
 logger = logging.getLogger(__name__)
 
 SAVE_DTYPES = ("float32", "source")
-#: how a rerun recognises its own output folder: these settings must match
-_SETTING_KEYS = (
-    "bundle",
-    "attack",
-    "eps",
-    "eps_unit",
-    "eps_scale",
-    "num_iter",
-    "alpha",
-    "sigma",
-    "bounds",
-    "save_dtype",
-    "dicom",
-    "seed",
-    "label_free",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,25 +521,6 @@ class AdversarialWriter:
             "label_free": label_free,
         }
 
-    def _check_settings(self, settings: dict[str, Any]) -> None:
-        path = self.output_dir / "settings.json"
-        if path.is_file():
-            import json
-
-            try:
-                old = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                old = None
-            if isinstance(old, dict):
-                diff = {k: (old.get(k), settings.get(k)) for k in _SETTING_KEYS if old.get(k) != settings.get(k)}
-                if diff:
-                    raise ValueError(
-                        f"output_dir {str(self.output_dir)!r} holds results of other settings "
-                        f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
-                        "choose another output_dir or use the same settings to resume."
-                    )
-        atomic_write_json(path, settings)
-
     def is_done(self, case: SourceCase) -> bool:
         """A stored record whose outputs all exist."""
         rec = self.store.load(self.attack, self.eps, case.case_id)
@@ -583,7 +550,8 @@ class AdversarialWriter:
                 "checkpoint=PATH."
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._check_settings(settings)
+        sha = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
+        check_run_settings(self.output_dir, {**settings, "checkpoint_sha256": sha})
         logger.info(
             "%s on %s: %d cases, %d already done, %s eps=%g%s",
             self.root.name,

@@ -26,7 +26,7 @@ from monai.engines.utils import PrepareBatchExtraInput
 from monai.inferers import SliceInferer
 from monai.utils import optional_import
 
-from monai_smia.io.datalist import load_datalist
+from monai_smia.io.datalist import DATALIST, load_datalist
 from monai_smia.attacks import FGSM, PGD, SMIA, Attack, RandomSignNoise
 from monai_smia.figures import case_figure, trace_curves_figure
 from monai_smia.inferers import AttackInferer
@@ -37,7 +37,16 @@ from monai_smia.metrics import (
     segmentation_attack_success,
     segmentation_case_metrics,
 )
-from monai_smia.report import CaseStore, atomic_write_bytes, classification_set_metrics, write_eps_sweep, write_provenance, write_reports
+from monai_smia.report import (
+    CaseStore,
+    atomic_write_bytes,
+    check_run_settings,
+    classification_set_metrics,
+    file_sha256,
+    write_eps_sweep,
+    write_provenance,
+    write_reports,
+)
 from monai_smia.victim import Victim, load_victim
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -194,6 +203,24 @@ class RobustnessEvaluation:
             out.append({**keep, "case_id": f"{i:04d}_{stem}"})
         return out
 
+    def run_settings(self, victim: Victim) -> dict[str, Any]:
+        """What every stored case of this output folder depends on (attacks and budgets are keys of the store)."""
+        datalist = self.dataset_dir / DATALIST
+        return {
+            "bundle": victim.root.name,
+            "checkpoint_sha256": file_sha256(victim.checkpoint),
+            "datalist_sha256": file_sha256(datalist) if datalist.is_file() else None,
+            "data_split": self.data_split,
+            "eps_unit": self.eps_unit,
+            "eps_scale": self.scale,
+            "num_iter": self.num_iter,
+            "step_size": "2.5 * eps / T",
+            "alpha": self.alpha,
+            "sigma": self.sigma,
+            "bounds": list(self.bounds) if self.bounds is not None else None,
+            "seed": self.seed,
+        }
+
     def resolved_eps_scale(self, victim: Victim) -> float:
         if self.eps_scale is not None:
             return float(self.eps_scale)
@@ -322,6 +349,7 @@ class RobustnessEvaluation:
         self.scale = self.resolved_eps_scale(victim)
         self.store = CaseStore(self.output_dir)
         items = self.cases()
+        check_run_settings(self.output_dir, self.run_settings(victim), write=self.rank == 0)
         if self.rank == 0:
             logger.info("evaluating %s on %d %s cases of %s", victim.name, len(items), self.data_split, self.dataset_dir)
         self._evaluate(victim, "clean", None, items, device)

@@ -57,6 +57,7 @@ __all__ = [
     "format_markdown_table",
     "read_per_case_csv",
     "summarize_records",
+    "check_run_settings",
     "to_jsonable",
     "write_eps_sweep",
     "write_markdown_table",
@@ -593,6 +594,44 @@ def _same_eps(a: Any, b: float | None) -> bool:
         return float(a) == float(b)
     except (TypeError, ValueError):
         return False
+
+
+RUN_SETTINGS = "settings.json"
+
+
+def check_run_settings(output_dir: str | Path, settings: Mapping[str, Any], write: bool = True) -> None:
+    """Refuse an ``output_dir`` that holds results of other settings; record ``settings`` there otherwise.
+
+    Every stored case of a run is only valid for the settings it was computed with (bundle,
+    checkpoint hash, attack parameters, data split, ...). A rerun with equal settings resumes; a
+    rerun with any other value is refused, as is a folder holding case results but no settings.
+
+    Raises:
+        ValueError: naming ``output_dir`` and every setting that differs.
+    """
+    out = Path(output_dir)
+    path = out / RUN_SETTINGS
+    new = to_jsonable(dict(settings), strict=False)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{str(path)!r} is unreadable ({e}); choose another output folder or delete it.") from e
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if diff:
+            raise ValueError(
+                f"output folder {str(out)!r} holds results of other settings ("
+                + "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
+                + "); choose another output folder, or rerun with the same settings to resume."
+            )
+        return
+    if (out / "cases").is_dir() and any((out / "cases").rglob("*.json")):
+        raise ValueError(
+            f"output folder {str(out)!r} holds case results without {RUN_SETTINGS} (an older or foreign run); "
+            "choose another output folder."
+        )
+    if write:
+        atomic_write_json(path, new, strict=False)
 
 
 class CaseStore:

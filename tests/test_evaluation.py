@@ -86,6 +86,7 @@ def test_resume_from_partial_output(retina, retina_report, tmp_path):
 
     out = tmp_path / "partial"
     shutil.copytree(retina_report / "cases", out / "cases")
+    shutil.copy(retina_report / "settings.json", out / "settings.json")
     smia_cases = sorted((out / "cases" / "SMIA").glob("*/*.json"))
     for p in smia_cases[:5]:
         p.unlink()
@@ -100,6 +101,28 @@ def test_resume_from_partial_output(retina, retina_report, tmp_path):
     after = json.loads((out / "summary.json").read_text())
     for name in ("clean", "FGSM", "SMIA"):
         assert after[name]["top1"] == pytest.approx(before[name]["top1"], abs=1e-12)
+
+
+def test_rerun_with_other_settings_is_refused(mnist, tmp_path, capsys):
+    """A rerun into a finished folder resumes only with the same settings; any other value exits 2 and writes nothing."""
+    out = tmp_path / "run"
+    base = ["evaluate", "--dataset-dir", str(mnist), "--output", str(out), "--max-cases", "2", "--device", "cpu"]
+    assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 0
+    cases = {p: p.stat().st_mtime_ns for p in (out / "cases").rglob("*.json")}
+    assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 0  # same: resumes
+    assert {p: p.stat().st_mtime_ns for p in (out / "cases").rglob("*.json")} == cases
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "holds results of other settings" in err and "num_iter: 2 there, 7 now" in err and str(out) in err
+    assert main([*base, "--bundle", "retina_dr_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "bundle: 'mnist_cls' there, 'retina_dr_cls' now" in err and "checkpoint_sha256" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # refused runs write nothing
+    (out / "settings.json").unlink()  # case results without their settings: refused too
+    assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 2
+    assert "without settings.json" in capsys.readouterr().err
 
 
 def _run_eval(mnist, out, nproc: int) -> dict:
