@@ -27,7 +27,7 @@ from monai.inferers import SliceInferer
 from monai.utils import optional_import
 
 from monai_smia.io.datalist import DATALIST, load_datalist
-from monai_smia.attacks import FGSM, PGD, SMIA, Attack, RandomSignNoise
+from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.figures import case_figure, trace_curves_figure
 from monai_smia.inferers import AttackInferer
 from monai_smia.metrics import (
@@ -56,44 +56,7 @@ __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "make_attack", "RobustnessEvaluation"]
 
 logger = logging.getLogger(__name__)
 
-#: attack names understood by :func:`make_attack`, in the paper's order
-ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA")
-DEFAULT_ATTACKS = ATTACKS
 TRACE_CURVES = ("deviation_loss", "stabilization_loss", "perturbation_variance", "cosine")
-
-
-def make_attack(
-    name: str,
-    network: torch.nn.Module,
-    eps: float,
-    num_iter: int = 10,
-    alpha: float = 1.0,
-    sigma: float = 1.0,
-    spatial_dims: int = 2,
-    bounds: Sequence[float] | None = (0.0, 1.0),
-) -> Attack:
-    """One of :data:`ATTACKS` at budget ``eps`` (network input units): ``noise`` (random sign noise),
-    ``FGSM``, ``PGD`` (Madry et al., random start), ``DEV`` (SMIA with alpha = 0, no random start),
-    ``SMIA``."""
-    if name == "noise":
-        return RandomSignNoise(network, eps=eps, bounds=bounds)
-    if name == "FGSM":
-        return FGSM(network, eps=eps, bounds=bounds)
-    if name == "PGD":
-        return PGD(network, eps=eps, num_iter=num_iter, random_start=True, bounds=bounds)
-    if name in ("DEV", "SMIA"):
-        return SMIA(
-            network, eps=eps, num_iter=num_iter, alpha=0.0 if name == "DEV" else alpha, sigma=sigma, spatial_dims=spatial_dims, bounds=bounds
-        )
-    raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-
-
-def check_attacks(attacks: Sequence[str]) -> list[str]:
-    """Validate attack names (an empty list evaluates clean data only)."""
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise ValueError(f"unknown attack(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ATTACKS)}")
-    return list(dict.fromkeys(attacks))
 
 
 def case_seed(seed: int, attack_name: str, eps: float | None, case_ids: Sequence[str]) -> int:

@@ -20,6 +20,7 @@ __all__ = [
     "prepare_labels",
     "deviation_loss",
     "stabilization_loss",
+    "stabilization_kl",
     "soft_prediction",
     "hard_prediction",
     "per_sample_mean",
@@ -120,3 +121,22 @@ def stabilization_loss(logits: torch.Tensor, smoothed_prob: torch.Tensor, mode: 
     if mode == "hard":
         return per_sample_mean(F.cross_entropy(logits, smoothed_prob.argmax(dim=1), reduction="none"))
     return per_sample_mean(-(smoothed_prob * F.log_softmax(logits, dim=1)).sum(dim=1))
+
+
+def stabilization_kl(smoothed_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(f(x + W*d) || f(x + d)) per sample, differentiable in both arguments: SMIA's stabilization
+    term as the paper's KL/Fisher analysis states it (Qi et al. 2021, Sec. 3.2; the
+    ``stabilization_target="differentiable"`` reading).
+
+    ``smoothed_logits`` give the reference distribution P (softmax, or sigmoid for one channel),
+    ``logits`` the distribution Q; the result is ``sum_c P_c (log P_c - log Q_c)``, mean over pixels.
+    """
+    a, b = _wide(smoothed_logits), _wide(logits)
+    if a.shape != b.shape:
+        raise ValueError(f"smoothed logits {tuple(a.shape)} and logits {tuple(b.shape)} differ in shape.")
+    if a.shape[1] == 1:
+        p = torch.sigmoid(a)
+        kl = p * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - p) * (F.logsigmoid(-a) - F.logsigmoid(-b))
+        return per_sample_mean(kl)
+    log_p, log_q = F.log_softmax(a, dim=1), F.log_softmax(b, dim=1)
+    return per_sample_mean((log_p.exp() * (log_p - log_q)).sum(dim=1))

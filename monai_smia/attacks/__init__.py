@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from monai_smia.attacks.base import Attack, IterativeAttack, frozen_network
+from monai_smia.attacks.dag import DAG, shift_labels
+from monai_smia.attacks.deepfool import DeepFool
 from monai_smia.attacks.fgsm import FGSM
+from monai_smia.attacks.minimal import MinimalNormAttack, MinimalNormResult
 from monai_smia.attacks.noise import RandomSignNoise
 from monai_smia.attacks.pgd import PGD
 from monai_smia.attacks.smia import SMIA, PerturbationSmoother
-from monai_smia.attacks.trace import AttackTrace
+from monai_smia.attacks.trace import COSINE_KINDS, AttackTrace
 
-__all__ = ["Attack", "IterativeAttack", "frozen_network", "FGSM", "PGD", "SMIA", "RandomSignNoise", "PerturbationSmoother", "AttackTrace"]
+__all__ = [
+    "Attack",
+    "IterativeAttack",
+    "MinimalNormAttack",
+    "MinimalNormResult",
+    "frozen_network",
+    "FGSM",
+    "PGD",
+    "SMIA",
+    "DeepFool",
+    "DAG",
+    "shift_labels",
+    "RandomSignNoise",
+    "PerturbationSmoother",
+    "AttackTrace",
+    "COSINE_KINDS",
+]

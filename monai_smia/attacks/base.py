@@ -54,7 +54,8 @@ class Attack:
 
     Subclasses implement :meth:`perturb`; this class checks arguments and inputs, freezes the
     network, turns gradients on (MONAI evaluators run inferers under ``torch.no_grad()``), and
-    applies the budget and the bounds.
+    applies the budget, the mask and the bounds to whatever :meth:`perturb` returns (as foolbox's
+    base class does), so an attack that overshoots still keeps every guarantee.
 
     Args:
         network: a ``torch.nn.Module`` returning logits ``(B, K)`` or ``(B, K, *spatial)``, or a
@@ -132,7 +133,7 @@ class Attack:
             elif labels is not None and not isinstance(labels, torch.Tensor):
                 raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}.")
             delta = self.perturb(x, None if labels is None else labels.detach(), mask, delta_init, generator)
-            x_adv = self._apply(x, delta.detach())
+            x_adv = self._apply(x, delta.detach(), mask)
         if self.trace is not None and bool(self.trace.zero_gradient.any()):
             n = int(self.trace.zero_gradient.any(dim=1).sum())
             warnings.warn(
@@ -153,7 +154,7 @@ class Attack:
         delta_init: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        """Return the perturbation ``d`` (already projected) for clean images ``x``."""
+        """Return the perturbation ``d`` for clean images ``x``; :meth:`__call__` projects it (budget, mask, bounds)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- building blocks for subclasses
@@ -265,8 +266,16 @@ class Attack:
         m = mask.as_tensor() if hasattr(mask, "as_tensor") else mask
         return (m != 0).to(device=x.device, dtype=x.dtype)
 
-    def _apply(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``x + d`` clamped into ``[x - eps, x + eps]``, equal to ``x`` outside ``mask``, clamped into the bounds.
+
+        Clamping the image rather than ``d`` leaves an already projected ``x + d`` bit for bit as it is
+        (rounding is monotone), so attacks that project at every step give the same result as before.
+        """
         x_adv = x + delta
+        x_adv = torch.minimum(torch.maximum(x_adv, x - self.eps), x + self.eps)
+        if mask is not None:
+            x_adv = torch.where(mask != 0, x_adv, x)
         return x_adv.clamp(*self.bounds) if self.bounds is not None else x_adv
 
     def __repr__(self) -> str:
@@ -302,9 +311,19 @@ class IterativeAttack(Attack):
         self.random_start = bool(random_start)
 
     def stabilization(
-        self, x: torch.Tensor, delta: torch.Tensor, logits: torch.Tensor, t: int
+        self, x: torch.Tensor, delta: torch.Tensor, logits: torch.Tensor, t: int, previous: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """Per-sample term subtracted from the objective at iteration ``t``; ``None``: none (PGD)."""
+        """Per-sample term subtracted from the objective at iteration ``t``; ``None``: none (PGD).
+
+        Args:
+            x: clean images.
+            delta: the current perturbation ``d_t``, the tensor the gradient is taken for (detach it
+                for a stopped-gradient term).
+            logits: ``f(x + d_t)``.
+            t: iteration index.
+            previous: the perturbation ``d_{t-1}`` before the last update (``d_t - d_{t-1}`` is the
+                update applied at ``t - 1``, after projection); ``None`` at ``t = 0``.
+        """
         return None
 
     def stabilization_weight(self) -> float:
@@ -323,19 +342,22 @@ class IterativeAttack(Attack):
         sign = -1.0 if self.targeted else 1.0
         alpha = self.stabilization_weight()
         target = labels
+        previous: torch.Tensor | None = None
         for t in range(self.num_iter):
             delta.requires_grad_(True)
             logits = self.logits(x + delta)
             if t == 0:
                 target = self.target(labels, logits)
             dev = self.deviation(logits, target)
-            sta = self.stabilization(x, delta.detach(), logits, t)
+            sta = self.stabilization(x, delta, logits, t, previous)
             objective = sign * dev.sum()
             if sta is not None:
                 objective = objective - alpha * sta.sum()
             (grad,) = torch.autograd.grad(objective, delta)
             old = delta.detach()
-            delta = self.project(x, old + self.step_size * grad.sign(), mask)
-            recorder.record(grad, dev, sta, delta, delta - old)
+            step = self.step_size * grad.sign()
+            delta = self.project(x, old + step, mask)
+            recorder.record(grad, dev, sta, delta, delta - old, step)
+            previous = old
         self.trace = recorder.finish()
         return delta

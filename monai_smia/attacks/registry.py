@@ -1,0 +1,99 @@
+"""Attack names and the ONE attack factory, :func:`make_attack`, that evaluations, exports and
+reproductions build their attacks with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from monai_smia.attacks.base import Attack
+from monai_smia.attacks.dag import DAG
+from monai_smia.attacks.deepfool import DeepFool
+from monai_smia.attacks.fgsm import FGSM
+from monai_smia.attacks.noise import RandomSignNoise
+from monai_smia.attacks.pgd import PGD
+from monai_smia.attacks.smia import SMIA
+
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "TASK_ATTACKS", "make_attack", "check_attacks"]
+
+#: attack names understood by :func:`make_attack`, in the paper's order
+ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA", "DeepFool", "DAG")
+#: the attacks of a default evaluation (every task)
+DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA")
+#: attacks that only fit one task, and that task
+TASK_ATTACKS = {"DeepFool": "classification", "DAG": "segmentation"}
+#: SMIA's reading options that :func:`make_attack` passes on (DESIGN.md section 1)
+SMIA_READINGS = ("stabilization", "stabilization_target", "smooth", "protocol")
+
+
+def check_attacks(attacks: Sequence[str], task: str | None = None) -> list[str]:
+    """Validate attack names, unique and in order (an empty list evaluates clean data only).
+
+    Args:
+        attacks: names from :data:`ATTACKS`.
+        task: ``"classification"``, ``"segmentation"`` (or ``"detection"``) when known: refuse an
+            attack that does not fit it (DeepFool on segmentation, DAG on a classifier).
+    """
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ATTACKS)}")
+    if task is not None:
+        wrong = [a for a in attacks if TASK_ATTACKS.get(a, task) != task and not (a == "DAG" and task == "detection")]
+        if wrong:
+            fits = ", ".join(f"{a} needs {TASK_ATTACKS[a]}" for a in wrong)
+            raise ValueError(f"attacks: {fits}, but the task is {task}; drop {', '.join(wrong)}.")
+    return list(dict.fromkeys(attacks))
+
+
+def make_attack(
+    name: str,
+    network: torch.nn.Module,
+    eps: float,
+    num_iter: int = 10,
+    alpha: float = 1.0,
+    sigma: float | Sequence[float] = 1.0,
+    spatial_dims: int = 2,
+    bounds: Sequence[float] | None = (0.0, 1.0),
+    **reading_options: Any,
+) -> Attack:
+    """One of :data:`ATTACKS` at budget ``eps`` (network input units).
+
+    ``noise`` (random sign noise), ``FGSM``, ``PGD`` (Madry et al., random start), ``DEV`` (SMIA with
+    alpha = 0, no random start), ``SMIA``, ``DeepFool`` (classifiers; the paper's overshoot 0.02
+    and 50 iterations) and ``DAG`` (segmentation; gamma = 0.5 on a 0-255 scale, i.e.
+    ``0.5 / 255`` of the bounds' range, 200 iterations). DeepFool and DAG return the result
+    projected onto ``eps``; their unconstrained result is in ``attack.result``.
+
+    Args:
+        reading_options: for ``SMIA``/``DEV``, the readings ``stabilization``,
+            ``stabilization_target``, ``smooth``, ``protocol``; ``task`` (checked as in
+            :func:`check_attacks`); for ``DeepFool``/``DAG``, their own arguments (``overshoot``,
+            ``max_iter``, ``gamma``, ``target_fn``, ``until``).
+
+    Raises:
+        ValueError: an unknown name, an attack that does not fit ``task``, or an option the attack does not take.
+    """
+    options = dict(reading_options)
+    task = options.pop("task", None)
+    check_attacks([name], task)
+    if name in ("DEV", "SMIA"):
+        unknown = sorted(set(options) - set(SMIA_READINGS))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not an option of {name}; choose from {', '.join(SMIA_READINGS)}.")
+        a = 0.0 if name == "DEV" else alpha
+        return SMIA(network, eps=eps, num_iter=num_iter, alpha=a, sigma=sigma, spatial_dims=spatial_dims, bounds=bounds, **options)
+    if name == "DeepFool":
+        return DeepFool(network, eps=eps, bounds=bounds, **options)
+    if name == "DAG":
+        if "gamma" not in options and bounds is not None:
+            options["gamma"] = 0.5 * (bounds[1] - bounds[0]) / 255
+        return DAG(network, eps=eps, bounds=bounds, **options)
+    if options:
+        raise ValueError(f"{', '.join(sorted(options))}: {name} takes no reading options.")
+    if name == "noise":
+        return RandomSignNoise(network, eps=eps, bounds=bounds)
+    if name == "FGSM":
+        return FGSM(network, eps=eps, bounds=bounds)
+    return PGD(network, eps=eps, num_iter=num_iter, random_start=True, bounds=bounds)
