@@ -24,11 +24,12 @@ from monai_smia.bundle_utils import load_weights
 
 __all__ = ["Victim", "resolve_bundle", "load_victim", "BUILTIN_BUNDLES_DIR"]
 
-BUILTIN_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+#: the bundles shipped inside the package (``monai_smia/bundles`` links to the repository's ``bundles/``)
+BUILTIN_BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
 
 
 def builtin_bundles() -> list[str]:
-    """Names of the bundles shipped in this repository."""
+    """Names of the bundles shipped with the package."""
     if not BUILTIN_BUNDLES_DIR.is_dir():
         return []
     return sorted(p.name for p in BUILTIN_BUNDLES_DIR.iterdir() if (p / "configs" / "metadata.json").is_file())
