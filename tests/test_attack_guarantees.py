@@ -10,7 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from monai.networks.nets import UNet
 
-from monai_smia import FGSM, PGD, SMIA, RandomSignNoise
+from monai_smia import DAG, FGSM, PGD, SMIA, Attack, DeepFool, RandomSignNoise
+
+#: attacks that fit one task only (DeepFool: classifiers, DAG: segmentation)
+TASK_OF = {"deepfool": "cls", "dag": "seg"}
 
 
 def make_net(spatial_dims: int, in_ch: int, out_ch: int, task: str, seed: int) -> torch.nn.Module:
@@ -33,9 +36,32 @@ class _MeanPool(torch.nn.Module):
         return x.mean(dim=-1)
 
 
+class Overshoot(Attack):
+    """An attack whose perturb ignores the budget, the mask and the bounds (2 * eps, alternating signs):
+    the base class must still enforce every guarantee (issue 9, item 7)."""
+
+    def perturb(self, x, labels, mask, delta_init, generator):
+        signs = torch.ones_like(x).flatten(1)
+        signs[:, ::2] = -1
+        return 2 * self.eps * signs.reshape(x.shape)
+
+
 def build_attack(name: str, net: torch.nn.Module, eps: float, spatial_dims: int, bounds, seed_rs: bool):
     if name == "smia":
         return SMIA(net, eps=eps, num_iter=3, spatial_dims=spatial_dims, bounds=bounds, random_start=seed_rs)
+    if name == "smia_readings":  # the non-default readings together: differentiable KL, released-code anchoring
+        return SMIA(
+            net, eps=eps, num_iter=3, spatial_dims=spatial_dims, bounds=bounds, random_start=seed_rs,
+            stabilization_target="differentiable", smooth="step",
+        )
+    if name == "smia_paper":  # eps is the paper's per-iteration step; the ball is 3 * eps
+        return SMIA(net, eps=eps / 3, num_iter=3, spatial_dims=spatial_dims, bounds=bounds, protocol="paper")
+    if name == "deepfool":
+        return DeepFool(net, eps=eps, max_iter=5, bounds=bounds)
+    if name == "dag":
+        return DAG(net, eps=eps, gamma=0.05, max_iter=5, bounds=bounds)
+    if name == "overshoot":
+        return Overshoot(net, eps=eps, bounds=bounds)
     if name == "pgd":
         return PGD(net, eps=eps, num_iter=3, bounds=bounds, random_start=seed_rs)
     if name == "fgsm":
@@ -47,9 +73,9 @@ def ulp_tolerance(x: torch.Tensor) -> torch.Tensor:
     return 4 * torch.finfo(x.dtype).eps * x.abs().clamp_min(1.0)
 
 
-@settings(deadline=None, max_examples=25)
+@settings(deadline=None, max_examples=45)
 @given(
-    name=st.sampled_from(["smia", "pgd", "fgsm", "noise"]),
+    name=st.sampled_from(["smia", "pgd", "fgsm", "noise", "smia_readings", "smia_paper", "deepfool", "dag", "overshoot"]),
     spatial_dims=st.sampled_from([2, 3]),
     task=st.sampled_from(["seg", "cls"]),
     batch=st.integers(1, 3),
@@ -62,6 +88,7 @@ def ulp_tolerance(x: torch.Tensor) -> torch.Tensor:
     seed=st.integers(0, 2**16),
 )
 def test_guarantees(name, spatial_dims, task, batch, in_ch, out_ch, side, eps, bounded, random_start, seed):
+    task = TASK_OF.get(name, task)
     net = make_net(spatial_dims, in_ch, out_ch, task, seed)
     net.zero_grad()
     for p in net.parameters():  # a non-trivial .grad that must survive the attack
@@ -81,8 +108,10 @@ def test_guarantees(name, spatial_dims, task, batch, in_ch, out_ch, side, eps, b
     bounds = (0.0, 1.0) if bounded else None
 
     attack = build_attack(name, net, eps, spatial_dims, bounds, random_start)
+    # minimal-norm attacks leave a sample that is already misclassified alone: attack the clean prediction
+    labels = None if name in TASK_OF else y
     torch.manual_seed(seed)
-    x_adv = attack(x, y)
+    x_adv = attack(x, labels)
 
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
     assert bool(((x_adv - x).abs() <= eps + ulp_tolerance(x)).all()), "L-infinity budget exceeded"
@@ -97,23 +126,40 @@ def test_guarantees(name, spatial_dims, task, batch, in_ch, out_ch, side, eps, b
 
     # determinism: the same seed gives the same result
     torch.manual_seed(seed)
-    assert torch.equal(attack(x, y), x_adv)
+    assert torch.equal(attack(x, labels), x_adv)
 
 
-@pytest.mark.parametrize("name", ["smia", "pgd", "fgsm"])
+def test_overshooting_perturb_is_masked_by_the_base_class():
+    net = make_net(2, 1, 2, "seg", 0)
+    x = torch.rand(2, 1, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:5, 2:5] = 1
+    x_adv = Overshoot(net, eps=0.1)(x, torch.zeros(2, 1, 8, 8, dtype=torch.long), mask=mask)
+    assert torch.equal(x_adv[..., mask[0, 0] == 0], x[..., mask[0, 0] == 0])
+    assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("name", ["smia", "pgd", "fgsm", "smia_readings", "dag", "deepfool"])
 def test_batching_does_not_change_result_float64(name):
-    net = make_net(2, 1, 3, "seg", 3).double()
+    task = TASK_OF.get(name, "seg")
+    net = make_net(2, 1, 3, task, 3).double()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 1, 16, 16, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (6, 1, 16, 16), generator=g)
+    y = torch.randint(0, 3, (6, 1, 16, 16) if task == "seg" else (6,), generator=g)
     attack = build_attack(name, net, 0.05, 2, (0.0, 1.0), False)
     whole = attack(x, y)
     trace_whole = attack.trace
-    parts, traces = [], []
+    result_whole = getattr(attack, "result", None)
+    parts, traces, results = [], [], []
     for sl in (slice(0, 1), slice(1, 4), slice(4, 6)):
         parts.append(attack(x[sl], y[sl]))
         traces.append(attack.trace)
+        results.append(getattr(attack, "result", None))
     assert torch.equal(torch.cat(parts), whole)
+    if result_whole is not None:  # minimal-norm attacks: the unconstrained result too
+        assert torch.equal(torch.cat([r.unconstrained for r in results]), result_whole.unconstrained)
+        assert torch.equal(torch.cat([r.iterations for r in results]), result_whole.iterations)
+        return
     merged = type(trace_whole).cat(traces)
     assert torch.allclose(merged.perturbation_variance, trace_whole.perturbation_variance)
     assert torch.allclose(merged.deviation_loss, trace_whole.deviation_loss)
