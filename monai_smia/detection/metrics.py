@@ -25,6 +25,7 @@ __all__ = [
     "coco_metrics",
     "detection_metrics",
     "centre_box_baseline",
+    "DetectionSetMetrics",
 ]
 
 MATCH_IOU = 0.1
@@ -67,6 +68,29 @@ def matched_ious(pred_boxes: np.ndarray, pred_scores: np.ndarray, gt_boxes: np.n
     return out
 
 
+def _coco(classes: Sequence[str], max_detections: int) -> COCOMetric:
+    return COCOMetric(classes=list(classes), iou_list=[0.1, 0.5], iou_range=[0.5, 0.95, 0.05], max_detection=[max_detections])
+
+
+def _match(metric: COCOMetric, preds: Sequence[dict[str, Any]], gt_boxes: Sequence[Any], gt_labels: Sequence[Any], max_det: int) -> list:
+    """MONAI :func:`matching_batch` of predictions against ground truth, one result per image."""
+    return matching_batch(
+        iou_fn=box_iou,
+        iou_thresholds=metric.iou_thresholds,
+        pred_boxes=[np.asarray(p["boxes"], dtype=np.float32).reshape(-1, 4) for p in preds],
+        pred_classes=[np.asarray(p["labels"], dtype=np.int64).reshape(-1) for p in preds],
+        pred_scores=[np.asarray(p["scores"], dtype=np.float32).reshape(-1) for p in preds],
+        gt_boxes=[np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in gt_boxes],
+        gt_classes=[np.asarray(lab, dtype=np.int64).reshape(-1) for lab in gt_labels],
+        max_detections=max_det,
+    )
+
+
+def _coco_values(metric: COCOMetric, results: list, max_det: int) -> dict[str, float]:
+    values = metric(results)[0]
+    return {name: float(values[f"{key}_MaxDet_{max_det}"]) for name, key in _COCO_KEYS.items()}
+
+
 def coco_metrics(
     preds: Sequence[dict[str, np.ndarray]],
     gt_boxes: Sequence[np.ndarray],
@@ -75,19 +99,8 @@ def coco_metrics(
     max_detections: int = 100,
 ) -> dict[str, float]:
     """AP at IoU 0.1 and 0.5 and COCO mAP (IoU 0.5:0.95) with MONAI's COCOMetric over a set of images."""
-    metric = COCOMetric(classes=list(classes), iou_list=[0.1, 0.5], iou_range=[0.5, 0.95, 0.05], max_detection=[max_detections])
-    results = matching_batch(
-        iou_fn=box_iou,
-        iou_thresholds=metric.iou_thresholds,
-        pred_boxes=[np.asarray(p["boxes"], dtype=np.float32).reshape(-1, 4) for p in preds],
-        pred_classes=[np.asarray(p["labels"], dtype=np.int64).reshape(-1) for p in preds],
-        pred_scores=[np.asarray(p["scores"], dtype=np.float32).reshape(-1) for p in preds],
-        gt_boxes=[np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in gt_boxes],
-        gt_classes=[np.asarray(lab, dtype=np.int64).reshape(-1) for lab in gt_labels],
-        max_detections=max_detections,
-    )
-    values = metric(results)[0]
-    return {name: float(values[f"{key}_MaxDet_{max_detections}"]) for name, key in _COCO_KEYS.items()}
+    metric = _coco(classes, max_detections)
+    return _coco_values(metric, _match(metric, preds, gt_boxes, gt_labels, max_detections), max_detections)
 
 
 def detection_metrics(
@@ -109,3 +122,61 @@ def centre_box_baseline(train_boxes: Sequence[Any], spatial_shape: Sequence[int]
     centre = np.asarray(spatial_shape, dtype=np.float32) / 2
     box = np.concatenate([centre - size / 2, centre + size / 2])[None]
     return [{"boxes": box.copy(), "scores": np.ones(1, np.float32), "labels": np.zeros(1, np.int64)} for _ in range(num_images)]
+
+
+class DetectionSetMetrics:
+    """:data:`METRIC_NAMES` of a set of detection records, as ``set_metrics`` of
+    :func:`monai_smia.report.summarize_records` (each with a ``bootstrap(rows, idx)`` over resampled images).
+
+    Records hold ``pred_boxes``, ``pred_scores``, ``pred_labels``, ``gt_boxes`` and ``gt_labels``.
+    Matching runs once per record set; a resample reuses it.
+    """
+
+    def __init__(self, classes: Sequence[str] = ("tumour",), max_detections: int = 100) -> None:
+        self.metric, self.max_det = _coco(classes, max_detections), max_detections
+        self._cache: tuple[Any, list, list] | None = None
+        self._boot: dict[str, np.ndarray] = {}
+
+    def _prepared(self, rows: Sequence[dict[str, Any]]) -> tuple[list, list]:
+        if self._cache is None or self._cache[0] is not rows:
+            preds = [{"boxes": r["pred_boxes"], "scores": r["pred_scores"], "labels": r["pred_labels"]} for r in rows]
+            results = _match(self.metric, preds, [r["gt_boxes"] for r in rows], [r["gt_labels"] for r in rows], self.max_det)
+            ious = [matched_ious(p["boxes"], p["scores"], r["gt_boxes"]) for p, r in zip(preds, rows)]
+            self._cache = (rows, results, ious)
+        return self._cache[1], self._cache[2]
+
+    def values(self, rows: Sequence[dict[str, Any]], idx: Sequence[int] | None = None) -> dict[str, float]:
+        """All :data:`METRIC_NAMES` of ``rows`` (or of the resample ``idx`` of them)."""
+        results, ious = self._prepared(rows)
+        idx = range(len(rows)) if idx is None else idx
+        out = _coco_values(self.metric, [results[i] for i in idx], self.max_det)
+        matched = np.concatenate([ious[i] for i in idx] or [np.zeros(0)])
+        matched = matched[~np.isnan(matched)]
+        out["mean_iou_matched"] = float(matched.mean()) if matched.size else float("nan")
+        return out
+
+    def resampled(self, rows: Sequence[dict[str, Any]], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Every metric on each resample ``idx[r]`` (``(R, n)``), computed once for all metric names."""
+        key = (id(rows), idx.shape, hash(np.ascontiguousarray(idx).tobytes()))
+        if getattr(self, "_boot_key", None) != key:
+            vals = [self.values(rows, i) for i in idx]
+            self._boot = {m: np.array([v[m] for v in vals], dtype=np.float64) for m in METRIC_NAMES}
+            self._boot_key = key
+        return self._boot
+
+    def set_metrics(self) -> dict[str, Any]:
+        """``{name: callable(rows)}`` with ``.bootstrap(rows, idx)``, for :func:`summarize_records`."""
+        return {name: _OneMetric(self, name) for name in METRIC_NAMES}
+
+
+class _OneMetric:
+    def __init__(self, owner: DetectionSetMetrics, name: str) -> None:
+        self.owner, self.name = owner, name
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> float:
+        return self.owner.values(rows)[self.name] if rows else float("nan")
+
+    def bootstrap(self, rows: Sequence[dict[str, Any]], idx: np.ndarray) -> np.ndarray:
+        if not rows:
+            return np.full(len(idx), np.nan)
+        return self.owner.resampled(rows, idx)[self.name]
