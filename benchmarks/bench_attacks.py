@@ -1,8 +1,14 @@
-"""Milliseconds per iteration of FGSM, PGD, SMIA and torchattacks' PGD, and SMIA's cost against its floor.
+"""Milliseconds per iteration of FGSM, PGD, SMIA and torchattacks' PGD, and SMIA's cost against its floor;
+DeepFool (classifier) and DAG (segmentation) per iteration they actually ran.
 
 SMIA's floor per call is T forward+backward passes, T-1 forward passes without gradient (the
 prediction on the smoothed perturbation) and T-1 Gaussian smoothings; PGD's is T forward+backward
 passes. The table divides measured times by these floors, each component measured in the same run.
+
+DeepFool and DAG stop early, so their time is divided by the iterations they ran (the largest per-sample
+count of the call); a DeepFool iteration costs one forward and K backward passes (K classes), a DAG
+iteration one forward+backward. Each is timed on the task it fits (and compared with torchattacks'
+DeepFool on the classifier when it is installed). DAG runs at most T iterations here.
 
 Usage: ``python benchmarks/bench_attacks.py [--repeats 3] [--device cpu|cuda] [--amp]``
 """
@@ -17,7 +23,7 @@ from typing import Callable
 import torch
 from monai.networks.nets import DenseNet121, UNet
 
-from monai_smia import FGSM, PGD, SMIA
+from monai_smia import DAG, FGSM, PGD, SMIA, DeepFool
 from monai_smia.attacks import frozen_network
 from monai_smia.attacks.smia import PerturbationSmoother
 
@@ -40,6 +46,27 @@ def timed_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device
                 torch.cuda.synchronize()
             best[k] = min(best[k], time.perf_counter() - t0)
     return best
+
+
+def minimal_norm(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, amp: bool) -> tuple[DeepFool | DAG, dict[str, Callable[[], object]]]:
+    """DeepFool on a classifier, DAG on a segmentation network, and torchattacks' DeepFool when installed.
+
+    DAG is capped at T iterations (its paper's 200 would dominate the run; the time per iteration is what counts).
+    """
+    if y.ndim > 1:
+        dag = DAG(net, eps=eps, gamma=0.5 / 255, max_iter=T, amp=amp)
+        return dag, {"minimal": lambda: dag(x, y)}
+    deepfool = DeepFool(net, eps=eps, amp=amp)
+    fns: dict[str, Callable[[], object]] = {"minimal": lambda: deepfool(x, y)}
+    try:
+        import torchattacks
+
+        if not amp:
+            ta = torchattacks.DeepFool(net, steps=deepfool.max_iter, overshoot=deepfool.overshoot)
+            fns["torchattacks_DeepFool"] = lambda: ta(x, y)
+    except ImportError:
+        pass
+    return deepfool, fns
 
 
 def bench(name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, amp: bool) -> dict[str, float]:
@@ -72,6 +99,8 @@ def bench(name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rep
     }
     fns: dict[str, Callable[[], object]] = {"fwd_bwd": fwd_bwd, "fwd": fwd, "gauss": gauss}
     fns.update({k: (lambda a=a: a(x, y)) for k, a in attacks.items()})
+    minimal, minimal_fns = minimal_norm(net, x, y, eps, amp)
+    fns.update(minimal_fns)
     try:
         import torchattacks
 
@@ -82,6 +111,10 @@ def bench(name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rep
         pass
     res.update(timed_round_robin(fns, repeats, device))
     res.setdefault("torchattacks_PGD", float("nan"))
+    res.setdefault("torchattacks_DeepFool", float("nan"))
+    res["minimal_name"] = type(minimal).__name__  # type: ignore[assignment]
+    res["minimal_iters"] = float(minimal.iterations.max().clamp_min(1))
+    res["deepfool_over_torchattacks"] = res["minimal"] / res["torchattacks_DeepFool"]
     floor_smia = T * res["fwd_bwd"] + (T - 1) * (res["fwd"] + res["gauss"])
     floor_pgd = T * res["fwd_bwd"]
     res["floor_ratio"] = floor_smia / floor_pgd
@@ -99,14 +132,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="run the networks under autocast")
     parser.add_argument("--densenet-size", type=int, default=96, help="side of the DenseNet121 inputs (default 96)")
+    parser.add_argument("--unet-size", type=int, default=256, help="side of the UNet inputs (default 256)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     unet = UNet(2, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2).to(device)
     dense = DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).to(device)
-    s = args.densenet_size
+    s, u = args.densenet_size, args.unet_size
     cases = [
-        ("UNet 2D, 8 x 1 x 256 x 256", unet, torch.rand(8, 1, 256, 256, device=device), torch.randint(0, 2, (8, 256, 256), device=device)),
+        (f"UNet 2D, 8 x 1 x {u} x {u}", unet, torch.rand(8, 1, u, u, device=device), torch.randint(0, 2, (8, u, u), device=device)),
         (f"DenseNet121 2D, 16 x 3 x {s} x {s}", dense, torch.rand(16, 3, s, s, device=device), torch.randint(0, 5, (16,), device=device)),
     ]
     rows = [bench(name, net, x, y, args.repeats, args.amp) for name, net, x, y in cases]
@@ -121,6 +155,14 @@ def main() -> None:
             f"{r['pgd_over_bare']:.3f} | {r['ours_over_torchattacks']:.3f} |"
         )
     print("\naims: SMIA/PGD / floor <= 1.05; PGD / T bare fwd+bwd <= 1.05; ours / torchattacks <= 1.05")
+    print("\n| network | attack | ms per call | iterations | ms/it | ms/it / bare fwd+bwd | ours / torchattacks DeepFool (whole call) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        per_it = r["minimal"] / r["minimal_iters"]
+        print(
+            f"| {r['name']} | {r['minimal_name']} | {1e3 * r['minimal']:.1f} | {r['minimal_iters']:.0f} | {1e3 * per_it:.1f} | "
+            f"{per_it / r['fwd_bwd']:.3f} | {r['deepfool_over_torchattacks']:.3f} |"
+        )
 
 
 if __name__ == "__main__":
