@@ -42,7 +42,6 @@ import math
 import os
 import re
 import sys
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRanged
+from monai.transforms import EnsureChannelFirstd, LoadImaged
 from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import optional_import
 
@@ -78,8 +77,10 @@ from monai_smia.report import (
     to_jsonable,
     write_provenance,
 )
+from monai_smia.handlers.seeding import case_seed
 from monai_smia.io.source_grid import write_nifti_atomic
-from monai_smia.victim import Victim, load_victim, resolve_bundle
+from monai_smia.io.units import bounds_from_preprocessing, flat_transforms, resolve_eps_scale, source_intensity_scale
+from monai_smia.victim import Victim, is_train_override, load_victim, resolve_bundle
 
 Image, _has_pil = optional_import("PIL.Image")
 tqdm, _has_tqdm = optional_import("tqdm", name="tqdm")
@@ -261,7 +262,7 @@ def bundle_attack_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     root = resolve_bundle(bundle)
     for name in ("attack.json", "evaluate.json"):
         f = root / "configs" / name
-        if not f.is_file():
+        if not f.is_file() or is_train_override(f):
             continue
         parser = ConfigParser()
         parser.read_config(str(f))
@@ -287,53 +288,14 @@ def bundle_loads_labels(bundle: str | os.PathLike) -> bool:
     return isinstance(config.get("validate"), dict) and "preprocessing" in config["validate"]
 
 
-def _flat_transforms(transform: Any) -> list[Any]:
-    if isinstance(transform, Compose):
-        return [t for sub in transform.transforms for t in _flat_transforms(sub)]
-    return [transform]
-
-
-def source_intensity_scale(preprocessing: Any, image_key: str = "image") -> float:
-    """Network-input units per source intensity unit, read off the bundle's preprocessing.
-
-    ``ScaleIntensityRanged(a_min, a_max, b_min, b_max)`` on the image gives
-    ``(b_max - b_min) / (a_max - a_min)`` (e.g. 1/1500 for a [-1000, 500] HU window, 1/255 for 8-bit
-    images); no intensity transform gives 1.
-
-    Raises:
-        ValueError: another intensity transform acts on the image (its effect on the perturbation's
-            unit is not a known constant): pass ``source_scale`` explicitly.
-    """
-    scale = 1.0
-    for t in _flat_transforms(preprocessing):
-        keys = getattr(t, "keys", ())
-        if image_key not in keys:
-            continue
-        if isinstance(t, ScaleIntensityRanged):
-            s = t.scaler
-            scale *= (float(s.b_max) - float(s.b_min)) / (float(s.a_max) - float(s.a_min))
-        elif type(t).__module__.startswith("monai.transforms.intensity"):
-            raise ValueError(
-                f"the bundle's preprocessing applies {type(t).__name__} to {image_key!r}; the perturbation cannot be "
-                "converted back to source intensities automatically: pass source_scale (network units per source unit)."
-            )
-    return scale
-
-
 def default_eps_scale(victim: Victim, eps_unit: str) -> float:
-    """Network-input units per ``eps`` unit: ``1 / (hu_window width)`` for ``"HU"`` with a ``hu_window``
-    in the bundle config, ``1/255`` for ``"/255"``, otherwise 1 (``eps`` in network units)."""
-    window = victim.get("hu_window")
-    if eps_unit.upper() == "HU" and isinstance(window, list) and len(window) == 2:
-        return 1.0 / (float(window[1]) - float(window[0]))
-    if eps_unit == "/255":
-        return 1.0 / 255.0
-    return 1.0
+    """Network-input units per ``eps`` unit (:func:`monai_smia.io.units.resolve_eps_scale`)."""
+    return resolve_eps_scale(eps_unit, victim.preprocessing, victim.config, bundle=victim.name)[0]
 
 
 def _use_series_loader(preprocessing: Any) -> None:
     """Let the bundle's ``LoadImaged`` read DICOM series folders strictly (one series, no reader fallback)."""
-    for t in _flat_transforms(preprocessing):
+    for t in flat_transforms(preprocessing):
         if type(t) is LoadImaged and type(t._loader).__name__ == "LoadImage":
             t._loader.__class__ = LoadSeriesImage
 
@@ -483,8 +445,10 @@ class AdversarialWriter:
         self.eps_unit = "" if eps_unit is None else str(eps_unit)
         self.eps_scale_arg = None if eps_scale is None else float(eps_scale)
         if isinstance(bounds, str):
-            bounds = defaults.get("bounds", (0.0, 1.0))
-        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+            bounds = defaults.get("bounds", "auto")
+        self.bounds_arg = bounds if bounds is None or isinstance(bounds, str) else (float(bounds[0]), float(bounds[1]))
+        self.bounds: tuple[float, float] | None = None if isinstance(self.bounds_arg, str) else self.bounds_arg
+        self.bounds_note = "from the bundle's preprocessing" if isinstance(self.bounds_arg, str) else "given"
         self.attack = attack
         self.num_iter, self.alpha, self.sigma = int(num_iter), float(alpha), float(sigma)
         self.data_split, self.label_key, self.use_labels = data_split, label_key, bool(use_labels)
@@ -514,7 +478,7 @@ class AdversarialWriter:
             "step_size": "2.5 * eps / num_iter",
             "alpha": self.alpha,
             "sigma": self.sigma,
-            "bounds": list(self.bounds) if self.bounds is not None else None,
+            "bounds": self.bounds_arg if isinstance(self.bounds_arg, str) or self.bounds_arg is None else list(self.bounds_arg),
             "save_dtype": self.save_dtype,
             "dicom": self.dicom,
             "seed": self.seed,
@@ -599,6 +563,8 @@ class AdversarialWriter:
             self.source_scale_arg if self.source_scale_arg is not None else source_intensity_scale(self.preprocessing)
         )
         self.eps_source = self.eps_network / self.source_scale
+        if isinstance(self.bounds_arg, str):
+            self.bounds, self.bounds_note = bounds_from_preprocessing(self.preprocessing)
 
     def _preprocess(self, item: dict[str, Any]) -> dict[str, Any]:
         ctx = allow_missing_keys_mode(self.preprocessing) if self.missing_ok else contextlib.nullcontext()
@@ -641,8 +607,8 @@ class AdversarialWriter:
             spatial_dims,
             self.bounds,
         )
-        case_seed = (self.seed * 1_000_003 + zlib.crc32(case.case_id.encode())) % (2**63)
-        inferer = AttackInferer(attack, victim.inferer, use_labels=not label_free, compute_success=True, seed=case_seed)
+        seed = case_seed(self.seed, self.attack, self.eps, [case.case_id])
+        inferer = AttackInferer(attack, victim.inferer, use_labels=not label_free, compute_success=True, seed=seed)
         logits_clean = self._predict(victim, x)
         with torch.no_grad():
             logits_adv = inferer(x, victim.network, labels=lab)
@@ -763,7 +729,7 @@ class AdversarialWriter:
     def _raw_image(self, path: str) -> np.ndarray:
         """The source as the bundle's loader reads it (channel-first, before any intensity transform)."""
         item: dict[str, Any] = {"image": path}
-        for t in _flat_transforms(self.preprocessing):
+        for t in flat_transforms(self.preprocessing):
             if not isinstance(t, (LoadImaged, EnsureChannelFirstd)):
                 break
             with allow_missing_keys_mode(t):
@@ -828,7 +794,7 @@ class AdversarialWriter:
         return {"adversarial": adv_path, "perturbation": pert_path}, written
 
     def _png_reader(self) -> Any:
-        for t in _flat_transforms(self.preprocessing):
+        for t in flat_transforms(self.preprocessing):
             if isinstance(t, LoadImaged):
                 for r in getattr(t._loader, "readers", []):
                     if type(r).__name__ == "PILReader":

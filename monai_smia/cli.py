@@ -74,10 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
         "to OUTPUT. An interrupted run resumes where it stopped.",
     )
     ev.add_argument("--bundle", required=True, help=f"a bundle name ({bundles}) or the path of a MONAI bundle folder")
-    ev.add_argument("--dataset-dir", required=True, help="folder with datalist.json (written by python -m data_prep.*)")
+    ev.add_argument(
+        "--dataset-dir",
+        required=True,
+        help="the data: a data_prep folder (datalist.json), a Decathlon task folder (dataset.json), or the dataset_dir the bundle's own data keys read",
+    )
     ev.add_argument("--output", required=True, help="output folder")
     ev.add_argument("--attacks", nargs="+", default=None, metavar="NAME", help=f"attacks to run (default all): {ATTACK_HELP}")
-    ev.add_argument("--eps", nargs="+", type=_positive_float, default=None, help="budget(s) in the bundle's unit (several: an eps sweep)")
+    ev.add_argument("--eps", nargs="+", type=_positive_float, default=None, help="budget(s) in the bundle's unit (several: an eps sweep); required for a bundle that declares none")
+    ev.add_argument("--eps-unit", default=None, help="unit of --eps: HU (converted through the bundle's ScaleIntensityRange window), /255, or none for network-input units")
     ev.add_argument("--num-iter", type=_positive_int, default=None, help="iterations of PGD, DEV and SMIA (default 10)")
     ev.add_argument("--split", default=None, choices=("training", "validation", "test"), help="datalist split (default test)")
     ev.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N cases")
@@ -94,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images, or data_prep folder")
     at.add_argument("--output", required=True, help="output folder")
     at.add_argument("--attack", default="SMIA", choices=ATTACKS, help="attack (default SMIA)")
-    at.add_argument("--eps", type=_positive_float, default=None, help="budget in the bundle's unit (default: the bundle's)")
+    at.add_argument("--eps", type=_positive_float, default=None, help="budget in the bundle's unit (default: the bundle's; required for a bundle that declares none)")
+    at.add_argument("--eps-unit", default=None, help="unit of --eps: HU (through the bundle's ScaleIntensityRange window), /255, or none for network-input units")
     at.add_argument("--num-iter", type=_positive_int, default=None, help="iterations (default 10)")
     at.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     return parser
@@ -116,6 +122,7 @@ def _run(args: argparse.Namespace) -> None:
             output_dir=args.output,
             attacks=args.attacks,
             eps=args.eps,
+            eps_unit=args.eps_unit,
             num_iter=args.num_iter,
             data_split=args.split,
             max_cases=args.max_cases,
@@ -125,6 +132,8 @@ def _run(args: argparse.Namespace) -> None:
         from monai_smia.attack_run import run_attack
 
         extra = {"num_iter": args.num_iter} if args.num_iter is not None else {}
+        if args.eps_unit is not None:
+            extra["eps_unit"] = args.eps_unit
         run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, device=args.device, **extra)
 
 

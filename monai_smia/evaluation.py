@@ -9,6 +9,8 @@ merges the stored results into the reports.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -26,10 +28,13 @@ from monai.engines.utils import PrepareBatchExtraInput
 from monai.inferers import SliceInferer
 from monai.utils import optional_import
 
-from monai_smia.io.datalist import DATALIST, load_datalist
+from monai_smia.io.datalist import load_datalist
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.figures import case_figure, trace_curves_figure
+from monai_smia.bundle.data import bundle_cases
+from monai_smia.handlers.seeding import case_seed
 from monai_smia.inferers import AttackInferer
+from monai_smia.io.units import bounds_from_preprocessing, resolve_eps_scale
 from monai_smia.metrics import (
     classification_attack_success,
     classification_case_metrics,
@@ -47,7 +52,7 @@ from monai_smia.report import (
     write_provenance,
     write_reports,
 )
-from monai_smia.victim import Victim, load_victim
+from monai_smia.victim import Victim, is_train_override, load_victim, resolve_bundle
 
 Events, _ = optional_import("ignite.engine", name="Events")
 ProgressBar, _ = optional_import("ignite.handlers", name="ProgressBar")
@@ -57,14 +62,6 @@ __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "make_attack", "RobustnessEvaluation"]
 logger = logging.getLogger(__name__)
 
 TRACE_CURVES = ("deviation_loss", "stabilization_loss", "perturbation_variance", "cosine")
-
-
-def case_seed(seed: int, attack_name: str, eps: float | None, case_ids: Sequence[str]) -> int:
-    """A seed derived from the run seed, the condition and the cases of a batch."""
-    import hashlib
-
-    text = f"{seed}|{attack_name}|{eps!r}|{'|'.join(map(str, case_ids))}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class RobustnessEvaluation:
@@ -97,13 +94,13 @@ class RobustnessEvaluation:
         dataset_dir: str | os.PathLike,
         output_dir: str | os.PathLike,
         attacks: Sequence[str] = DEFAULT_ATTACKS,
-        eps: Sequence[float] | float = (1.0,),
+        eps: Sequence[float] | float | None = None,
         eps_unit: str = "",
         eps_scale: float | None = None,
         num_iter: int = 10,
         alpha: float = 1.0,
         sigma: float = 1.0,
-        bounds: Sequence[float] | None = (0.0, 1.0),
+        bounds: Sequence[float] | str | None = "auto",
         data_split: str = "test",
         max_cases: int | None = None,
         seed: int = 0,
@@ -113,6 +110,8 @@ class RobustnessEvaluation:
         batch_size: int = 1,
     ) -> None:
         self.attacks = check_attacks(list(attacks))
+        if eps is None:
+            raise ValueError(f"no attack budget for {bundle}: pass eps (in the bundle's input units, or with eps_unit='HU').")
         eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
         if not eps_list or any(not isinstance(e, (int, float)) or not e > 0 for e in eps_list):
             raise ValueError(f"eps must be one or more budgets > 0, got {eps!r}")
@@ -120,7 +119,11 @@ class RobustnessEvaluation:
         self.bundle, self.dataset_dir, self.output_dir = bundle, Path(dataset_dir), Path(output_dir)
         self.eps_unit, self.eps_scale = eps_unit, eps_scale
         self.num_iter, self.alpha, self.sigma = int(num_iter), float(alpha), float(sigma)
-        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+        self.bounds_arg = bounds if isinstance(bounds, str) or bounds is None else (float(bounds[0]), float(bounds[1]))
+        if isinstance(bounds, str) and bounds != "auto":
+            raise ValueError(f"bounds must be 'auto', None or (lo, hi), got {bounds!r}.")
+        self.bounds: tuple[float, float] | None = None
+        self.bounds_note = "not resolved yet"
         self.data_split, self.max_cases, self.seed = data_split, max_cases, int(seed)
         self.distributed, self.num_figure_cases, self.batch_size = bool(distributed), int(num_figure_cases), int(batch_size)
         self.device = device
@@ -152,27 +155,25 @@ class RobustnessEvaluation:
 
             dist.barrier()
 
-    def cases(self) -> list[dict[str, Any]]:
-        """The evaluated items of the datalist, each with a stable ``case_id``."""
-        items = load_datalist(self.dataset_dir, self.data_split)
-        if not items:
-            raise ValueError(f"{self.dataset_dir / 'datalist.json'} has no {self.data_split!r} cases to evaluate")
+    def cases(self, bundle_root: Path | None = None) -> list[dict[str, Any]]:
+        """The evaluated items (:func:`monai_smia.bundle.bundle_cases`), each with a stable ``case_id``."""
+        items, self.case_source = bundle_cases(bundle_root or resolve_bundle(self.bundle), self.dataset_dir, self.data_split)
         if self.max_cases is not None:
             items = items[: int(self.max_cases)]
         out = []
         for i, item in enumerate(items):
             stem = Path(str(item["image"])).name.split(".")[0]
-            keep = {k: v for k, v in item.items() if k in ("image", "label")}
-            out.append({**keep, "case_id": f"{i:04d}_{stem}"})
+            out.append({**item, "case_id": f"{i:04d}_{stem}"})
         return out
 
-    def run_settings(self, victim: Victim) -> dict[str, Any]:
+    def run_settings(self, victim: Victim, items: list[dict[str, Any]]) -> dict[str, Any]:
         """What every stored case of this output folder depends on (attacks and budgets are keys of the store)."""
-        datalist = self.dataset_dir / DATALIST
+        cases = json.dumps([[it["case_id"], Path(it["image"]).name, Path(str(it.get("label", ""))).name] for it in items])
         return {
             "bundle": victim.root.name,
             "checkpoint_sha256": file_sha256(victim.checkpoint),
-            "datalist_sha256": file_sha256(datalist) if datalist.is_file() else None,
+            "cases_from": self.case_source,
+            "cases_sha256": hashlib.sha256(cases.encode()).hexdigest(),
             "data_split": self.data_split,
             "eps_unit": self.eps_unit,
             "eps_scale": self.scale,
@@ -184,13 +185,29 @@ class RobustnessEvaluation:
             "seed": self.seed,
         }
 
+    def resolve_bounds(self, victim: Victim) -> None:
+        """Bounds from the argument, else from the bundle's preprocessing (:func:`bounds_from_preprocessing`);
+        warns when a budget covers the whole valid range."""
+        if self.bounds_arg == "auto":
+            self.bounds, self.bounds_note = bounds_from_preprocessing(victim.preprocessing)
+        else:
+            self.bounds, self.bounds_note = self.bounds_arg, "given"  # type: ignore[assignment]
+        if self.bounds is not None:
+            width = self.bounds[1] - self.bounds[0]
+            for eps in self.eps:
+                if eps * self.scale >= width:
+                    warnings.warn(
+                        f"eps = {eps:g}{self.eps_unit} covers the whole valid input range {self.bounds} of {victim.name} "
+                        f"({width / self.scale:g}{self.eps_unit}): even random noise can replace the image.",
+                        stacklevel=2,
+                    )
+
     def resolved_eps_scale(self, victim: Victim) -> float:
         if self.eps_scale is not None:
+            self.eps_scale_note = {"eps_unit": self.eps_unit, "eps_scale": "given"}
             return float(self.eps_scale)
-        window = victim.get("hu_window")
-        if self.eps_unit.upper() == "HU" and isinstance(window, list) and len(window) == 2:
-            return 1.0 / (float(window[1]) - float(window[0]))
-        return 1.0
+        scale, self.eps_scale_note = resolve_eps_scale(self.eps_unit, victim.preprocessing, victim.config, bundle=victim.name)
+        return scale
 
     def spatial_dims(self, victim: Victim) -> int:
         if isinstance(victim.inferer, SliceInferer):
@@ -310,9 +327,10 @@ class RobustnessEvaluation:
         device = self._setup_distributed()
         victim = load_victim(self.bundle, self.dataset_dir, device)
         self.scale = self.resolved_eps_scale(victim)
+        self.resolve_bounds(victim)
         self.store = CaseStore(self.output_dir)
-        items = self.cases()
-        check_run_settings(self.output_dir, self.run_settings(victim), write=self.rank == 0)
+        items = self.cases(victim.root)
+        check_run_settings(self.output_dir, self.run_settings(victim, items), write=self.rank == 0)
         if self.rank == 0:
             logger.info("evaluating %s on %d %s cases of %s", victim.name, len(items), self.data_split, self.dataset_dir)
         self._evaluate(victim, "clean", None, items, device)
@@ -377,11 +395,13 @@ class RobustnessEvaluation:
                 "eps": self.eps,
                 "eps_unit": unit,
                 "eps_scale": self.scale,
+                "eps_scale_from": self.eps_scale_note,
                 "num_iter": self.num_iter,
                 "step_size": "2.5 * eps / T",
                 "alpha": self.alpha,
                 "sigma": self.sigma,
                 "bounds": self.bounds,
+                "bounds_from": self.bounds_note,
                 "bundle": str(victim.root.name),
                 "data_split": self.data_split,
                 "cases": len(items),
@@ -396,8 +416,8 @@ class RobustnessEvaluation:
         try:
             meta = load_datalist(self.dataset_dir)
         except (FileNotFoundError, ValueError):
-            return {"dataset_dir": str(self.dataset_dir)}
-        return {k: meta.get(k) for k in ("name", "source", "synthetic")} | {"dataset_dir": self.dataset_dir.name}
+            return {"dataset_dir": self.dataset_dir.name, "cases_from": self.case_source}
+        return {k: meta.get(k) for k in ("name", "source", "synthetic")} | {"dataset_dir": self.dataset_dir.name, "cases_from": self.case_source}
 
     def write_figures(self, victim: Victim, items: list[dict[str, Any]], eps: float) -> list[Path]:
         """Example cases for each attack, and Fig. 2-style DEV vs SMIA iteration curves."""
@@ -449,18 +469,20 @@ def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> Robus
     """
     from monai.bundle import ConfigParser
 
-    from monai_smia.victim import resolve_bundle
-
     root = resolve_bundle(bundle)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     cfg = root / "configs" / "evaluate.json"
     parser = ConfigParser()
-    if cfg.is_file():
+    if cfg.is_file() and not is_train_override(cfg):
         parser.read_config(str(cfg))
     target = str(parser.config.get("evaluation", {}).get("_target_", "")) if isinstance(parser.config.get("evaluation"), dict) else ""
     if not target.endswith("RobustnessEvaluation"):
-        if "dataset_dir" not in overrides or "output_dir" not in overrides:
-            raise ValueError(f"{root} has no monai_smia evaluate.json: pass dataset_dir and output_dir")
+        for key, flag in (("dataset_dir", "--dataset-dir"), ("output_dir", "--output"), ("eps", "--eps")):
+            if key not in overrides:
+                raise ValueError(
+                    f"{root.name} declares no monai-smia evaluation ({cfg.name} has no 'evaluation'), so it has no "
+                    f"default {key}: pass {flag}" + (" (in the bundle's input units, or with --eps-unit HU)" if key == "eps" else "") + "."
+                )
         return RobustnessEvaluation(bundle=root, **overrides)
     parser["bundle_root"] = str(root)
     for key, value in overrides.items():

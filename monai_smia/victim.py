@@ -79,6 +79,15 @@ class Victim:
         return self.config.get(key, default)
 
 
+def is_train_override(config_file: Path) -> bool:
+    """Whether ``config_file`` (an ``evaluate.json``) overrides ``train.json`` as model-zoo bundles do
+    (``validate#...`` keys), rather than being a stand-alone monai-smia evaluation config."""
+    if not config_file.is_file():
+        return False
+    config = ConfigParser.load_config_file(str(config_file))
+    return "evaluation" not in config and any("#" in str(k) for k in config)
+
+
 def _task_from_metadata(meta: dict[str, Any]) -> tuple[str, int]:
     pred = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {})
     fmt = str(pred.get("format", "")).lower()
@@ -106,7 +115,16 @@ def load_victim(
     configs = root / "configs"
     use_train = (configs / "train.json").is_file() and (labels or not (configs / "inference.json").is_file())
     parser = ConfigParser()
-    parser.read_config(str(configs / ("train.json" if use_train else "inference.json")))
+    files = [configs / ("train.json" if use_train else "inference.json")]
+    if use_train and is_train_override(configs / "evaluate.json"):
+        files.append(configs / "evaluate.json")  # the model zoo's idiom: evaluate.json overrides train.json
+    try:
+        parser.read_config([str(f) for f in files])
+    except KeyError as e:
+        raise ValueError(
+            f"{files[-1]} overrides {e.args[0] if e.args else e} that {files[0].name} of {root.name} does not define; "
+            "an evaluate.json override needs the train.json it was written for."
+        ) from e
     parser["bundle_root"] = str(root)
     if dataset_dir is not None:
         parser["dataset_dir"] = str(dataset_dir)

@@ -1,0 +1,115 @@
+"""The one place where a budget's unit becomes network-input units, and where the valid input range
+comes from: both are read off the bundle's own preprocessing.
+
+- ``HU`` (or any source intensity unit): the ``ScaleIntensityRange(d)`` window on the image,
+  ``(b_max - b_min) / (a_max - a_min)`` network units per source unit (a zoo CT bundle's
+  ``a_min=-57, a_max=164, b_min=0, b_max=1`` gives 1/221), else a ``hu_window`` in the bundle config.
+- ``/255``: 1/255 (8-bit images scaled to [0, 1]).
+- ``""`` or ``"input"``: network-input units.
+
+Bounds: a clipping ``ScaleIntensityRange(d)`` gives ``[b_min, b_max]``; a final ``ScaleIntensity(d)``
+with ``minv``/``maxv`` gives that range; otherwise the attack is left unclamped (``None``) and the
+provenance says so. Never a fixed [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from monai.transforms import Compose, ScaleIntensityRange, ScaleIntensityRanged, ScaleIntensityd
+
+__all__ = ["bounds_from_preprocessing", "flat_transforms", "intensity_window", "resolve_eps_scale", "source_intensity_scale"]
+
+INPUT_UNITS = ("", "input")
+
+
+def flat_transforms(transform: Any) -> list[Any]:
+    """The transforms of a (nested) ``Compose`` in order."""
+    if isinstance(transform, Compose):
+        return [t for sub in transform.transforms for t in flat_transforms(sub)]
+    return [transform]
+
+
+def _image_transforms(preprocessing: Any, image_key: str) -> list[Any]:
+    return [t for t in flat_transforms(preprocessing) if image_key in getattr(t, "keys", (image_key,))]
+
+
+def intensity_window(preprocessing: Any, image_key: str = "image") -> dict[str, Any] | None:
+    """``{"a_min", "a_max", "b_min", "b_max", "clip", "transform"}`` of the first ``ScaleIntensityRange(d)``
+    on ``image_key``, or ``None``."""
+    for t in _image_transforms(preprocessing, image_key):
+        s = t.scaler if isinstance(t, ScaleIntensityRanged) else t if isinstance(t, ScaleIntensityRange) else None
+        if s is not None and s.b_min is not None and s.b_max is not None:
+            return {
+                "transform": type(t).__name__,
+                "a_min": float(s.a_min),
+                "a_max": float(s.a_max),
+                "b_min": float(s.b_min),
+                "b_max": float(s.b_max),
+                "clip": bool(s.clip),
+            }
+    return None
+
+
+def resolve_eps_scale(
+    eps_unit: str, preprocessing: Any = None, config: Mapping[str, Any] | None = None, bundle: str = "the bundle"
+) -> tuple[float, dict[str, Any]]:
+    """Network-input units per ``eps_unit``, and how that was decided (for the provenance).
+
+    Raises:
+        ValueError: ``HU`` on a bundle with no intensity window, or an unknown unit.
+    """
+    unit = (eps_unit or "").strip()
+    if unit in INPUT_UNITS:
+        return 1.0, {"eps_unit": "network input"}
+    if unit == "/255":
+        return 1.0 / 255.0, {"eps_unit": "/255"}
+    window = intensity_window(preprocessing) if preprocessing is not None else None
+    if window is not None:
+        scale = (window["b_max"] - window["b_min"]) / (window["a_max"] - window["a_min"])
+        return abs(scale), {"eps_unit": unit, "window": window}
+    hu = (config or {}).get("hu_window")
+    if unit.upper() == "HU" and isinstance(hu, (list, tuple)) and len(hu) == 2:
+        return 1.0 / (float(hu[1]) - float(hu[0])), {"eps_unit": unit, "hu_window": list(hu)}
+    raise ValueError(
+        f"--eps-unit {unit!r}: {bundle}'s preprocessing has no ScaleIntensityRange(d) window on the image to convert "
+        "it to network units; give eps in network-input units (no --eps-unit) or pass eps_scale."
+    )
+
+
+def bounds_from_preprocessing(preprocessing: Any, image_key: str = "image") -> tuple[tuple[float, float] | None, str]:
+    """The valid network-input range the bundle's preprocessing produces, and a note saying where it came from."""
+    found: tuple[tuple[float, float] | None, str] = (None, "no clipping intensity transform: unclamped")
+    for t in _image_transforms(preprocessing, image_key):
+        window = intensity_window(t, image_key) if isinstance(t, (ScaleIntensityRange, ScaleIntensityRanged)) else None
+        if window is not None:
+            lo, hi = sorted((window["b_min"], window["b_max"]))
+            found = ((lo, hi), f"{window['transform']} clip") if window["clip"] else (None, f"{window['transform']} without clip: unclamped")
+        elif isinstance(t, ScaleIntensityd):
+            s = t.scaler
+            if s.minv is not None and s.maxv is not None:
+                found = ((float(s.minv), float(s.maxv)), "ScaleIntensityd minv/maxv")
+        elif type(t).__module__.startswith("monai.transforms.intensity"):
+            found = (None, f"{type(t).__name__} after the last range transform: unclamped")
+    return found
+
+
+def source_intensity_scale(preprocessing: Any, image_key: str = "image") -> float:
+    """Network-input units per source intensity unit (1 with no intensity transform on the image).
+
+    Raises:
+        ValueError: an intensity transform other than ``ScaleIntensityRange(d)`` acts on the image
+            (its effect on the perturbation's unit is not a known constant): pass ``source_scale``.
+    """
+    scale = 1.0
+    for t in _image_transforms(preprocessing, image_key):
+        window = intensity_window(t, image_key) if isinstance(t, (ScaleIntensityRange, ScaleIntensityRanged)) else None
+        if window is not None:
+            scale *= (window["b_max"] - window["b_min"]) / (window["a_max"] - window["a_min"])
+        elif type(t).__module__.startswith("monai.transforms.intensity"):
+            raise ValueError(
+                f"the bundle's preprocessing applies {type(t).__name__} to {image_key!r}; the perturbation cannot be "
+                "converted back to source intensities automatically: pass source_scale (network units per source unit)."
+            )
+    return scale
