@@ -35,8 +35,9 @@ class AttackTrace:
 
     Attributes:
         deviation_loss: task loss of ``f(x + d)`` before each update (per-sample mean over pixels).
-        stabilization_loss: cross-entropy of ``f(x + d)`` against the prediction on ``x + W * d``;
-            ``nan`` where it was not computed (first iteration, or ``alpha = 0``).
+        stabilization_loss: the STA term as optimised: cross-entropy of ``f(x + d)`` against the
+            prediction on the smoothed anchor (KL divergence for SMIA's ``stabilization_target=
+            "differentiable"``); ``nan`` where it was not computed (first iteration, or ``alpha = 0``).
         zero_gradient: the input gradient of the objective was exactly zero for that sample.
         numel: number of perturbed elements per sample.
         d_sum, d_sqsum: sum and sum of squares of the accumulated perturbation after each update.
