@@ -29,6 +29,8 @@ Datasets:
   https://ead2019.grand-challenge.org): download the semantic-segmentation training data and pass a folder
   holding ``images/`` (``*.jpg``) and ``masks/`` (``*.tif``, one page per class: instrument, specularity,
   artefact, bubbles, saturation) as ``--manual-dir``. Labels are written as ``(5, H, W)`` ``uint8`` ``.npy``.
+  ``ead2019_det``: the same frames as a detection dataset (one ``xyxy`` box per connected component of each
+  class mask, class index as label; the layout of :mod:`monai_smia.apps.data_prep.msd_lung_det`).
 
 Usage::
 
@@ -55,6 +57,7 @@ from monai.utils import optional_import
 from monai_smia.apps.data_prep.layout import atomic_output_dir, deterministic_split, write_datalist
 from monai_smia.apps.data_prep.medmnist import MEDMNIST, prepare_medmnist
 from monai_smia.apps.data_prep.mnist import prepare_mnist
+from monai_smia.apps.data_prep.msd_lung_det import BOX_MODE, mask_to_boxes
 from monai_smia.apps.data_prep.png_classification import IMAGE_DIR
 
 Image, _has_pil = optional_import("PIL.Image")
@@ -97,6 +100,7 @@ MANUAL = {
     "kaggle_dr": "sign in to Kaggle, accept the rules of https://www.kaggle.com/c/diabetic-retinopathy-detection, "
     "download and unzip trainLabels.csv and train/ (*.jpeg), then run `python -m monai_smia.apps.data_prep.download --dataset "
     "kaggle_dr --manual-dir FOLDER --out OUT`",
+    "ead2019_det": "as ead2019, with --dataset ead2019_det (boxes from the masks' connected components)",
     "ead2019": "register at https://ead2019.grand-challenge.org, download the semantic segmentation training data, "
     "put the frames in FOLDER/images (*.jpg) and the 5-page masks in FOLDER/masks (*.tif), then run "
     "`python -m monai_smia.apps.data_prep.download --dataset ead2019 --manual-dir FOLDER --out OUT`",
@@ -383,8 +387,7 @@ def _read_ead_mask(path: Path) -> np.ndarray:
     return (arr > 127).astype(np.uint8)
 
 
-def _prepare_ead(out: Path, dataset: str, cache: Path, manual_dir: Path | None, **_: Any) -> Path:
-    folder = _require_manual(dataset, manual_dir)
+def _ead_pairs(folder: Path, dataset: str) -> list[tuple[str, Path, Path]]:
     if not _has_pil:
         raise ImportError("converting EAD-2019 needs Pillow: pip install pillow")
     frames = sorted((folder / "images").glob("*.jpg"))
@@ -396,11 +399,31 @@ def _prepare_ead(out: Path, dataset: str, cache: Path, manual_dir: Path | None, 
         if not mask.is_file():
             raise FileNotFoundError(f"no mask {mask} for frame {frame.name}")
         pairs.append((frame.stem, frame, mask))
+    return pairs
+
+
+def _ead_boxes(label: np.ndarray) -> tuple[list[list[float]], list[int]]:
+    """One ``xyxy`` box (pixel edges, x along rows) per connected component of each class page of an EAD mask."""
+    boxes, classes = [], []
+    for k, page in enumerate(label):
+        found = mask_to_boxes(page).tolist()
+        boxes += found
+        classes += [k] * len(found)
+    return boxes, classes
+
+
+def _prepare_ead(out: Path, dataset: str, cache: Path, manual_dir: Path | None, **_: Any) -> Path:
+    """EAD-2019 as segmentation (``ead2019``: 5-page masks as ``.npy``) or detection (``ead2019_det``: one box
+    per connected component of each class, MONAI's detection datalist as :mod:`~monai_smia.apps.data_prep.msd_lung_det`)."""
+    folder = _require_manual(dataset, manual_dir)
+    detection = dataset.endswith("_det")
+    pairs = _ead_pairs(folder, dataset)
     split = deterministic_split([k for k, _, _ in pairs], (0.7, 0.15, 0.15), salt="monai-smia-ead2019")
     where = {k: s for s, keys in split.items() for k in keys}
     with atomic_output_dir(out, overwrite=True, protected=[folder]) as tmp:
         (tmp / IMAGE_DIR).mkdir()
-        (tmp / "labels").mkdir()
+        if not detection:
+            (tmp / "labels").mkdir()
         splits: dict[str, list] = {"training": [], "validation": [], "test": []}
         for key, frame, mask in pairs:
             with Image.open(frame) as img:
@@ -409,11 +432,17 @@ def _prepare_ead(out: Path, dataset: str, cache: Path, manual_dir: Path | None, 
             if label.shape[1:] != arr.shape[:2]:
                 raise ValueError(f"{mask.name} has size {label.shape[1:]} but {frame.name} {arr.shape[:2]}")
             Image.fromarray(arr).save(tmp / IMAGE_DIR / f"{key}.png")
+            if detection:
+                boxes, classes = _ead_boxes(label)
+                splits[where[key]].append({"image": f"{IMAGE_DIR}/{key}.png", "box": boxes, "label": classes})
+                continue
             np.save(tmp / "labels" / f"{key}.npy", label)
             splits[where[key]].append({"image": f"{IMAGE_DIR}/{key}.png", "label": f"labels/{key}.npy"})
+        extra = {"box_mode": BOX_MODE, "spatial_dims": 2, "label_names": list(EAD_CLASSES)} if detection else {
+            "label_channels": list(EAD_CLASSES)}  # fmt: skip
         write_datalist(
-            tmp, splits, name="ead2019", source="EAD 2019 challenge, semantic segmentation training data",
-            synthetic=False, label_channels=list(EAD_CLASSES),
+            tmp, splits, name=dataset, source="EAD 2019 challenge, semantic segmentation training data",
+            synthetic=False, **extra,
         )  # fmt: skip
     return out / "datalist.json"
 
@@ -425,6 +454,7 @@ DATASETS: dict[str, Callable[..., Path]] = {
     "aptos2019": _prepare_aptos,
     "kaggle_dr": _prepare_kaggle_dr,
     "ead2019": _prepare_ead,
+    "ead2019_det": _prepare_ead,
 }
 
 
