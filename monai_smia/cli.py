@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stress-test MONAI networks with SMIA (Stabilized Medical Image Attack, ICLR 2021) and the baselines "
         "it is compared with. Each command runs a MONAI bundle: one of this package's (" + bundles + ") or any bundle folder.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,evaluate,attack}")
 
     demo = sub.add_parser(
@@ -106,11 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_detection(bundle: str) -> bool:
+    """Whether the bundle's metadata says its network outputs boxes (a MONAI detection bundle)."""
+    import json
+
+    from monai_smia.victim import resolve_bundle
+
+    meta = json.loads((resolve_bundle(bundle) / "configs" / "metadata.json").read_text())
+    pred = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {})
+    return "box" in str(pred.get("format", "")).lower()
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from monai_smia.demo import DEMO_BUNDLES, run_demo
 
         run_demo(args.data_dir, args.output, args.cache, tuple(args.bundles or DEMO_BUNDLES), args.max_cases, args.device)
+    elif args.command == "evaluate" and _is_detection(args.bundle):
+        from monai_smia.apps.detection_eval import run_detection_evaluation
+        from monai_smia.victim import resolve_bundle
+
+        kwargs = {"attacks": args.attacks, "data_split": args.split, "eps": args.eps[0] if args.eps else None}
+        if args.eps is not None and (len(args.eps) > 1 or args.eps_unit):
+            raise ValueError("--eps: a detection bundle takes one budget, in its [0, 1] input units (no --eps-unit).")
+        run_detection_evaluation(
+            resolve_bundle(args.bundle),
+            args.dataset_dir,
+            args.output,
+            num_iter=args.num_iter,
+            max_cases=args.max_cases,
+            device=args.device or "cpu",
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
     elif args.command == "evaluate":
         from monai_smia.evaluation import check_attacks, evaluation_from_bundle
 
@@ -137,20 +165,62 @@ def _run(args: argparse.Namespace) -> None:
         run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, device=args.device, **extra)
 
 
+def _check_device(device: str | None) -> None:
+    """``--device`` names a device this machine has (before anything is loaded or written)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this machine has no CUDA device; use --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
+
+
+def _check_output(output: str | None) -> None:
+    """The output folder can be written (checked before any case is computed; nothing is left behind)."""
+    if output is None:
+        return
+    import tempfile
+    from pathlib import Path
+
+    path = Path(output).absolute()
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise ValueError(f"--output {output!r}: {parent} is not a folder.")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ValueError(f"--output {output!r}: cannot write in {str(parent)!r} ({e.strerror}); choose a writable folder.") from None
+
+
+def _message(err: BaseException) -> str:
+    """One line: the error's own message, or its root cause's when MONAI/ignite wrapped it."""
+    from monai_smia.bundle.data import root_cause
+
+    cause = err if isinstance(err, (ValueError, FileNotFoundError, FileExistsError)) else root_cause(err)
+    text = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+    text = " ".join(str(text).split())
+    return text if isinstance(cause, (ValueError, OSError, KeyError)) else f"{type(cause).__name__}: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; every error is one line on stderr with exit code 2 (the traceback only with --debug)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("ignite").setLevel(logging.WARNING)  # the progress bars say enough
     try:
+        _check_device(getattr(args, "device", None))
+        _check_output(getattr(args, "output", None))
         _run(args)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"monai-smia {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except Exception as err:  # e.g. a download refused offline: one line, not a traceback
-        if type(err).__name__ != "DownloadUnavailableError":
+    except Exception as err:
+        if args.debug:
             raise
-        print(f"monai-smia {args.command}: error: {err}", file=sys.stderr)
+        print(f"monai-smia {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
     return 0
 

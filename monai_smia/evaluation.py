@@ -26,12 +26,12 @@ from monai.data.utils import list_data_collate
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import PrepareBatchExtraInput
 from monai.inferers import SliceInferer
-from monai.utils import optional_import
+from monai.utils import ensure_tuple, optional_import
 
 from monai_smia.io.datalist import load_datalist
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.figures import case_figure, trace_curves_figure
-from monai_smia.bundle.data import bundle_cases
+from monai_smia.bundle.data import CaseErrors, bundle_cases, root_cause
 from monai_smia.handlers.seeding import case_seed
 from monai_smia.inferers import AttackInferer
 from monai_smia.io.units import bounds_from_preprocessing, resolve_eps_scale
@@ -229,7 +229,7 @@ class RobustnessEvaluation:
             sampler = DistributedSampler(Dataset(todo), even_divisible=False, shuffle=False)
         if not todo or (sampler is not None and len(sampler) == 0):
             return
-        loader = DataLoader(Dataset(todo, victim.preprocessing), batch_size=self.batch_size, sampler=sampler, num_workers=0, collate_fn=list_data_collate)
+        loader = DataLoader(Dataset(todo, CaseErrors(victim.preprocessing)), batch_size=self.batch_size, sampler=sampler, num_workers=0, collate_fn=list_data_collate)
         if attack_name == "clean":
             inferer, attack = victim.inferer, None
         else:
@@ -255,6 +255,14 @@ class RobustnessEvaluation:
             if isinstance(inferer, AttackInferer):
                 inferer.generator = torch.Generator().manual_seed(case_seed(self.seed, attack_name, eps, engine.state.batch["case_id"]))
 
+        def name_case(engine: Any, err: Exception) -> None:  # errors during a case name the case's file
+            batch = engine.state.batch if isinstance(engine.state.batch, dict) else {}
+            meta = getattr(batch.get("image"), "meta", {}) or {}
+            files = [str(f) for f in ensure_tuple(meta.get("filename_or_obj", ()))] or list(batch.get("case_id", []))
+            cause = root_cause(err)
+            raise ValueError(f"{', '.join(files) or 'a case'}: {cause}") from err
+
+        evaluator.add_event_handler(Events.EXCEPTION_RAISED, name_case)
         evaluator.add_event_handler(Events.ITERATION_STARTED, reseed)
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, on_iteration)
         if ProgressBar is not None and self.rank == 0:

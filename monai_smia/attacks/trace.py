@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 
 __all__ = ["AttackTrace", "TraceRecorder", "COSINE_KINDS"]
 
@@ -175,6 +176,10 @@ class AttackTrace:
         return out
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    return t.as_tensor() if isinstance(t, MetaTensor) else t
+
+
 class TraceRecorder:
     """Collects per-iteration statistics on the attack's device without synchronising with the host;
     :meth:`finish` moves everything to the CPU once, after the last iteration.
@@ -215,6 +220,10 @@ class TraceRecorder:
         """Record one iteration: the objective's gradient, the two loss terms, the new ``d``, the update
         applied and the raw step ``a * sign(grad)`` (taken as ``sign(grad)`` when not given)."""
         b = self.num_samples
+        # plain tensors: MetaTensor metadata would be sliced and re-collated by every reduction below
+        grad, delta, update, deviation = (_plain(t) for t in (grad, delta, update, deviation))
+        stabilization = None if stabilization is None else _plain(stabilization)
+        step = None if step is None else _plain(step)
         flat_g = grad.detach().reshape(b, -1)
         flat_d = delta.detach().reshape(b, -1)
         r = self.rows

@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 
 from monai_smia.io.datalist import DATALIST, load_datalist
 
-__all__ = ["bundle_cases"]
+__all__ = ["CaseErrors", "bundle_cases", "root_cause"]
 
 DECATHLON = "dataset.json"
 
@@ -42,14 +42,15 @@ def _bundle_data(config_file: Path, key: str, root: Path, dataset_dir: Path) -> 
     try:
         data = parser.get_parsed_content(key, instantiate=True)
     except Exception as e:
-        cause = _root_cause(e)
+        cause = root_cause(e)
         if isinstance(cause, (FileNotFoundError, ValueError, KeyError)) and cause is not e:
             raise type(cause)(*cause.args) from e  # the bundle's own data loader said what is wrong
         raise ValueError(f"{config_file}: cannot evaluate {key!r} with dataset_dir={str(dataset_dir)!r} ({e}).") from e
     return list(data)
 
 
-def _root_cause(err: BaseException) -> BaseException:
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain (MONAI wraps a transform's error in "applying transform ...")."""
     while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
         err = err.__cause__ or err.__context__  # type: ignore[assignment]
     return err
@@ -133,3 +134,18 @@ def bundle_cases(
     if not items:
         raise ValueError(f"{where} lists no cases.")
     return items, where
+
+
+class CaseErrors:
+    """Wrap a bundle's preprocessing so that any error names the case's image file and its root cause,
+    instead of MONAI's "applying transform <LoadImaged object at 0x...>"."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, item: dict[str, Any]) -> Any:
+        try:
+            return self.transform(item)
+        except Exception as e:
+            cause = root_cause(e)
+            raise ValueError(f"{item.get('image')!r}: {type(cause).__name__}: {cause}; check or replace this file.") from e

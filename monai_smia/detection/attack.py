@@ -233,6 +233,12 @@ class DetectionNoise(_DetectionMixin, RandomSignNoise):
         super().__init__(heads, eps, **kwargs)
 
 
+def _to_background(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """DAG's adversarial label for every (anchor, class) pair of a detector: background (0). The default
+    permutation would flip the pairs below the threshold (label 0) to 1 and create detections."""
+    return torch.zeros_like(labels)
+
+
 class DetectionDAG(_DetectionMixin, DAG):
     """DAG (Xie et al., ICCV 2017) on a detector's anchors: each (anchor, class) scoring above
     ``score_thresh`` on the clean image gets background as its adversarial label.
@@ -252,6 +258,7 @@ class DetectionDAG(_DetectionMixin, DAG):
         if not 0.0 < thr < 1.0:
             raise ValueError(f"score_thresh must lie in (0, 1), got {thr!r}.")
         self.score_thresh, self._offset = thr, math.log(thr / (1 - thr))
+        kwargs.setdefault("target_fn", _to_background)  # every target goes to background, none to "object"
         super().__init__(heads, eps, **kwargs)
 
     def __call__(self, images: torch.Tensor, boxes: Sequence[Any] | None = None, labels: Sequence[Any] | None = None,
