@@ -64,8 +64,17 @@ def load_weights(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train the bundle first (see its docs/README.md)")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a hostile or foreign pickle: refused by weights_only, reported with the path
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {str(path)!r} is not a plain state dict loadable with weights_only=True ({first}).") from e
     if isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
-    network.load_state_dict(state)
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+        raise ValueError(f"checkpoint {str(path)!r} does not fit the bundle's network_def: {detail[:300]}") from e
     return network.eval()

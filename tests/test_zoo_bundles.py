@@ -105,3 +105,66 @@ def test_inference_only_bundle_is_attacked_label_free(task, tmp_path):
     assert src.read_bytes() == before
     record = json.loads(next((out / "cases").rglob("*.json")).read_text())
     assert record["settings"]["label_free"] is True
+
+
+def _hostile_pickle(path: Path) -> None:
+    import os
+    import pickle
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, (f"touch {path.parent / 'PWNED'}",))
+
+    path.write_bytes(pickle.dumps(Hostile()))
+
+
+@pytest.mark.parametrize("case", ["shapes", "hostile", "device", "cuda", "readonly", "traversal", "no_image"])
+def test_bad_input_matrix(case, task, tmp_path, capsys):
+    """Each bad input: exit 2, one line naming the file/key/argument, nothing written, inputs unchanged."""
+    import os
+    import shutil
+
+    bundle = zoo_bundle(tmp_path / "b")
+    data = tmp_path / "Task09_Spleen"
+    shutil.copytree(task, data)
+    extra: list[str] = []
+    out = tmp_path / "out"
+    named = {"device": "--device 'foo'", "cuda": "--device 'cuda'"}.get(case, "")
+    if case == "shapes":
+        torch_save = __import__("torch").save
+        torch_save({"conv.weight": __import__("torch").zeros(3)}, bundle / "models" / "model.pt")
+        named = "does not fit the bundle's network_def"
+    elif case == "hostile":
+        _hostile_pickle(bundle / "models" / "model.pt")
+        named = "not a plain state dict"
+    elif case == "device":
+        extra = ["--device", "foo"]
+    elif case == "cuda":
+        if __import__("torch").cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        extra = ["--device", "cuda"]
+    elif case == "readonly":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write into read-only folders (root)")
+        out, named = ro / "out", "cannot write"
+    elif case in ("traversal", "no_image"):
+        train = json.loads((bundle / "configs" / "train.json").read_text())
+        del train["validate"]["dataset"]
+        (bundle / "configs" / "train.json").write_text(json.dumps(train))
+        override = json.loads((bundle / "configs" / "evaluate.json").read_text())
+        del override["validate#dataset#cache_rate"]
+        (bundle / "configs" / "evaluate.json").write_text(json.dumps(override))
+        meta = json.loads((data / "dataset.json").read_text())
+        meta["training"][0] = {"image": "../../../etc/passwd"} if case == "traversal" else {"label": "./labelsTr/spleen_1.nii.gz"}
+        (data / "dataset.json").write_text(json.dumps(meta))
+        extra, named = ["--split", "training"], "leaves the dataset folder" if case == "traversal" else "has no 'image'"
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(data), "--output", str(out), "--eps", "20", "--eps-unit", "HU"]
+    assert main([*args, "--num-iter", "2", *(extra or ["--device", "cpu"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("monai-smia evaluate: error:") and len(err.splitlines()) == 1 and named in err, err
+    assert not out.exists() and not (bundle / "models" / "PWNED").exists()
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
