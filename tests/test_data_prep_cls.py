@@ -229,7 +229,7 @@ def test_download_offline_stops_with_manual_alternative(dataset, tmp_path, monke
     out, cache = tmp_path / "out", tmp_path / "cache"
     with pytest.raises(dl.DownloadUnavailableError, match="Manual alternative") as err:
         dl.prepare_dataset(dataset, out, cache=cache)
-    assert "no network" in str(err.value) and "python -m data_prep" in str(err.value)
+    assert "no network" in str(err.value) and "python -m monai_smia.apps.data_prep" in str(err.value)
     assert not out.exists()
     assert not [p for p in cache.rglob("*") if p.is_file()], "partial downloads left in the cache"
 

@@ -14,6 +14,7 @@ sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("scipy")
 
 from monai_smia.apps.data_prep import lung_ct, phantom  # noqa: E402
+from monai_smia.io.atomic import OWNER_MARKER  # noqa: E402
 from monai_smia.apps.data_prep.layout import load_datalist  # noqa: E402
 from monai_smia.apps.data_prep.lung_masks import lung_mask_from_hu  # noqa: E402
 
@@ -183,6 +184,9 @@ def test_rerun_is_up_to_date_and_atomic_rebuild(lung_out: Path, tmp_path: Path) 
     out = tmp_path / "existing"
     out.mkdir()
     (out / "keep.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="not written by monai-smia"):  # a folder data_prep did not write
+        lung_ct.prepare(DATA, out, overwrite=True)
+    (out / OWNER_MARKER).write_text("")  # an earlier data_prep output
     with pytest.raises(ValueError):
         lung_ct.prepare(data, out, overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [OWNER_MARKER, "keep.txt"]
