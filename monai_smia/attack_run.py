@@ -79,7 +79,7 @@ from monai_smia.report import (
 )
 from monai_smia.handlers.seeding import case_seed
 from monai_smia.io.source_grid import write_nifti_atomic
-from monai_smia.io.units import bounds_from_preprocessing, flat_transforms, resolve_eps_scale, source_intensity_scale
+from monai_smia.io.units import flat_transforms, parse_bounds, resolve_bounds, resolve_eps_scale, source_intensity_scale
 from monai_smia.victim import Victim, is_train_override, load_victim, resolve_bundle
 
 Image, _has_pil = optional_import("PIL.Image")
@@ -446,9 +446,9 @@ class AdversarialWriter:
         self.eps_scale_arg = None if eps_scale is None else float(eps_scale)
         if isinstance(bounds, str):
             bounds = defaults.get("bounds", "auto")
-        self.bounds_arg = bounds if bounds is None or isinstance(bounds, str) else (float(bounds[0]), float(bounds[1]))
-        self.bounds: tuple[float, float] | None = None if isinstance(self.bounds_arg, str) else self.bounds_arg
-        self.bounds_note = "from the bundle's preprocessing" if isinstance(self.bounds_arg, str) else "given"
+        self.bounds_arg = parse_bounds(bounds)
+        # "auto" is resolved by _prepare once the bundle's preprocessing is loaded
+        self.bounds: tuple[float, float] | None = None if self.bounds_arg == "auto" else self.bounds_arg  # type: ignore[assignment]
         self.attack = attack
         self.num_iter, self.alpha, self.sigma = int(num_iter), float(alpha), float(sigma)
         self.data_split, self.label_key, self.use_labels = data_split, label_key, bool(use_labels)
@@ -545,7 +545,13 @@ class AdversarialWriter:
             seed=self.seed,
             checkpoint=checkpoint if Path(checkpoint).is_file() else None,
             data_source=data_source,
-            attack_settings={**settings, "eps_network": getattr(self, "eps_network", None), "cases": len(cases)},
+            attack_settings={
+                **settings,
+                "eps_network": getattr(self, "eps_network", None),
+                "bounds_resolved": self.bounds,
+                "bounds_from": getattr(self, "bounds_note", None),
+                "cases": len(cases),
+            },
             command_line=sys.argv,
         )
         return summary
@@ -563,8 +569,7 @@ class AdversarialWriter:
             self.source_scale_arg if self.source_scale_arg is not None else source_intensity_scale(self.preprocessing)
         )
         self.eps_source = self.eps_network / self.source_scale
-        if isinstance(self.bounds_arg, str):
-            self.bounds, self.bounds_note = bounds_from_preprocessing(self.preprocessing)
+        self.bounds, self.bounds_note = resolve_bounds(self.bounds_arg, self.preprocessing)
 
     def _preprocess(self, item: dict[str, Any]) -> dict[str, Any]:
         ctx = allow_missing_keys_mode(self.preprocessing) if self.missing_ok else contextlib.nullcontext()

@@ -111,11 +111,10 @@ def _is_detection(bundle: str) -> bool:
     """Whether the bundle's metadata says its network outputs boxes (a MONAI detection bundle)."""
     import json
 
-    from monai_smia.victim import resolve_bundle
+    from monai_smia.victim import resolve_bundle, task_from_metadata
 
     meta = json.loads((resolve_bundle(bundle) / "configs" / "metadata.json").read_text())
-    pred = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {})
-    return "box" in str(pred.get("format", "")).lower()
+    return task_from_metadata(meta)[0] == "detection"
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -31,10 +31,10 @@ from monai.utils import ensure_tuple, optional_import
 from monai_smia.io.datalist import load_datalist
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.figures import case_figure, trace_curves_figure
-from monai_smia.bundle.data import CaseErrors, bundle_cases, root_cause
+from monai_smia.bundle.data import CaseErrors, bundle_cases, find_case_error, root_cause
 from monai_smia.handlers.seeding import case_seed
 from monai_smia.inferers import AttackInferer
-from monai_smia.io.units import bounds_from_preprocessing, resolve_eps_scale
+from monai_smia.io.units import parse_bounds, resolve_bounds, resolve_eps_scale
 from monai_smia.metrics import (
     classification_attack_success,
     classification_case_metrics,
@@ -119,11 +119,8 @@ class RobustnessEvaluation:
         self.bundle, self.dataset_dir, self.output_dir = bundle, Path(dataset_dir), Path(output_dir)
         self.eps_unit, self.eps_scale = eps_unit, eps_scale
         self.num_iter, self.alpha, self.sigma = int(num_iter), float(alpha), float(sigma)
-        self.bounds_arg = bounds if isinstance(bounds, str) or bounds is None else (float(bounds[0]), float(bounds[1]))
-        if isinstance(bounds, str) and bounds != "auto":
-            raise ValueError(f"bounds must be 'auto', None or (lo, hi), got {bounds!r}.")
-        self.bounds: tuple[float, float] | None = None
-        self.bounds_note = "not resolved yet"
+        self.bounds_arg = parse_bounds(bounds)
+        self.bounds: tuple[float, float] | None = None  # resolved by run() once the bundle is loaded
         self.data_split, self.max_cases, self.seed = data_split, max_cases, int(seed)
         self.distributed, self.num_figure_cases, self.batch_size = bool(distributed), int(num_figure_cases), int(batch_size)
         self.device = device
@@ -186,12 +183,9 @@ class RobustnessEvaluation:
         }
 
     def resolve_bounds(self, victim: Victim) -> None:
-        """Bounds from the argument, else from the bundle's preprocessing (:func:`bounds_from_preprocessing`);
+        """Bounds from the argument, else from the bundle's preprocessing (:func:`resolve_bounds`);
         warns when a budget covers the whole valid range."""
-        if self.bounds_arg == "auto":
-            self.bounds, self.bounds_note = bounds_from_preprocessing(victim.preprocessing)
-        else:
-            self.bounds, self.bounds_note = self.bounds_arg, "given"  # type: ignore[assignment]
+        self.bounds, self.bounds_note = resolve_bounds(self.bounds_arg, victim.preprocessing)
         if self.bounds is not None:
             width = self.bounds[1] - self.bounds[0]
             for eps in self.eps:
@@ -256,6 +250,9 @@ class RobustnessEvaluation:
                 inferer.generator = torch.Generator().manual_seed(case_seed(self.seed, attack_name, eps, engine.state.batch["case_id"]))
 
         def name_case(engine: Any, err: Exception) -> None:  # errors during a case name the case's file
+            loading = find_case_error(err)  # raised while loading the next batch: state.batch is not that batch
+            if loading is not None:
+                raise ValueError(str(loading)) from err
             batch = engine.state.batch if isinstance(engine.state.batch, dict) else {}
             meta = getattr(batch.get("image"), "meta", {}) or {}
             files = [str(f) for f in ensure_tuple(meta.get("filename_or_obj", ()))] or list(batch.get("case_id", []))

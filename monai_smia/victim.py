@@ -88,10 +88,15 @@ def is_train_override(config_file: Path) -> bool:
     return "evaluation" not in config and any("#" in str(k) for k in config)
 
 
-def _task_from_metadata(meta: dict[str, Any]) -> tuple[str, int]:
+def task_from_metadata(meta: dict[str, Any]) -> tuple[str, int]:
+    """``("classification" | "segmentation" | "detection", output channels)`` from a bundle's metadata
+    (the ``format`` of its ``pred`` output: classes, a label map, or bounding boxes)."""
     pred = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {})
     fmt = str(pred.get("format", "")).lower()
-    task = "classification" if fmt in ("classes", "class", "classification", "labels") else "segmentation"
+    if fmt in ("classes", "class", "classification", "labels"):
+        task = "classification"
+    else:
+        task = "detection" if "box" in fmt else "segmentation"
     return task, int(pred.get("num_channels", 0) or 0)
 
 
@@ -144,7 +149,7 @@ def load_victim(
         inferer = parser.get_parsed_content(inf_key, instantiate=True)
     except KeyError:
         inferer = SimpleInferer()
-    task, num_classes = _task_from_metadata(meta)
+    task, num_classes = task_from_metadata(meta)
     plain = {k: v for k, v in parser.config.items() if isinstance(v, (int, float, str, list)) and not str(v).startswith(("$", "@"))}
     return Victim(
         root=root,

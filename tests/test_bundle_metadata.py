@@ -33,8 +33,9 @@ pytestmark = pytest.mark.skipif(not BUNDLES, reason="no bundles/ folder with con
 
 
 def _is_detection(bundle: Path) -> bool:
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    return "box" in str(meta["network_data_format"]["outputs"]["pred"].get("format", ""))
+    from monai_smia.victim import task_from_metadata
+
+    return task_from_metadata(json.loads((bundle / "configs" / "metadata.json").read_text()))[0] == "detection"
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])

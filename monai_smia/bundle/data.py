@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 
 from monai_smia.io.datalist import DATALIST, load_datalist
 
-__all__ = ["CaseErrors", "bundle_cases", "root_cause"]
+__all__ = ["CaseError", "CaseErrors", "bundle_cases", "find_case_error", "root_cause"]
 
 DECATHLON = "dataset.json"
 
@@ -136,6 +136,19 @@ def bundle_cases(
     return items, where
 
 
+class CaseError(ValueError):
+    """A case's input could not be prepared; the message names its file and the root cause."""
+
+
+def find_case_error(err: BaseException) -> CaseError | None:
+    """The :class:`CaseError` in ``err``'s chain (a batch's file name is known only there), or ``None``."""
+    while err is not None:
+        if isinstance(err, CaseError):
+            return err
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)  # type: ignore[assignment]
+    return None
+
+
 class CaseErrors:
     """Wrap a bundle's preprocessing so that any error names the case's image file and its root cause,
     instead of MONAI's "applying transform <LoadImaged object at 0x...>"."""
@@ -148,4 +161,4 @@ class CaseErrors:
             return self.transform(item)
         except Exception as e:
             cause = root_cause(e)
-            raise ValueError(f"{item.get('image')!r}: {type(cause).__name__}: {cause}; check or replace this file.") from e
+            raise CaseError(f"{item.get('image')!r}: {type(cause).__name__}: {cause}; check or replace this file.") from e

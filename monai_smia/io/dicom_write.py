@@ -236,7 +236,7 @@ def write_adversarial_dicom_series(
     except TypeError as e:  # pragma: no cover - default=str makes this rare
         raise TypeError(f"settings must be JSON-serialisable: {e}") from e
     out = Path(output_folder)
-    check_replaceable_dir(out, [source_folder], overwrite)
+    check_replaceable_dir(out, [source_folder], overwrite)  # refuse before reading the series (atomic_output_dir checks again)
     files = find_dicom_series(source_folder, series_uid)
     pert, pert_affine = _as_volume(perturbation)
     if affine is not None:

@@ -19,7 +19,15 @@ from typing import Any
 
 from monai.transforms import Compose, ScaleIntensityRange, ScaleIntensityRanged, ScaleIntensityd
 
-__all__ = ["bounds_from_preprocessing", "flat_transforms", "intensity_window", "resolve_eps_scale", "source_intensity_scale"]
+__all__ = [
+    "bounds_from_preprocessing",
+    "flat_transforms",
+    "intensity_window",
+    "parse_bounds",
+    "resolve_bounds",
+    "resolve_eps_scale",
+    "source_intensity_scale",
+]
 
 INPUT_UNITS = ("", "input")
 
@@ -93,6 +101,26 @@ def bounds_from_preprocessing(preprocessing: Any, image_key: str = "image") -> t
         elif type(t).__module__.startswith("monai.transforms.intensity"):
             found = (None, f"{type(t).__name__} after the last range transform: unclamped")
     return found
+
+
+def parse_bounds(bounds: Any) -> tuple[float, float] | str | None:
+    """A ``bounds`` argument checked: ``"auto"`` (from the bundle's preprocessing), ``None`` (no clamp) or ``(lo, hi)``."""
+    if bounds is None:
+        return None
+    if isinstance(bounds, str):
+        if bounds != "auto":
+            raise ValueError(f"bounds must be 'auto', None or (lo, hi), got {bounds!r}.")
+        return bounds
+    lo, hi = (float(b) for b in bounds)
+    return (lo, hi)
+
+
+def resolve_bounds(bounds: tuple[float, float] | str | None, preprocessing: Any) -> tuple[tuple[float, float] | None, str]:
+    """The valid range to attack in and a note for the provenance: ``"auto"`` reads it off the
+    preprocessing (:func:`bounds_from_preprocessing`); given bounds (or ``None``) are used as they are."""
+    if bounds == "auto":
+        return bounds_from_preprocessing(preprocessing)
+    return bounds, "given"  # type: ignore[return-value]
 
 
 def source_intensity_scale(preprocessing: Any, image_key: str = "image") -> float:
