@@ -168,3 +168,24 @@ def test_bad_input_matrix(case, task, tmp_path, capsys):
     assert err.startswith("monai-smia evaluate: error:") and len(err.splitlines()) == 1 and named in err, err
     assert not out.exists() and not (bundle / "models" / "PWNED").exists()
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+
+
+def test_a_case_that_fails_to_load_is_named(spleen, task, tmp_path, capsys):
+    """An empty NIfTI as the second case: the error names that file (not the previous batch's), exit 2."""
+    import shutil
+
+    bundle = zoo_bundle(tmp_path / "b")
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    del train["validate"]["dataset"]
+    (bundle / "configs" / "train.json").write_text(json.dumps(train))
+    override = json.loads((bundle / "configs" / "evaluate.json").read_text())
+    del override["validate#dataset#cache_rate"]
+    (bundle / "configs" / "evaluate.json").write_text(json.dumps(override))
+    data = tmp_path / "Task09_Spleen"
+    shutil.copytree(task, data)
+    (data / "imagesTr" / "spleen_2.nii.gz").write_bytes(b"")
+    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(data), "--output", str(tmp_path / "out")]
+    assert main([*args, "--eps", "20", "--eps-unit", "HU", "--split", "training", "--attacks", "FGSM", "--num-iter", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err  # the clean pass's progress bar precedes the error on stderr
+    message = err.split("monai-smia evaluate: error:")[-1].strip()
+    assert "error:" in err and "\n" not in message and "spleen_2.nii.gz" in message and "spleen_1" not in message, err
