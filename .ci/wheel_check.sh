@@ -14,7 +14,7 @@ python3 -m venv "$work/venv"
 cd "$work"
 if [ ! -d "$data/digits/mnist" ]; then
     echo "wheel check: $data/digits/mnist is absent; checked only that the installed package imports and lists its bundles"
-    "$work/venv/bin/python" -c "from monai_smia.victim import builtin_bundles; b = builtin_bundles(); assert 'mnist_cls' in b, b; print(b)"
+    "$work/venv/bin/python" -c "from monai_smia.bundle.victim import builtin_bundles; b = builtin_bundles(); assert 'mnist_cls' in b, b; print(b)"
     exit 0
 fi
 "$work/venv/bin/python" -m monai_smia.apps.data_prep.mnist --data-dir "$data" --out "$work/mnist" > /dev/null

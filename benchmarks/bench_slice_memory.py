@@ -35,7 +35,7 @@ def run_one(depth: int, batch: int, num_iter: int) -> dict[str, float]:
 
     from monai_smia import SMIA
     from monai_smia.layers import with_intensity_window
-    from monai_smia.slicewise import attack_volumes
+    from monai_smia.attacks.volume import attack_volumes
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

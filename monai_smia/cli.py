@@ -40,8 +40,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from monai_smia.evaluation import ATTACKS
-    from monai_smia.victim import builtin_bundles
+    from monai_smia.apps.evaluation import ATTACKS
+    from monai_smia.bundle.victim import builtin_bundles
 
     bundles = ", ".join(builtin_bundles())
     parser = argparse.ArgumentParser(
@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--eps-unit", default=None, help="unit of --eps: HU (through the bundle's ScaleIntensityRange window), /255, or none for network-input units")
     at.add_argument("--num-iter", type=_positive_int, default=None, help="iterations (default 10)")
     at.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
+    at.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "source"),
+        help="NIfTI output type: float32 (default) or source, the source's integer type (e.g. int16 HU)",
+    )
     return parser
 
 
@@ -111,7 +117,7 @@ def _is_detection(bundle: str) -> bool:
     """Whether the bundle's metadata says its network outputs boxes (a MONAI detection bundle)."""
     import json
 
-    from monai_smia.victim import resolve_bundle, task_from_metadata
+    from monai_smia.bundle.victim import resolve_bundle, task_from_metadata
 
     meta = json.loads((resolve_bundle(bundle) / "configs" / "metadata.json").read_text())
     return task_from_metadata(meta)[0] == "detection"
@@ -119,12 +125,12 @@ def _is_detection(bundle: str) -> bool:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
-        from monai_smia.demo import DEMO_BUNDLES, run_demo
+        from monai_smia.apps.demo import DEMO_BUNDLES, run_demo
 
         run_demo(args.data_dir, args.output, args.cache, tuple(args.bundles or DEMO_BUNDLES), args.max_cases, args.device)
     elif args.command == "evaluate" and _is_detection(args.bundle):
         from monai_smia.apps.detection_eval import run_detection_evaluation
-        from monai_smia.victim import resolve_bundle
+        from monai_smia.bundle.victim import resolve_bundle
 
         kwargs = {"attacks": args.attacks, "data_split": args.split, "eps": args.eps[0] if args.eps else None}
         if args.eps is not None and (len(args.eps) > 1 or args.eps_unit):
@@ -139,7 +145,7 @@ def _run(args: argparse.Namespace) -> None:
             **{k: v for k, v in kwargs.items() if v is not None},
         )
     elif args.command == "evaluate":
-        from monai_smia.evaluation import check_attacks, evaluation_from_bundle
+        from monai_smia.apps.evaluation import check_attacks, evaluation_from_bundle
 
         if args.attacks is not None:
             check_attacks(args.attacks)
@@ -156,9 +162,10 @@ def _run(args: argparse.Namespace) -> None:
             device=args.device,
         ).run()
     elif args.command == "attack":
-        from monai_smia.attack_run import run_attack
+        from monai_smia.apps.attack_run import run_attack
 
-        extra = {"num_iter": args.num_iter} if args.num_iter is not None else {}
+        extra: dict = {"num_iter": args.num_iter} if args.num_iter is not None else {}
+        extra["save_dtype"] = args.dtype
         if args.eps_unit is not None:
             extra["eps_unit"] = args.eps_unit
         run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, device=args.device, **extra)

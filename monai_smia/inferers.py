@@ -28,7 +28,7 @@ from monai.inferers import Inferer, SimpleInferer, SliceInferer, SlidingWindowIn
 from monai.utils import ensure_tuple, optional_import
 
 from monai_smia.attacks import Attack
-from monai_smia.slicewise import VolumeAttackResult, attack_volumes
+from monai_smia.attacks.volume import VolumeAttackResult, attack_volumes
 from monai_smia.transforms.array import attack_diagnostics
 
 IterationEvents, _ = optional_import("monai.engines.utils", name="IterationEvents")
@@ -78,7 +78,7 @@ class AttackInferer(Inferer):
             global generator.
 
     After each call, :attr:`last_adversarial` holds the adversarial batch, :attr:`last_result` the
-    :class:`~monai_smia.slicewise.VolumeAttackResult` and :attr:`last_diagnostics` one dict per volume.
+    :class:`~monai_smia.attacks.volume.VolumeAttackResult` and :attr:`last_diagnostics` one dict per volume.
     """
 
     def __init__(

@@ -11,7 +11,7 @@ from monai.networks.nets import DenseNet121, UNet
 from monai_smia import DAG, SMIA, DeepFool
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.inferers import AttackInferer
-from monai_smia.slicewise import attack_volumes
+from monai_smia.attacks.volume import attack_volumes
 from monai_smia.transforms import AdversarialAttackd
 
 
@@ -236,6 +236,6 @@ def test_registry_names_tasks_and_options():
         make_attack("SMIA", net, 0.1, overshoot=0.1)
     with pytest.raises(ValueError, match="smooth"):
         make_attack("PGD", net, 0.1, smooth="step")
-    from monai_smia import evaluation
+    from monai_smia.apps import evaluation
 
     assert evaluation.make_attack is make_attack and evaluation.ATTACKS is ATTACKS

@@ -16,7 +16,7 @@ from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, LoadImag
 from monai_smia import FGSM, PGD, SMIA
 from monai_smia.inferers import AdversarialImageHandler, AttackInferer
 from monai_smia.layers import IntensityWindow, with_intensity_window
-from monai_smia.slicewise import attack_volumes
+from monai_smia.attacks.volume import attack_volumes
 from monai_smia.transforms import ATTACK_META_KEY, Attackd, SMIAttack, SMIAttackd
 
 EPS = 20.0

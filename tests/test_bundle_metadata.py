@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not BUNDLES, reason="no bundles/ folder with con
 
 
 def _is_detection(bundle: Path) -> bool:
-    from monai_smia.victim import task_from_metadata
+    from monai_smia.bundle.victim import task_from_metadata
 
     return task_from_metadata(json.loads((bundle / "configs" / "metadata.json").read_text()))[0] == "detection"
 

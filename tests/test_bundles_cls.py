@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_smia.bundle_utils import load_split, load_weights
+from monai_smia.bundle.loading import load_split, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MONAI_SMIA_DATA", ROOT / ".." / "shared" / "data"))

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from monai_smia.cli import main
-from monai_smia.evaluation import evaluation_from_bundle
+from monai_smia.apps.evaluation import evaluation_from_bundle
 
 
 def _env() -> dict[str, str]:

@@ -14,8 +14,8 @@ import torch
 from monai.metrics import ConfusionMatrixMetric, PSNRMetric, ROCAUCMetric
 
 from monai_smia import metrics as M
-from monai_smia import report as R
-from monai_smia.figures import case_figure, robustness_curve_figure, trace_curves_figure
+from monai_smia import reports as R
+from monai_smia.reports.figures import case_figure, robustness_curve_figure, trace_curves_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -349,7 +349,7 @@ def test_segmentation_figure_on_real_ct(data_dir: Path, tmp_path: Path):
     path = case_figure(tmp_path / "seg.png", [{"case_id": "ct", "image": image, "adv_image": image + d, "label": label,
                        "clean_pred": label, "adv_pred": broken}], display_range=(-1000, 400), transpose=True)  # fmt: skip
     _assert_png(path)
-    from monai_smia.figures import pick_axial_slice
+    from monai_smia.reports.figures import pick_axial_slice
 
     assert pick_axial_slice(label) >= 10
 

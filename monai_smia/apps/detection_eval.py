@@ -27,8 +27,8 @@ import torch
 from monai_smia.detection import centre_box_baseline, detect, load_detection_split, make_detection_attack
 from monai_smia.detection.data import DetectionSet
 from monai_smia.detection.metrics import METRIC_NAMES, DetectionSetMetrics, matched_ious
-from monai_smia.figures import _pyplot, save_figure
-from monai_smia.report import CaseStore, write_provenance, write_reports
+from monai_smia.reports.figures import _pyplot, save_figure
+from monai_smia.reports import CaseStore, write_provenance, write_reports
 
 __all__ = ["DEFAULT_ATTACKS", "load_detection_bundle", "run_detection_evaluation", "main"]
 

@@ -126,7 +126,7 @@ def centre_box_baseline(train_boxes: Sequence[Any], spatial_shape: Sequence[int]
 
 class DetectionSetMetrics:
     """:data:`METRIC_NAMES` of a set of detection records, as ``set_metrics`` of
-    :func:`monai_smia.report.summarize_records` (each with a ``bootstrap(rows, idx)`` over resampled images).
+    :func:`monai_smia.reports.summarize_records` (each with a ``bootstrap(rows, idx)`` over resampled images).
 
     Records hold ``pred_boxes``, ``pred_scores``, ``pred_labels``, ``gt_boxes`` and ``gt_labels``.
     Matching runs once per record set; a resample reuses it.

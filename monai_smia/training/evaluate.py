@@ -27,7 +27,7 @@ from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 
 from monai_smia.io.atomic import write_json_atomic
-from monai_smia.bundle_utils import load_weights
+from monai_smia.bundle.loading import load_weights
 from monai_smia.training.datalists import load_split
 
 INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")

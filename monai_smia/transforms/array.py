@@ -3,7 +3,7 @@
 :class:`AdversarialAttack` wraps any attack object of :mod:`monai_smia` (SMIA, PGD, FGSM, random
 sign noise); :class:`SMIAttack` builds SMIA (Qi et al., "Stabilized Medical Image Attacks", ICLR
 2021, arXiv 2103.05232) itself. Both attack a 3D volume slice by slice with a 2D network when
-``slice_dim`` is set (see :func:`monai_smia.slicewise.attack_volumes`), keep the ``MetaTensor``
+``slice_dim`` is set (see :func:`monai_smia.attacks.volume.attack_volumes`), keep the ``MetaTensor``
 metadata of the input, and write the attack's diagnostics into ``meta["adversarial_attack"]``.
 """
 
@@ -20,7 +20,7 @@ from monai.transforms import Randomizable, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 from monai_smia.attacks import SMIA, Attack
-from monai_smia.slicewise import VolumeAttackResult, attack_volumes
+from monai_smia.attacks.volume import VolumeAttackResult, attack_volumes
 
 __all__ = ["ATTACK_META_KEY", "AdversarialAttack", "SMIAttack", "attack_diagnostics"]
 

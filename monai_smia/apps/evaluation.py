@@ -1,7 +1,7 @@
 """Robustness evaluation of a MONAI bundle's network: clean data and each attack of a list, at the
 same budget and iteration count, as MONAI ``SupervisedEvaluator`` runs, with MONAI metrics side by side.
 
-Every case's result is stored as soon as it is computed (:class:`~monai_smia.report.CaseStore`), so
+Every case's result is stored as soon as it is computed (:class:`~monai_smia.reports.CaseStore`), so
 an interrupted run resumes where it stopped; under ``torchrun`` each rank evaluates its share of the
 pending cases (``DistributedSampler(even_divisible=False)``: every case exactly once) and rank 0
 merges the stored results into the reports.
@@ -30,7 +30,7 @@ from monai.utils import ensure_tuple, optional_import
 
 from monai_smia.io.datalist import load_datalist
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
-from monai_smia.figures import case_figure, trace_curves_figure
+from monai_smia.reports.figures import case_figure, trace_curves_figure
 from monai_smia.bundle.data import CaseErrors, bundle_cases, find_case_error, root_cause
 from monai_smia.handlers.seeding import case_seed
 from monai_smia.inferers import AttackInferer
@@ -42,7 +42,7 @@ from monai_smia.metrics import (
     segmentation_attack_success,
     segmentation_case_metrics,
 )
-from monai_smia.report import (
+from monai_smia.reports import (
     CaseStore,
     atomic_write_bytes,
     check_run_settings,
@@ -52,7 +52,7 @@ from monai_smia.report import (
     write_provenance,
     write_reports,
 )
-from monai_smia.victim import Victim, is_train_override, load_victim, resolve_bundle
+from monai_smia.bundle.victim import Victim, is_train_override, load_victim, resolve_bundle
 
 Events, _ = optional_import("ignite.engine", name="Events")
 ProgressBar, _ = optional_import("ignite.handlers", name="ProgressBar")

@@ -104,7 +104,7 @@ def run_demo(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate each bundle on its demo data; print and return ``{bundle: summary}``."""
-    from monai_smia.evaluation import evaluation_from_bundle
+    from monai_smia.apps.evaluation import evaluation_from_bundle
 
     cache = Path(cache) if cache is not None else default_cache()
     out = Path(output_dir)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from monai_smia.attacks import Attack, AttackTrace, RandomSignNoise, frozen_network
+from monai_smia.attacks.base import Attack, frozen_network
+from monai_smia.attacks.noise import RandomSignNoise
+from monai_smia.attacks.trace import AttackTrace
 from monai_smia.losses import hard_prediction, prepare_labels
 
 __all__ = ["VolumeAttackResult", "attack_volumes", "draw_random_start", "network_device"]

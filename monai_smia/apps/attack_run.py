@@ -12,7 +12,7 @@ input is one of
 
 Each image goes through the bundle's own preprocessing (``train.json``'s ``validate`` section when
 labels are used, otherwise ``inference.json``'s ``preprocessing``: see
-:func:`monai_smia.victim.load_victim`) and is attacked in the network's input space, slice by slice
+:func:`monai_smia.bundle.victim.load_victim`) and is attacked in the network's input space, slice by slice
 for a ``SliceInferer`` (:class:`monai_smia.inferers.AttackInferer`). Following DESIGN.md section 3,
 the resampled image is never saved: the perturbation is brought back to the source grid (bilinear
 ``Invertd``, :func:`monai_smia.io.invert_perturbation`), converted to the source's intensity units
@@ -58,7 +58,7 @@ from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import optional_import
 
 from monai_smia.io.datalist import DATALIST, SPLITS, load_datalist
-from monai_smia.evaluation import ATTACKS, make_attack
+from monai_smia.apps.evaluation import ATTACKS, make_attack
 from monai_smia.inferers import AttackInferer
 from monai_smia.io import (
     LoadSeriesImage,
@@ -68,7 +68,7 @@ from monai_smia.io import (
     write_adversarial_dicom_series,
 )
 from monai_smia.losses import hard_prediction, prepare_labels
-from monai_smia.report import (
+from monai_smia.reports import (
     CaseStore,
     atomic_write_bytes,
     atomic_write_json,
@@ -80,7 +80,7 @@ from monai_smia.report import (
 from monai_smia.handlers.seeding import case_seed
 from monai_smia.io.source_grid import write_nifti_atomic
 from monai_smia.io.units import flat_transforms, parse_bounds, resolve_bounds, resolve_eps_scale, source_intensity_scale
-from monai_smia.victim import Victim, is_train_override, load_victim, resolve_bundle
+from monai_smia.bundle.victim import Victim, is_train_override, load_victim, resolve_bundle
 
 Image, _has_pil = optional_import("PIL.Image")
 tqdm, _has_tqdm = optional_import("tqdm", name="tqdm")
@@ -279,7 +279,7 @@ def bundle_attack_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
 
 
 def bundle_loads_labels(bundle: str | os.PathLike) -> bool:
-    """Whether :func:`monai_smia.victim.load_victim` gives this bundle a preprocessing for images and labels
+    """Whether :func:`monai_smia.bundle.victim.load_victim` gives this bundle a preprocessing for images and labels
     (``configs/train.json`` with a ``validate#preprocessing``)."""
     train = resolve_bundle(bundle) / "configs" / "train.json"
     if not train.is_file():
@@ -328,7 +328,7 @@ class AdversarialWriter:
         input: a data_prep folder, a folder of NIfTI/PNG files and DICOM series, one NIfTI/PNG file
             or one DICOM series folder.
         output_dir: where the outputs go (created; must not lie inside ``input``).
-        attack: one of :data:`monai_smia.evaluation.ATTACKS` (``noise``, ``FGSM``, ``PGD``, ``DEV``, ``SMIA``).
+        attack: one of :data:`monai_smia.apps.evaluation.ATTACKS` (``noise``, ``FGSM``, ``PGD``, ``DEV``, ``SMIA``).
         eps: L-infinity budget in ``eps_unit``; ``None``: the bundle's default (its ``attack.json``
             or ``evaluate.json``).
         eps_unit: unit of ``eps`` (``"HU"``, ``"/255"``, ``""`` for network units); ``None``: the
@@ -879,7 +879,7 @@ def run_attack(
     ``data_split``, ``label_key``, ``use_labels``, ``save_dtype``, ``dicom``, ``source_scale``,
     ``checkpoint``, ``seed``, ``verify``, ``max_cases``, ``progress``). The attacks are SMIA (Qi et
     al., "Stabilized Medical Image Attacks", ICLR 2021, arXiv 2103.05232) and its baselines
-    (:func:`monai_smia.evaluation.make_attack`).
+    (:func:`monai_smia.apps.evaluation.make_attack`).
     """
     writer = AdversarialWriter(
         bundle,

@@ -307,7 +307,7 @@ def robustness_curve_figure(
     Args:
         path: PNG to write.
         summaries_by_eps: ``{eps: summary}`` with summaries from
-            :func:`monai_smia.report.summarize_records`.
+            :func:`monai_smia.reports.summarize_records`.
         metric: the metric plotted, e.g. ``"dice"`` or ``"top1"``.
         eps_scale, eps_unit: how eps is shown on the axis, e.g. ``255`` and ``"/255"``.
         confidence: which interval key to read (``metric_ci95`` for 0.95).

@@ -20,12 +20,12 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer, SimpleInferer
 
-from monai_smia.bundle_utils import load_weights
+from monai_smia.bundle.loading import load_weights
 
 __all__ = ["Victim", "resolve_bundle", "load_victim", "BUILTIN_BUNDLES_DIR"]
 
 #: the bundles shipped inside the package (``monai_smia/bundles`` links to the repository's ``bundles/``)
-BUILTIN_BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
+BUILTIN_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
 
 def builtin_bundles() -> list[str]:
