@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monai_smia.metrics.paired import DOES_NOT_HOLD, HOLDS, PairedComparison, compare_paired, paired_differences
 from monai_smia.metrics.perturbation import (
     PERTURBATION_STATISTICS,
     PerturbationMetric,
@@ -31,6 +32,11 @@ from monai_smia.metrics.task import (
 )
 
 __all__ = [
+    "DOES_NOT_HOLD",
+    "HOLDS",
+    "PairedComparison",
+    "compare_paired",
+    "paired_differences",
     "PERTURBATION_STATISTICS",
     "PerturbationMetric",
     "bootstrap_ci",
