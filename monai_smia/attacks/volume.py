@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from monai_smia.attacks.base import Attack, frozen_network
+from monai_smia.attacks.minimal import MinimalNormAttack, MinimalNormResult
 from monai_smia.attacks.noise import RandomSignNoise
 from monai_smia.attacks.trace import AttackTrace
 from monai_smia.losses import hard_prediction, prepare_labels
@@ -37,6 +38,9 @@ class VolumeAttackResult:
             (the labels, or the clean prediction itself when attacking label-free: then 0).
         error_adversarial: the same for the adversarial prediction.
         changed: per volume, share of outputs whose prediction the attack changed.
+        minimal: for minimal-norm attacks (DeepFool, DAG), their unconstrained result with one sample
+            per volume: the slices' results gathered into the volume, the L2 norm over the volume,
+            the largest L-infinity norm and iteration count, the volume's pixel error.
     """
 
     adversarial: torch.Tensor
@@ -45,6 +49,7 @@ class VolumeAttackResult:
     error_clean: list[float] = field(default_factory=list)
     error_adversarial: list[float] = field(default_factory=list)
     changed: list[float] = field(default_factory=list)
+    minimal: MinimalNormResult | None = None
 
 
 def network_device(network: torch.nn.Module, default: torch.device | str | None = None) -> torch.device:
@@ -93,6 +98,170 @@ class _Counter:
         return [v / t if t else math.nan for v, t in zip(values, self.total)]
 
 
+def _check_geometry(attack: Attack, images: torch.Tensor, slice_dim: int | None, slice_batch_size: int) -> None:
+    """Refuse an attack/images/slice_dim combination that does not fit (see :func:`attack_volumes`)."""
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be a monai_smia Attack (SMIA, PGD, FGSM, ...), got {type(attack).__name__}.")
+    if not isinstance(images, torch.Tensor) or images.ndim < 3:
+        raise ValueError(f"images must be a tensor (B, C, *spatial), got {getattr(images, 'shape', type(images))}.")
+    if isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1:
+        raise ValueError(f"slice_batch_size must be an integer >= 1, got {slice_batch_size!r}.")
+    n_spatial = images.ndim - 2
+    if slice_dim is not None:
+        if isinstance(slice_dim, bool) or not isinstance(slice_dim, int) or not 0 <= slice_dim < n_spatial:
+            raise ValueError(
+                f"slice_dim={slice_dim!r} does not fit images of shape {tuple(images.shape)} with {n_spatial} spatial "
+                f"dims; use 0..{n_spatial - 1} (2 = axial after RAS orientation) or None for a whole-volume attack."
+            )
+        if n_spatial < 2:
+            raise ValueError(
+                f"slice-wise attacks need at least 2 spatial dims, images have shape {tuple(images.shape)}."
+            )
+    expected = getattr(attack, "spatial_dims", None)
+    got = n_spatial - (1 if slice_dim is not None else 0)
+    if expected is not None and expected != got:
+        hint = (
+            "set slice_dim to attack a volume slice by slice"
+            if slice_dim is None
+            else "use slice_dim=None for a volume network"
+        )
+        raise ValueError(
+            f"the attack expects {expected} spatial dims but gets {got} from images of shape {tuple(images.shape)} "
+            f"with slice_dim={slice_dim}; {hint}."
+        )
+
+
+def _check_inputs(
+    attack: Attack,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    slice_dim: int | None,
+    delta_init: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Labels and mask in ``(B, C', *spatial)`` form, and the random start (drawn here when needed)."""
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}.")
+        if slice_dim is not None or labels.ndim > 2:
+            labels = _spatial_batched("labels", labels, images, allow_no_channel=True)
+            if labels.shape[0] != images.shape[0]:
+                raise ValueError(f"labels have batch size {labels.shape[0]}, images {images.shape[0]}.")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}.")
+        mask = _spatial_batched("mask", mask, images, allow_no_channel=True)
+        if mask.shape[1] not in (1, images.shape[1]):
+            raise ValueError(f"mask has {mask.shape[1]} channels; expected 1 or {images.shape[1]} (the images').")
+        mask = mask.expand(images.shape[0], *mask.shape[1:])
+    if delta_init is not None and tuple(delta_init.shape) != tuple(images.shape):
+        raise ValueError(f"delta_init has shape {tuple(delta_init.shape)}, images {tuple(images.shape)}.")
+    if delta_init is None and (getattr(attack, "random_start", False) or isinstance(attack, RandomSignNoise)):
+        delta_init = draw_random_start(attack, images.shape, images.dtype, generator)
+    return labels, mask, delta_init
+
+
+class _Runner:
+    """Runs the attack on one batch of inputs (a volume, or a slice batch of one) and collects what
+    each call leaves behind: adversarial images, traces, minimal-norm results and error counts."""
+
+    def __init__(self, attack: Attack, x_all: torch.Tensor, dev: torch.device, slice_dim: int | None, compute_success: bool) -> None:
+        self.attack, self.dev, self.slice_dim, self.compute_success = attack, dev, slice_dim, compute_success
+        self.out = torch.empty_like(x_all)
+        # minimal-norm attacks (DeepFool, DAG): their unconstrained result, gathered like ``out``
+        self.unconstrained = torch.empty_like(x_all) if isinstance(attack, MinimalNormAttack) else None
+        self.counter = _Counter(x_all.shape[0])
+        self.traces: list[AttackTrace] = []
+        self.minimal: list[MinimalNormResult] = []
+
+    def __call__(
+        self, b: int, x: torch.Tensor, lab: torch.Tensor | None, m: torch.Tensor | None, d0: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Adversarial ``x`` (and the unconstrained result of a minimal-norm attack) on the output device."""
+        attack = self.attack
+        x = x.to(self.dev)
+        lab = None if lab is None else lab.to(self.dev)
+        m = None if m is None else m.to(self.dev)
+        d0 = None if d0 is None else d0.to(self.dev)
+        try:
+            adv = attack(x, lab, mask=m, delta_init=d0)
+        except RuntimeError as e:
+            raise ValueError(
+                f"the network failed on attack input of shape {tuple(x.shape)} (slice_dim={self.slice_dim}): {e}"
+            ) from e
+        if self.compute_success:
+            with frozen_network(attack.network), torch.no_grad():
+                logits_clean = attack.logits(x)
+                clean = hard_prediction(logits_clean)
+                ref = clean if lab is None else prepare_labels(lab, logits_clean)
+                self.counter.add(b, ref, clean, hard_prediction(attack.logits(adv)))
+        result = getattr(attack, "result", None) if self.unconstrained is not None else None
+        if result is not None:
+            self.minimal.append(result)
+        unc = None if result is None else result.unconstrained.to(self.out.device)
+        return adv.to(self.out.device), unc
+
+
+def _merge_slice_results(parts: list[MinimalNormResult]) -> MinimalNormResult:
+    """One volume's minimal-norm result from those of its slice batches (``(S_i,)`` each): the L2 norm
+    over the whole volume, the largest L-infinity norm and iteration count, the mean pixel error (every
+    slice has as many targets)."""
+    norms = torch.cat([p.norms for p in parts])
+    return MinimalNormResult(
+        unconstrained=torch.empty(0),  # filled by the caller from the gathered volume
+        norms=torch.linalg.vector_norm(norms.double(), dim=0).to(norms.dtype).reshape(1),
+        linf=torch.cat([p.linf for p in parts]).amax().reshape(1),
+        iterations=torch.cat([p.iterations for p in parts]).amax().reshape(1),
+        error=torch.cat([p.error for p in parts]).mean().reshape(1),
+    )
+
+
+def _attack_slices(
+    run: _Runner,
+    b: int,
+    tensors: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    slice_dim: int,
+    slice_batch_size: int,
+) -> None:
+    """Attack volume ``b`` (``tensors``: its image, labels, mask, start, each ``(1, C', *spatial)``)
+    slice batch by slice batch; store its adversarial slices, merged trace and minimal-norm result."""
+    axis = slice_dim + 2
+    n_slices = tensors[0].shape[axis]
+    per_volume: list[AttackTrace] = []
+    first = len(run.minimal)
+
+    def slices(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+        # (1, C, *sp) -> (S, C, *sp without slice_dim)
+        return None if t is None else t.narrow(axis, start, stop - start).movedim(axis, 0)[:, 0]
+
+    for start in range(0, n_slices, slice_batch_size):
+        stop = min(start + slice_batch_size, n_slices)
+        adv, unc = run(b, *(slices(t, start, stop) for t in tensors))
+        run.out[b].narrow(axis - 1, start, stop - start).copy_(adv.movedim(0, axis - 1))
+        if unc is not None:
+            run.unconstrained[b].narrow(axis - 1, start, stop - start).copy_(unc.movedim(0, axis - 1))
+        if run.attack.trace is not None:
+            per_volume.append(run.attack.trace)
+    if per_volume:
+        run.traces.append(AttackTrace.cat(per_volume).merge_samples())
+    if len(run.minimal) > first:
+        run.minimal[first:] = [_merge_slice_results(run.minimal[first:])]
+
+
+def _minimal_result(run: _Runner, num_volumes: int) -> MinimalNormResult | None:
+    """The minimal-norm result of the whole call, one sample per volume (``None`` for other attacks)."""
+    if run.unconstrained is None or len(run.minimal) != num_volumes:
+        return None
+    return MinimalNormResult(
+        unconstrained=run.unconstrained,
+        norms=torch.cat([p.norms.to(run.out.device) for p in run.minimal]),
+        linf=torch.cat([p.linf.to(run.out.device) for p in run.minimal]),
+        iterations=torch.cat([p.iterations.to(run.out.device) for p in run.minimal]),
+        error=torch.cat([p.error.to(run.out.device) for p in run.minimal]),
+    )
+
+
 def attack_volumes(
     attack: Attack,
     images: torch.Tensor,
@@ -125,118 +294,40 @@ def attack_volumes(
         compute_success: also predict the clean and adversarial inputs (one extra forward each per
             slice batch, no gradient) to report error rates.
 
+    A minimal-norm attack (DeepFool, DAG) leaves its unconstrained result of the WHOLE call, one
+    sample per volume, in ``VolumeAttackResult.minimal`` and in ``attack.result`` (not just the last
+    slice batch's).
+
     Raises:
         ValueError: shapes do not fit (``slice_dim`` out of range, labels/mask of another spatial
             shape, a network of other dimensionality).
     """
-    if not isinstance(attack, Attack):
-        raise TypeError(f"attack must be a monai_smia Attack (SMIA, PGD, FGSM, ...), got {type(attack).__name__}.")
-    if not isinstance(images, torch.Tensor) or images.ndim < 3:
-        raise ValueError(f"images must be a tensor (B, C, *spatial), got {getattr(images, 'shape', type(images))}.")
-    if isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1:
-        raise ValueError(f"slice_batch_size must be an integer >= 1, got {slice_batch_size!r}.")
-    n_spatial = images.ndim - 2
-    if slice_dim is not None:
-        if isinstance(slice_dim, bool) or not isinstance(slice_dim, int) or not 0 <= slice_dim < n_spatial:
-            raise ValueError(
-                f"slice_dim={slice_dim!r} does not fit images of shape {tuple(images.shape)} with {n_spatial} spatial "
-                f"dims; use 0..{n_spatial - 1} (2 = axial after RAS orientation) or None for a whole-volume attack."
-            )
-        if n_spatial < 2:
-            raise ValueError(
-                f"slice-wise attacks need at least 2 spatial dims, images have shape {tuple(images.shape)}."
-            )
-    expected = getattr(attack, "spatial_dims", None)
-    got = n_spatial - (1 if slice_dim is not None else 0)
-    if expected is not None and expected != got:
-        hint = (
-            "set slice_dim to attack a volume slice by slice"
-            if slice_dim is None
-            else "use slice_dim=None for a volume network"
-        )
-        raise ValueError(
-            f"the attack expects {expected} spatial dims but gets {got} from images of shape {tuple(images.shape)} "
-            f"with slice_dim={slice_dim}; {hint}."
-        )
-    if labels is not None:
-        if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}.")
-        if slice_dim is not None or labels.ndim > 2:
-            labels = _spatial_batched("labels", labels, images, allow_no_channel=True)
-            if labels.shape[0] != images.shape[0]:
-                raise ValueError(f"labels have batch size {labels.shape[0]}, images {images.shape[0]}.")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}.")
-        mask = _spatial_batched("mask", mask, images, allow_no_channel=True)
-        if mask.shape[1] not in (1, images.shape[1]):
-            raise ValueError(f"mask has {mask.shape[1]} channels; expected 1 or {images.shape[1]} (the images').")
-        mask = mask.expand(images.shape[0], *mask.shape[1:])
-    if delta_init is not None and tuple(delta_init.shape) != tuple(images.shape):
-        raise ValueError(f"delta_init has shape {tuple(delta_init.shape)}, images {tuple(images.shape)}.")
-    if delta_init is None and (getattr(attack, "random_start", False) or isinstance(attack, RandomSignNoise)):
-        delta_init = draw_random_start(attack, images.shape, images.dtype, generator)
-
+    _check_geometry(attack, images, slice_dim, slice_batch_size)
+    labels, mask, delta_init = _check_inputs(attack, images, labels, mask, slice_dim, delta_init, generator)
     dev = torch.device(device) if device is not None else network_device(attack.network, images.device)
     x_all = images.as_tensor() if hasattr(images, "as_tensor") else images
     x_all = x_all.detach()
-    out = torch.empty_like(x_all)
-    traces: list[AttackTrace] = []
-    counter = _Counter(images.shape[0])
-
-    def run(
-        b: int, x: torch.Tensor, lab: torch.Tensor | None, m: torch.Tensor | None, d0: torch.Tensor | None
-    ) -> torch.Tensor:
-        x = x.to(dev)
-        lab = None if lab is None else lab.to(dev)
-        m = None if m is None else m.to(dev)
-        d0 = None if d0 is None else d0.to(dev)
-        try:
-            adv = attack(x, lab, mask=m, delta_init=d0)
-        except RuntimeError as e:
-            raise ValueError(
-                f"the network failed on attack input of shape {tuple(x.shape)} (slice_dim={slice_dim}): {e}"
-            ) from e
-        if compute_success:
-            with frozen_network(attack.network), torch.no_grad():
-                logits_clean = attack.logits(x)
-                clean = hard_prediction(logits_clean)
-                ref = clean if lab is None else prepare_labels(lab, logits_clean)
-                counter.add(b, ref, clean, hard_prediction(attack.logits(adv)))
-        return adv.to(out.device)
-
+    run = _Runner(attack, x_all, dev, slice_dim, compute_success)
     for b in range(images.shape[0]):
-        lab_b = None if labels is None else labels[b : b + 1]
-        m_b = None if mask is None else mask[b : b + 1]
-        d_b = None if delta_init is None else delta_init[b : b + 1]
-        if slice_dim is None:
-            out[b : b + 1] = run(b, x_all[b : b + 1], lab_b, m_b, d_b)
-            if attack.trace is not None:
-                traces.append(attack.trace)
+        one = tuple(None if t is None else t[b : b + 1] for t in (x_all, labels, mask, delta_init))
+        if slice_dim is not None:
+            _attack_slices(run, b, one, slice_dim, slice_batch_size)  # type: ignore[arg-type]
             continue
-        axis = slice_dim + 2
-        n_slices = x_all.shape[axis]
-        per_volume: list[AttackTrace] = []
+        run.out[b : b + 1], unc = run(b, *one)  # type: ignore[misc]
+        if unc is not None:
+            run.unconstrained[b : b + 1] = unc
+        if attack.trace is not None:
+            run.traces.append(attack.trace)
+    minimal = _minimal_result(run, images.shape[0])
+    if minimal is not None:
+        attack.result = minimal  # type: ignore[attr-defined]
+    return _volume_result(run, images, x_all, minimal)
 
-        def slices(t: torch.Tensor | None, start: int, stop: int, axis: int = axis) -> torch.Tensor | None:
-            # (1, C, *sp) -> (S, C, *sp without slice_dim)
-            return None if t is None else t.narrow(axis, start, stop - start).movedim(axis, 0)[:, 0]
 
-        for start in range(0, n_slices, slice_batch_size):
-            stop = min(start + slice_batch_size, n_slices)
-            adv = run(
-                b,
-                slices(x_all[b : b + 1], start, stop),
-                slices(lab_b, start, stop),
-                slices(m_b, start, stop),
-                slices(d_b, start, stop),
-            )
-            out[b].narrow(axis - 1, start, stop - start).copy_(adv.movedim(0, axis - 1))
-            if attack.trace is not None:
-                per_volume.append(attack.trace)
-        if per_volume:
-            traces.append(AttackTrace.cat(per_volume).merge_samples())
-
+def _volume_result(
+    run: _Runner, images: torch.Tensor, x_all: torch.Tensor, minimal: MinimalNormResult | None
+) -> VolumeAttackResult:
+    traces, out, counter = run.traces, run.out, run.counter
     trace = AttackTrace.cat(traces) if traces and len(traces) == images.shape[0] else None
     adversarial = out
     if hasattr(images, "as_tensor"):
@@ -247,7 +338,8 @@ def attack_volumes(
         adversarial=adversarial,
         perturbation=out - x_all,
         trace=trace,
-        error_clean=counter.rates(counter.err_clean) if compute_success else [],
-        error_adversarial=counter.rates(counter.err_adv) if compute_success else [],
-        changed=counter.rates(counter.changed) if compute_success else [],
+        error_clean=counter.rates(counter.err_clean) if run.compute_success else [],
+        error_adversarial=counter.rates(counter.err_adv) if run.compute_success else [],
+        changed=counter.rates(counter.changed) if run.compute_success else [],
+        minimal=minimal,
     )
