@@ -22,3 +22,48 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} is absent (set MONAI_SMIA_DATA to a folder laid out like ../shared/data)")
     return path
+
+
+def _input_files() -> list[Path]:
+    """Every input a test may read: the real data folder and the committed checkpoints."""
+    files = [p for p in shared_data_dir().rglob("*") if p.is_file()] if shared_data_dir().is_dir() else []
+    return files + sorted((REPO_ROOT / "bundles").glob("*/models/*"))
+
+
+def _fingerprints(files: list[Path]) -> dict[Path, tuple[int, int, int]]:
+    out = {}
+    for p in files:
+        st = p.stat()
+        out[p] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def _input_hashes() -> dict[Path, str]:
+    """sha256 of every input at the start of the session (checked against ``SHA256SUMS`` where it lists it)."""
+    hashes = {p: _sha256(p) for p in _input_files()}
+    sums = shared_data_dir() / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, name = line.split(maxsplit=1)
+            path = sums.parent / name
+            assert hashes.get(path, digest) == digest, f"input {name} differs from SHA256SUMS before the tests ran"
+    return hashes
+
+
+@pytest.fixture(autouse=True)
+def inputs_unchanged(_input_hashes):
+    """After each test, every input file is byte-equal to what it was: a file whose inode, size or mtime
+    changed is hashed again and must still have its sha256 of the session start; none may vanish."""
+    before = _fingerprints(list(_input_hashes))
+    yield
+    for path, fp in before.items():
+        assert path.is_file(), f"the test removed input {path.name}"
+        if _fingerprints([path])[path] != fp:
+            assert _sha256(path) == _input_hashes[path], f"the test changed input {path.name}"

@@ -1,0 +1,159 @@
+"""Check every input file against what a bundle takes, from headers only, before anything is written.
+
+A run must refuse a bad file with one line that names it, not saturate it silently or fail half way
+through. What a bundle takes comes from its own files: ``num_channels`` and ``spatial_shape`` of
+``network_data_format.inputs.image`` in ``metadata.json``, slice-wise when its inferer is MONAI's
+``SliceInferer``, and 8-bit when its preprocessing windows a PNG to ``a_max <= 255``
+(``ScaleIntensityRange(d)``). The checks read headers (nibabel, PIL) and, for gzipped NIfTI, the
+gzip trailer (the uncompressed size), so a file cut short is named without decompressing it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_smia.bundle.data import CaseError
+
+__all__ = ["InputSpec", "check_case_files", "check_image_file", "input_spec"]
+
+PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: PIL modes by the number of channels they carry; others (palette, alpha) are refused.
+PIL_CHANNELS = {"L": 1, "I;16": 1, "I;16B": 1, "I": 1, "F": 1, "RGB": 3}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a bundle takes: channels, spatial dims of a source file, and the largest stored value.
+
+    Attributes:
+        num_channels: channels of the network input (``None``: not declared, not checked).
+        spatial_ndim: spatial dims of a source volume/image (3 for slice-wise and 3D networks).
+        max_value: the largest stored value the preprocessing expects (255 for 8-bit PNG bundles).
+    """
+
+    num_channels: int | None = None
+    spatial_ndim: int | None = None
+    max_value: float | None = None
+
+
+def _png_window_max(preprocessing: Any) -> float | None:
+    """255 when the bundle windows its images to ``a_max <= 255`` (an 8-bit image bundle), else ``None``."""
+    from monai_smia.io.units import intensity_window
+
+    window = intensity_window(preprocessing)
+    return 255.0 if window is not None and window["a_max"] <= 255 else None
+
+
+def input_spec(victim: Any) -> InputSpec:
+    """The :class:`InputSpec` of a loaded :class:`monai_smia.bundle.victim.Victim`."""
+    from monai.inferers import SliceInferer
+
+    image = (victim.metadata.get("network_data_format", {}).get("inputs", {}) or {}).get("image", {})
+    channels = image.get("num_channels")
+    shape = image.get("spatial_shape")
+    ndim = 3 if isinstance(victim.inferer, SliceInferer) else (len(shape) if isinstance(shape, list) else None)
+    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(victim.preprocessing))
+
+
+def _uncompressed_size(path: Path, expected: int) -> int:
+    """Bytes of the file once decompressed: the gzip trailer's size when it agrees with ``expected``
+    (modulo 2**32), else the counted bytes of a full decompression (0 bytes past a cut)."""
+    import gzip
+    import zlib
+
+    if not str(path).endswith(".gz"):
+        return path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", f.read(4))[0] == expected % (1 << 32):
+            return expected
+    count = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                count += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return min(count, expected - 1)
+    return count
+
+
+def _check_nifti(path: Path, spec: InputSpec) -> None:
+    import nibabel as nib
+
+    if path.stat().st_size == 0:
+        raise CaseError(f"{str(path)!r} is empty (0 bytes); replace this file.")
+    try:
+        img = nib.load(str(path))
+    except Exception as e:
+        raise CaseError(f"{str(path)!r} is not a readable NIfTI ({e}); replace this file.") from e
+    shape = tuple(int(s) for s in img.shape)
+    expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+    found = _uncompressed_size(path, expected)
+    if found < expected:
+        raise CaseError(f"{str(path)!r} is cut short ({found} of {expected} bytes); replace this file.")
+    dims = len(shape)
+    while dims > 3 and shape[dims - 1] == 1:
+        dims -= 1
+    if spec.spatial_ndim is not None and dims != spec.spatial_ndim:
+        kind = "slice-wise (3D volumes)" if spec.spatial_ndim == 3 else f"{spec.spatial_ndim}D"
+        raise CaseError(f"{str(path)!r} is {dims}D (shape {shape}); the bundle takes {kind} images, one channel each.")
+    if np.issubdtype(img.get_data_dtype(), np.floating) and not np.isfinite(np.asarray(img.dataobj)).all():
+        raise CaseError(f"{str(path)!r} holds NaN or Inf voxels; clean or mask them before attacking.")
+
+
+def _check_png(path: Path, spec: InputSpec) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            mode, size = img.mode, img.size
+            img.verify()
+    except Exception as e:
+        raise CaseError(f"{str(path)!r} is not a readable image ({e}); replace this file.") from e
+    if mode not in PIL_CHANNELS:
+        raise CaseError(
+            f"{str(path)!r} is a {mode!r} image; convert it to grey ('L') or 'RGB' without alpha or palette."
+        )
+    if spec.num_channels is not None and PIL_CHANNELS[mode] != spec.num_channels:
+        want = "RGB (3 channels)" if spec.num_channels == 3 else f"{spec.num_channels} channel(s)"
+        raise CaseError(
+            f"{str(path)!r} is a {PIL_CHANNELS[mode]}-channel {mode!r} image of size {size}; the bundle takes {want}."
+        )
+    if spec.max_value is not None and mode not in ("L", "RGB"):
+        raise CaseError(
+            f"{str(path)!r} is a {mode!r} (more than 8-bit) image; the bundle takes 8-bit images (0-255): convert it."
+        )
+
+
+def check_image_file(path: str | os.PathLike, spec: InputSpec) -> None:
+    """Raise :class:`CaseError` naming ``path`` if it cannot be what ``spec`` takes (headers only).
+
+    DICOM series folders are checked by :func:`monai_smia.io.dicom_read.check_dicom_series`; other
+    suffixes are left to the bundle's reader.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CaseError(f"{str(p)!r} does not exist; fix the datalist or the --input path.")
+    name = p.name.lower()
+    if p.is_file() and name.endswith(NIFTI_SUFFIXES):
+        _check_nifti(p, spec)
+    elif p.is_file() and name.endswith(PNG_SUFFIXES):
+        _check_png(p, spec)
+
+
+def check_case_files(
+    items: Iterable[Mapping[str, Any] | str | os.PathLike], spec: InputSpec, key: str = "image"
+) -> None:
+    """Check every case's image file (``items``: datalist dicts or paths) before a run writes anything."""
+    for item in items:
+        path = item.get(key) if isinstance(item, Mapping) else item
+        if isinstance(path, (str, os.PathLike)):
+            check_image_file(path, spec)
