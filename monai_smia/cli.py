@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -40,7 +41,6 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from monai_smia.apps.evaluation import ATTACKS
     from monai_smia.bundle.victim import builtin_bundles
 
     bundles = ", ".join(builtin_bundles())
@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,evaluate,attack}")
+    _add_demo(sub)
+    _add_evaluate(sub, bundles)
+    _add_attack(sub, bundles)
+    return parser
 
+
+def _add_demo(sub: Any) -> None:
     demo = sub.add_parser(
         "demo",
         help="evaluate the lung CT and fundus bundles on real data against noise, FGSM, PGD, DEV and SMIA",
@@ -67,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N test cases")
     demo.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
+
+def _add_evaluate(sub: Any, bundles: str) -> None:
     ev = sub.add_parser(
         "evaluate",
         help="clean vs attacked MONAI metrics of a bundle's network on a dataset",
@@ -89,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N cases")
     ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
+
+def _add_attack(sub: Any, bundles: str) -> None:
+    from monai_smia.apps.evaluation import ATTACKS
+
     at = sub.add_parser(
         "attack",
         help="write adversarial images and perturbation maps for a bundle's network",
@@ -110,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("float32", "source"),
         help="NIfTI output type: float32 (default) or source, the source's integer type (e.g. int16 HU)",
     )
-    return parser
 
 
 def _is_detection(bundle: str) -> bool:

@@ -14,6 +14,7 @@ provenance says so. Never a fixed [0, 1].
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "resolve_bounds",
     "resolve_eps_scale",
     "source_intensity_scale",
+    "warn_whole_range",
 ]
 
 INPUT_UNITS = ("", "input")
@@ -121,6 +123,20 @@ def resolve_bounds(bounds: tuple[float, float] | str | None, preprocessing: Any)
     if bounds == "auto":
         return bounds_from_preprocessing(preprocessing)
     return bounds, "given"  # type: ignore[return-value]
+
+
+def warn_whole_range(eps: float, scale: float, unit: str, bounds: tuple[float, float] | None, bundle: str) -> bool:
+    """Warn (and return ``True``) when a budget of ``eps`` (in ``unit``, ``scale`` network units each)
+    covers the whole valid input range ``bounds``: then even random noise can replace the image."""
+    if bounds is None or eps * scale < bounds[1] - bounds[0]:
+        return False
+    width = (bounds[1] - bounds[0]) / scale
+    warnings.warn(
+        f"eps = {eps:g}{unit} covers the whole valid input range of {bundle} ({width:g}{unit}, {tuple(bounds)} at the "
+        "network input): even random noise can replace the image; pass a smaller --eps.",
+        stacklevel=2,
+    )
+    return True
 
 
 def source_intensity_scale(preprocessing: Any, image_key: str = "image") -> float:
