@@ -354,6 +354,20 @@ def test_segmentation_figure_on_real_ct(data_dir: Path, tmp_path: Path):
     assert pick_axial_slice(label) >= 10
 
 
+def test_figure_in_hu_through_the_window(monkeypatch, tmp_path: Path):
+    """Network-input images of a windowed CT bundle are shown in HU: 0.5 of a [-1000, 400] window is -300 HU,
+    and the perturbation's title names its maximum in HU."""
+    from monai_smia.reports import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "_draw_row", lambda row, c, task, rng, style: seen.update(c=c, rng=rng, style=style))
+    window = {"a_min": -1000.0, "a_max": 400.0, "b_min": 0.0, "b_max": 1.0, "unit": "HU"}
+    x = torch.full((1, 8, 8), 0.5)
+    figures.case_figure(tmp_path / "hu.png", [{"case_id": "c", "image": x, "adv_image": x + 20 / 1400}], window=window)
+    assert np.allclose(seen["c"]["image"], -300.0) and np.allclose(seen["c"]["adv_image"] - seen["c"]["image"], 20.0)
+    assert seen["rng"] == (-1000.0, 400.0) and seen["style"]["unit"] == " HU"
+
+
 def test_robustness_curve_needs_data(tmp_path: Path):
     with pytest.raises(ValueError, match="eps"):
         robustness_curve_figure(tmp_path / "r.png", {}, "dice")

@@ -147,6 +147,7 @@ def case_figure(
     attack_name: str = "adversarial",
     overlay_alpha: float = 0.45,
     transpose: bool = False,
+    window: Mapping[str, Any] | None = None,
 ) -> Path:
     """Clean | adversarial | amplified perturbation | prediction overlays, one row per case.
 
@@ -167,6 +168,9 @@ def case_figure(
         overlay_alpha: opacity of the prediction overlays.
         transpose: swap the two in-plane axes for display (e.g. RAS-oriented CT arrays, whose first
             axis runs left-right, are shown with anterior at the top after ``transpose`` and a flip).
+        window: the bundle's ``ScaleIntensityRange`` window (:func:`monai_smia.io.units.intensity_window`,
+            optionally with a ``unit`` such as ``"HU"``): images and the perturbation are shown in the
+            source's units (e.g. HU), with the window as the default display range.
 
     Returns:
         ``path``. The perturbation is shown amplified: scaled so that its largest magnitude fills the
@@ -178,64 +182,81 @@ def case_figure(
         raise ValueError("case_figure needs at least one case.")
     plt = _pyplot()
     prepared = [_prepare_case(c, task, axial_axis) for c in cases]
-    if transpose:
-        for c in prepared:
-            c["image"], c["adv_image"] = (np.flip(np.swapaxes(c[k], -1, -2), -2) for k in ("image", "adv_image"))
-            for k in ("label", "clean_pred", "adv_pred"):
-                if task == "segmentation" and c.get(k) is not None:
-                    c[k] = np.flip(np.swapaxes(c[k], -1, -2), -2)
+    for c in prepared:
+        if window is not None:
+            _to_source_units(c, window)
+        if transpose:
+            _transpose_case(c, task)
     ncols = 5 if task == "segmentation" else 3
     fig, axes = plt.subplots(len(prepared), ncols, figsize=(2.6 * ncols, 2.7 * len(prepared)), squeeze=False)
-    cmap_labels = plt.get_cmap("tab10")
+    style = {"names": class_names, "attack": attack_name, "alpha": overlay_alpha, "cmap": plt.get_cmap("tab10")}
+    if window is not None:
+        style["unit"] = f" {window.get('unit', '')}".rstrip()
+        display_range = display_range or (window["a_min"], window["a_max"])
     for row, c in zip(axes, prepared):
-        img, adv = c["image"], c["adv_image"]
-        lo, hi = (
-            display_range
-            if display_range is not None
-            else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
-        )
-        if hi <= lo:
-            lo, hi = float(img.min()), float(img.max()) + 1e-12
-        d = adv - img
-        m = float(np.abs(d).max())
-        where = f"{c['case_id']}" + (f", slice {c['slice_index']}" if "slice_index" in c else "")
-        if task == "classification":
-            t_clean = f"clean: label {_name(c['label'], class_names)}, pred {_name(c['clean_pred'], class_names)}"
-            t_adv = f"{attack_name}: pred {_name(c['adv_pred'], class_names)}"
-        else:
-            t_clean, t_adv = "clean", attack_name
-        for ax, im, t in ((row[0], img, t_clean), (row[1], adv, t_adv)):
-            shown, kw = _display(im, lo, hi)
-            ax.imshow(shown, **kw)
-            ax.set_title(t, fontsize=8)
-        if d.shape[0] == 3:
-            row[2].imshow(np.clip(0.5 + np.moveaxis(d, 0, -1) / (2 * m if m > 0 else 1.0), 0, 1))
-        else:
-            row[2].imshow(d.mean(axis=0), cmap="seismic", vmin=-(m or 1.0), vmax=m or 1.0)
-        row[2].set_title(f"perturbation, max |d| = {m:.3g}", fontsize=8)
-        if task == "segmentation":
-            for ax, key in ((row[3], "clean_pred"), (row[4], "adv_pred")):
-                shown, kw = _display(img, lo, hi)
-                ax.imshow(shown, **kw)
-                pred = c.get(key)
-                if pred is not None:
-                    ax.imshow(
-                        np.ma.masked_equal(pred, 0),
-                        cmap=cmap_labels,
-                        vmin=0,
-                        vmax=9,
-                        alpha=overlay_alpha,
-                        interpolation="nearest",
-                    )
-                if c.get("label") is not None and (c["label"] != 0).any():
-                    ax.contour(c["label"] != 0, levels=[0.5], colors="yellow", linewidths=0.8)
-                ax.set_title(("clean" if key == "clean_pred" else attack_name) + " prediction (GT contour)", fontsize=8)
-        row[0].set_ylabel(c["title"] or where, fontsize=8)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        _draw_row(row, c, task, _display_range(c["image"], display_range), style)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _to_source_units(c: dict[str, Any], window: Mapping[str, Any]) -> None:
+    """Map network-input intensities back through a ``ScaleIntensityRange`` window (e.g. to HU)."""
+    scale = (window["a_max"] - window["a_min"]) / (window["b_max"] - window["b_min"])
+    for k in ("image", "adv_image"):
+        c[k] = (c[k] - window["b_min"]) * scale + window["a_min"]
+
+
+def _transpose_case(c: dict[str, Any], task: str) -> None:
+    c["image"], c["adv_image"] = (np.flip(np.swapaxes(c[k], -1, -2), -2) for k in ("image", "adv_image"))
+    for k in ("label", "clean_pred", "adv_pred"):
+        if task == "segmentation" and c.get(k) is not None:
+            c[k] = np.flip(np.swapaxes(c[k], -1, -2), -2)
+
+
+def _display_range(img: np.ndarray, display_range: tuple[float, float] | None) -> tuple[float, float]:
+    lo, hi = display_range if display_range is not None else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
+    return (float(img.min()), float(img.max()) + 1e-12) if hi <= lo else (lo, hi)
+
+
+def _draw_row(row: Any, c: Mapping[str, Any], task: str, rng: tuple[float, float], style: Mapping[str, Any]) -> None:
+    """One case: clean, adversarial, perturbation and (segmentation) the two prediction overlays."""
+    img, adv = c["image"], c["adv_image"]
+    d = adv - img
+    m = float(np.abs(d).max())
+    where = f"{c['case_id']}" + (f", slice {c['slice_index']}" if "slice_index" in c else "")
+    t_clean, t_adv = "clean", style["attack"]
+    if task == "classification":
+        names = style["names"]
+        t_clean = f"clean: label {_name(c['label'], names)}, pred {_name(c['clean_pred'], names)}"
+        t_adv = f"{style['attack']}: pred {_name(c['adv_pred'], names)}"
+    for ax, im, t in ((row[0], img, t_clean), (row[1], adv, t_adv)):
+        shown, kw = _display(im, *rng)
+        ax.imshow(shown, **kw)
+        ax.set_title(t, fontsize=8)
+    if d.shape[0] == 3:
+        row[2].imshow(np.clip(0.5 + np.moveaxis(d, 0, -1) / (2 * m if m > 0 else 1.0), 0, 1))
+    else:
+        row[2].imshow(d.mean(axis=0), cmap="seismic", vmin=-(m or 1.0), vmax=m or 1.0)
+    row[2].set_title(f"perturbation, max |d| = {m:.3g}{style.get('unit', '')}", fontsize=8)
+    if task == "segmentation":
+        for ax, key in ((row[3], "clean_pred"), (row[4], "adv_pred")):
+            _overlay(ax, c, key, rng, style)
+    row[0].set_ylabel(c["title"] or where, fontsize=8)
+    for ax in row:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _overlay(ax: Any, c: Mapping[str, Any], key: str, rng: tuple[float, float], style: Mapping[str, Any]) -> None:
+    shown, kw = _display(c["image"], *rng)
+    ax.imshow(shown, **kw)
+    pred = c.get(key)
+    if pred is not None:
+        masked = np.ma.masked_equal(pred, 0)
+        ax.imshow(masked, cmap=style["cmap"], vmin=0, vmax=9, alpha=style["alpha"], interpolation="nearest")
+    if c.get("label") is not None and (c["label"] != 0).any():
+        ax.contour(c["label"] != 0, levels=[0.5], colors="yellow", linewidths=0.8)
+    ax.set_title(("clean" if key == "clean_pred" else style["attack"]) + " prediction (GT contour)", fontsize=8)
 
 
 def _as_summary(s: Any) -> Mapping[str, Any]:
