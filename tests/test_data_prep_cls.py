@@ -18,9 +18,15 @@ import numpy as np
 import pytest
 
 from monai_smia.apps.data_prep import download as dl
+from monai_smia.apps.data_prep import fetch as fetch_module
 from monai_smia.apps.data_prep import medmnist as mm
 from monai_smia.apps.data_prep import mnist as mn
-from monai_smia.apps.data_prep.layout import atomic_file, load_datalist, write_json_atomic
+from monai_smia.apps.data_prep import paper_datasets
+from monai_smia.apps.data_prep.layout import (
+    atomic_file,
+    load_datalist,
+    write_json_atomic,
+)
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -225,7 +231,7 @@ def _offline(*args, **kwargs):
 
 @pytest.mark.parametrize("dataset", ["retinamnist", "pneumoniamnist", "breastmnist", "mnist", "covid19_ct"])
 def test_download_offline_stops_with_manual_alternative(dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "_fetch_url", _offline)
+    monkeypatch.setattr(fetch_module, "_fetch_url", _offline)
     out, cache = tmp_path / "out", tmp_path / "cache"
     with pytest.raises(dl.DownloadUnavailableError, match="Manual alternative") as err:
         dl.prepare_dataset(dataset, out, cache=cache)
@@ -235,7 +241,7 @@ def test_download_offline_stops_with_manual_alternative(dataset, tmp_path, monke
 
 
 def test_download_cli_offline_message(tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "_fetch_url", _offline)
+    monkeypatch.setattr(fetch_module, "_fetch_url", _offline)
     with pytest.raises(SystemExit, match="zenodo.org/records/10519652"):
         dl.main(["--dataset", "retinamnist", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")])
     for dataset in ("aptos2019", "kaggle_dr", "ead2019"):
@@ -246,7 +252,7 @@ def test_download_cli_offline_message(tmp_path, monkeypatch):
 
 def test_download_uses_cache_and_manual_file(tmp_path, monkeypatch):
     npz = _need(NPZ["retinamnist"])
-    monkeypatch.setattr(dl, "_fetch_url", _offline)
+    monkeypatch.setattr(fetch_module, "_fetch_url", _offline)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "retinamnist.npz").symlink_to(npz.resolve())  # a cached copy: no network needed
@@ -283,12 +289,12 @@ def test_covid19_ct_converter_pairs_and_binarises(tmp_path):
     dl.prepare_dataset("covid19_ct", out, manual_dir=src)
     obj = load_datalist(out)
     items = obj["training"] + obj["validation"] + obj["test"]
-    assert sorted(it["patient"] for it in items) == sorted(dl._case_key(m) for m in masks)
+    assert sorted(it["patient"] for it in items) == sorted(paper_datasets._case_key(m) for m in masks)
     assert all(obj[s] for s in ("training", "validation", "test"))
     nib = pytest.importorskip("nibabel")
     for it in items:  # binarised copy of the Lung_Mask volume (labels 1 and 2 -> 1)
         lab = np.asarray(nib.load(str(out / it["label"])).dataobj)
-        mask_name = masks[[dl._case_key(m) for m in masks].index(it["patient"])]
+        mask_name = masks[[paper_datasets._case_key(m) for m in masks].index(it["patient"])]
         src_mask = np.asarray(nib.load(str(src / "Lung_Mask" / f"{mask_name}.nii.gz")).dataobj)
         np.testing.assert_array_equal(lab, (src_mask > 0).astype(np.uint8))
     (src / "Lung_Mask" / "radiopaedia_7_85703_0.nii.gz").unlink()
