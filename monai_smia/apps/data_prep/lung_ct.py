@@ -39,99 +39,29 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from monai_smia.apps.data_prep.layout import DATALIST, atomic_output_dir, deterministic_split, write_datalist
+from monai_smia.apps.data_prep.layout import (
+    DATALIST,
+    atomic_output_dir,
+    deterministic_split,
+    write_datalist,
+)
+from monai_smia.apps.data_prep.lung_ct_cases import (
+    AIR_HU,
+    CASES,
+    INDEPENDENT_SOURCES,
+    LABEL_SOURCES,
+    PATIENT_SPLIT,
+    CTCase,
+)
 from monai_smia.apps.data_prep.lung_masks import lung_mask_from_hu
 
 logger = logging.getLogger("monai_smia.apps.data_prep.lung_ct")
 
-LABEL_SOURCES = ("cip_wholelung", "totalsegmentator_lobes", "hu_threshold")
-INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")
-AIR_HU = -1024
-
-
-@dataclass(frozen=True)
-class CTCase:
-    """One real CT in the shared data folder and how its lung label is obtained.
-
-    Attributes:
-        case: output name.
-        patient: patient (or series) identifier used for the split.
-        image: path relative to the data folder (a file, or a folder holding one DICOM series).
-        label: path of the label map relative to the data folder, or None for an HU threshold mask.
-        label_source: one of :data:`LABEL_SOURCES`.
-        lung_values: label values that make up the lungs (empty: any non-zero value).
-        label_names: JSON file mapping label values to names, checked to contain "lung" for every
-            value of ``lung_values`` (guards against an unknown label map).
-        allow_empty: the CT holds no lung (a negative example); otherwise an empty label is an error.
-    """
-
-    case: str
-    patient: str
-    image: str
-    label: str | None
-    label_source: str
-    lung_values: tuple[int, ...] = ()
-    label_names: str | None = None
-    allow_empty: bool = False
-
-
-TS = "ct/totalsegmentator"
-CASES: tuple[CTCase, ...] = (
-    CTCase("lung_pet_ct_dx_A0001", "Lung_Dx-A0001", "ct/chest/lung_pet_ct_dx_A0001", None, "hu_threshold"),
-    CTCase("lung_pet_ct_dx_A0002", "Lung_Dx-A0002", "ct/chest/lung_pet_ct_dx_A0002", None, "hu_threshold"),
-    CTCase(
-        "cip_copdgene_10002K",
-        "COPDGene_10002K",
-        "ct/chest/cip_copdgene_64/ct-64.nrrd",
-        "ct/chest/cip_copdgene_64/wholeLung-64.nrrd",
-        "cip_wholelung",
-    ),
-    CTCase(
-        "ts_example_ct",
-        "totalsegmentator_example",
-        f"{TS}/example_ct.nii.gz",
-        f"{TS}/example_seg_v1.nii.gz",
-        "totalsegmentator_lobes",
-        (13, 14, 15, 16, 17),
-        f"{TS}/labels_v1.json",
-    ),
-    CTCase(
-        "ts_example_ct_sm",
-        "totalsegmentator_example",
-        f"{TS}/example_ct_sm.nii.gz",
-        f"{TS}/example_seg.nii.gz",
-        "totalsegmentator_lobes",
-        (10, 11, 12, 13, 14),
-        f"{TS}/labels_v2.json",
-    ),
-    CTCase(
-        "ts_example_dicom",
-        "totalsegmentator_dicom_example",
-        f"{TS}/example_ct_dicom",
-        f"{TS}/example_seg_dicom.nii.gz",
-        "totalsegmentator_lobes",
-        (10, 11, 12, 13, 14),
-        f"{TS}/labels_v2.json",
-        allow_empty=True,
-    ),
-    CTCase("ts_pulm_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/pulm_ct_cropped.nii.gz", None, "hu_threshold"),
-    CTCase("ts_aorta_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/aorta_ct_cropped.nii.gz", None, "hu_threshold"),
-)
-
-PATIENT_SPLIT: dict[str, str] = {
-    "Lung_Dx-A0001": "training",
-    "totalsegmentator_dicom_example": "training",
-    "totalsegmentator_contrast_chest": "validation",
-    "Lung_Dx-A0002": "test",
-    "COPDGene_10002K": "test",
-    "totalsegmentator_example": "test",
-}
 
 
 def _sitk() -> Any:
@@ -295,6 +225,54 @@ def split_patients(patients: Sequence[str], table: dict[str, str] | None = None)
     return out
 
 
+def _checked_inputs(data_dir: Path, spacing: Sequence[float], cases: Sequence[CTCase]) -> tuple[list[float], list[CTCase]]:
+    """The in-plane spacing as two values and the cases whose image is present (others skipped, logged)."""
+    spacing = [float(s) for s in spacing]
+    if len(spacing) == 1:
+        spacing = spacing * 2
+    if len(spacing) != 2 or min(spacing) <= 0:
+        raise ValueError(f"--spacing must be one or two positive in-plane values in mm, got {spacing}")
+    if not (data_dir / "ct").is_dir():
+        raise FileNotFoundError(
+            f"{data_dir / 'ct'} not found: --data-dir must hold the ct/ folder of the shared data "
+            "(see MANIFEST.md); without real CT, use `python -m monai_smia.apps.data_prep.phantom --out DIR`"
+        )
+    present = [c for c in cases if (data_dir / c.image).exists()]
+    for c in cases:
+        if c not in present:
+            logger.warning("skipping %s: %s not found", c.case, data_dir / c.image)
+    if not present:
+        raise FileNotFoundError(f"none of the expected CT files were found under {data_dir / 'ct'}")
+    return spacing, present
+
+
+def _convert_case(sitk: Any, c: CTCase, data_dir: Path, spacing: Sequence[float], tmp: Path, qc: bool) -> dict[str, Any]:
+    """Write one case's image, label (and QC picture) into ``tmp``; return its datalist item."""
+    logger.info("converting %s (%s)", c.case, c.label_source)
+    image, label = load_case(c, data_dir, spacing)
+    frac = float(sitk.GetArrayViewFromImage(label).mean())
+    if frac == 0 and not c.allow_empty:
+        raise ValueError(f"{c.case}: the lung label from {c.label or c.image} is empty")
+    sitk.WriteImage(image, str(tmp / "images" / f"{c.case}.nii.gz"), useCompression=True)
+    sitk.WriteImage(label, str(tmp / "labels" / f"{c.case}.nii.gz"), useCompression=True)
+    item = {
+        "image": f"images/{c.case}.nii.gz",
+        "label": f"labels/{c.case}.nii.gz",
+        "case": c.case,
+        "patient": c.patient,
+        "label_source": c.label_source,
+        "independent_label": c.label_source in INDEPENDENT_SOURCES,
+        "source_file": c.image,
+        "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
+        "shape_xyz": list(image.GetSize()),
+        "lung_fraction": round(frac, 5),
+    }
+    if qc:
+        write_qc_png(image, label, tmp / "qc" / f"{c.case}.png", f"{c.case} [{c.label_source}] lung {frac:.1%}")
+        item["qc"] = f"qc/{c.case}.png"
+    return item
+
+
 def prepare(
     data_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -321,22 +299,7 @@ def prepare(
     """
     sitk = _sitk()
     data_dir = Path(data_dir)
-    spacing = [float(s) for s in spacing]
-    if len(spacing) == 1:
-        spacing = spacing * 2
-    if len(spacing) != 2 or min(spacing) <= 0:
-        raise ValueError(f"--spacing must be one or two positive in-plane values in mm, got {spacing}")
-    if not (data_dir / "ct").is_dir():
-        raise FileNotFoundError(
-            f"{data_dir / 'ct'} not found: --data-dir must hold the ct/ folder of the shared data "
-            "(see MANIFEST.md); without real CT, use `python -m monai_smia.apps.data_prep.phantom --out DIR`"
-        )
-    present = [c for c in cases if (data_dir / c.image).exists()]
-    for c in cases:
-        if c not in present:
-            logger.warning("skipping %s: %s not found", c.case, data_dir / c.image)
-    if not present:
-        raise FileNotFoundError(f"none of the expected CT files were found under {data_dir / 'ct'}")
+    spacing, present = _checked_inputs(data_dir, spacing, cases)
     params = {"spacing_mm": spacing, "cases": [c.case for c in present], "qc": qc}
     out = Path(out)
     dl = out / DATALIST
@@ -353,29 +316,7 @@ def prepare(
         for sub in ("images", "labels") + (("qc",) if qc else ()):
             (tmp / sub).mkdir()
         for c in present:
-            logger.info("converting %s (%s)", c.case, c.label_source)
-            image, label = load_case(c, data_dir, spacing)
-            frac = float(sitk.GetArrayViewFromImage(label).mean())
-            if frac == 0 and not c.allow_empty:
-                raise ValueError(f"{c.case}: the lung label from {c.label or c.image} is empty")
-            sitk.WriteImage(image, str(tmp / "images" / f"{c.case}.nii.gz"), useCompression=True)
-            sitk.WriteImage(label, str(tmp / "labels" / f"{c.case}.nii.gz"), useCompression=True)
-            item = {
-                "image": f"images/{c.case}.nii.gz",
-                "label": f"labels/{c.case}.nii.gz",
-                "case": c.case,
-                "patient": c.patient,
-                "label_source": c.label_source,
-                "independent_label": c.label_source in INDEPENDENT_SOURCES,
-                "source_file": c.image,
-                "spacing_mm": [round(s, 4) for s in image.GetSpacing()],
-                "shape_xyz": list(image.GetSize()),
-                "lung_fraction": round(frac, 5),
-            }
-            if qc:
-                write_qc_png(image, label, tmp / "qc" / f"{c.case}.png", f"{c.case} [{c.label_source}] lung {frac:.1%}")
-                item["qc"] = f"qc/{c.case}.png"
-            items[where[c.patient]].append(item)
+            items[where[c.patient]].append(_convert_case(sitk, c, data_dir, spacing, tmp, qc))
         write_datalist(
             tmp,
             items,
