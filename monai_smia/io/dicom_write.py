@@ -28,6 +28,7 @@ from monai.utils import optional_import
 
 from monai_smia.io.atomic import atomic_output_dir, check_replaceable_dir
 from monai_smia.io.dicom_read import find_dicom_series
+from monai_smia.io.source_grid import lattice_steps
 
 pydicom, _has_pydicom = optional_import("pydicom")
 
@@ -180,6 +181,47 @@ def _derived_dataset(
     return ds
 
 
+def _perturbed_slice(f: str, pert: np.ndarray, pert_affine: np.ndarray, eps: float, k: int) -> tuple[Any, np.ndarray, float, float]:
+    """One source file's dataset, its adversarial stored values (int16), the largest stored change and its slope."""
+    try:
+        ds = pydicom.dcmread(f)
+        stored = ds.pixel_array
+    except Exception as e:
+        raise ValueError(f"cannot read DICOM file {f!r}: {e}") from e
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or stored.ndim != 2:
+        raise ValueError(f"{f!r}: only single-frame grayscale slices are supported, got pixel array {stored.shape}.")
+    new_slope = float(ds.get("RescaleSlope", 1.0) or 1.0) / k
+    d = pert[dicom_voxel_index(ds, pert_affine, pert.shape)]
+    if not np.isfinite(d).all():
+        raise ValueError(f"perturbation holds NaN/Inf values (slice {f!r}).")
+    d = np.clip(d, -eps, eps)
+    if _PADDING_TAGS[0] in ds:
+        d = np.where(stored == int(ds[_PADDING_TAGS[0]].value), 0.0, d)
+    step = lattice_steps(d / new_slope)  # a perturbation on the stored lattice is kept exactly
+    over = np.abs(step * new_slope) > eps * (1 + 1e-9)
+    step[over] -= np.sign(step[over])
+    new = stored.astype(np.int64) * k + step.astype(np.int64)
+    if new.min() < _INT16.min or new.max() > _INT16.max:
+        raise ValueError(
+            f"{f!r}: adversarial stored values span [{new.min()}, {new.max()}], outside int16; "
+            "use fractional_steps=1 or save as NIfTI."
+        )
+    return ds, new.astype(np.int16), float(np.abs(step * new_slope).max()), new_slope
+
+
+def _perturbed_slices(
+    files: Sequence[str], pert: np.ndarray, pert_affine: np.ndarray, eps: float, k: int
+) -> tuple[list[Any], list[np.ndarray], float, float]:
+    datasets, arrays, max_change, slope_out = [], [], 0.0, None
+    for f in files:
+        ds, arr, change, slope = _perturbed_slice(f, pert, pert_affine, eps, k)
+        slope_out = slope if slope_out is None else slope_out
+        datasets.append(ds)
+        arrays.append(arr)
+        max_change = max(max_change, change)
+    return datasets, arrays, max_change, float(slope_out)
+
+
 def write_adversarial_dicom_series(
     source_folder: str | os.PathLike,
     perturbation: Any,
@@ -197,7 +239,8 @@ def write_adversarial_dicom_series(
 
     Each output file is its source file with new pixel data and the tags a derived image must
     change (module docstring). Stored values are integers: the perturbation (in rescaled units,
-    e.g. HU) is divided by the written rescale slope and rounded toward zero, so
+    e.g. HU) is divided by the written rescale slope and rounded toward zero (a perturbation on the
+    stored lattice, as a source-grid attack makes it, is kept exactly), so
     ``|adversarial - source| <= eps`` holds exactly for the stored HU. ``fractional_steps = k`` writes
     with rescale slope ``source slope / k`` (k = 1, 2, 4, 8 or 16) to keep finer perturbation steps.
     Pixels equal to a source ``PixelPaddingValue`` are left unperturbed.
@@ -205,8 +248,8 @@ def write_adversarial_dicom_series(
     Args:
         source_folder: folder holding the source series (exactly one series).
         perturbation: ``(H, W, D)`` or ``(1, H, W, D)`` perturbation in rescaled units on the grid
-            ``LoadImage(reader=SingleSeriesITKReader())`` gives for ``source_folder`` (e.g. a
-            perturbation brought back there with :func:`monai_smia.io.invert_perturbation`). A
+            ``LoadImage(reader=SingleSeriesITKReader())`` gives for ``source_folder`` (a source-grid
+            attack's perturbation, or one brought back with :func:`monai_smia.io.invert_perturbation`). A
             ``MetaTensor`` carries its affine; otherwise pass ``affine``.
         output_folder: folder to create (written atomically: temporary folder, then a rename).
         eps: the L-infinity budget in rescaled units; the stored perturbation never exceeds it.
@@ -245,40 +288,7 @@ def write_adversarial_dicom_series(
         raise ValueError("perturbation carries no affine: pass a MetaTensor or affine=...")
     k = int(fractional_steps)
 
-    datasets, pixel_arrays, max_change, slope_out = [], [], 0.0, None
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-            stored = ds.pixel_array
-        except Exception as e:
-            raise ValueError(f"cannot read DICOM file {f!r}: {e}") from e
-        if int(ds.get("SamplesPerPixel", 1)) != 1 or stored.ndim != 2:
-            raise ValueError(
-                f"{f!r}: only single-frame grayscale slices are supported, got pixel array {stored.shape}."
-            )
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        new_slope = slope / k
-        if slope_out is None:
-            slope_out = new_slope
-        d = pert[dicom_voxel_index(ds, pert_affine, pert.shape)]
-        if not np.isfinite(d).all():
-            raise ValueError(f"perturbation holds NaN/Inf values (slice {f!r}).")
-        d = np.clip(d, -eps, eps)
-        for tag in _PADDING_TAGS[:1]:
-            if tag in ds:
-                d = np.where(stored == int(ds[tag].value), 0.0, d)
-        step = np.trunc(d / new_slope)
-        over = np.abs(step * new_slope) > eps
-        step[over] -= np.sign(step[over])
-        new = stored.astype(np.int64) * k + step.astype(np.int64)
-        if new.min() < _INT16.min or new.max() > _INT16.max:
-            raise ValueError(
-                f"{f!r}: adversarial stored values span [{new.min()}, {new.max()}], outside int16; "
-                "use fractional_steps=1 or save as NIfTI."
-            )
-        max_change = max(max_change, float(np.abs(step * new_slope).max()))
-        datasets.append(ds)
-        pixel_arrays.append(new.astype(np.int16))
+    datasets, pixel_arrays, max_change, slope_out = _perturbed_slices(files, pert, pert_affine, eps, k)
 
     digest = hashlib.sha256()
     for arr in pixel_arrays:

@@ -10,6 +10,7 @@ most ``eps`` (in the source's own units, e.g. HU) at every voxel.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from monai.transforms import Invertd, InvertibleTransform
 from monai_smia.io.atomic import atomic_file
 from monai_smia.io.dicom_read import LoadSeriesImage, find_dicom_series
 
-__all__ = ["NiftiReport", "invert_perturbation", "load_source_volume", "rounding_survival", "save_adversarial_nifti"]
+__all__ = [
+    "NiftiReport",
+    "invert_perturbation",
+    "lattice_steps",
+    "load_source_volume",
+    "rounding_survival",
+    "save_adversarial_nifti",
+]
 
 
 def invert_perturbation(
@@ -150,6 +158,64 @@ def write_nifti_atomic(img: nib.Nifti1Image, output: Path) -> None:
         img.to_filename(tmp)
 
 
+def lattice_steps(q: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Whole steps of ``q`` (a perturbation in stored steps): values within ``tol`` of an integer are
+    rounded to it (a perturbation optimised on the lattice keeps every step), others truncated toward
+    zero (the budget holds exactly)."""
+    near = np.round(q)
+    return np.where(np.abs(q - near) <= tol, near, np.trunc(q))
+
+
+def _float_image(values: np.ndarray, d: np.ndarray, affine: np.ndarray, handle: Any, eps: float, bounds: Any) -> nib.Nifti1Image:
+    adv = values + d
+    if bounds is not None:
+        adv = np.clip(adv, bounds[0], bounds[1])
+    adv = np.clip(adv, values - eps, values + eps).astype(np.float32)
+    header = handle.header.copy() if isinstance(handle, nib.Nifti1Image) else None
+    img = nib.Nifti1Image(adv, affine, header)
+    img.header.set_data_dtype(np.float32)
+    if header is not None:
+        img.header.set_slope_inter(1.0, 0.0)
+    return img
+
+
+def _stored_type(src_path: Path, handle: Any) -> tuple[np.dtype, float, float]:
+    """The integer type and scaling ``value = slope * stored + inter`` of an integer source."""
+    slope, inter = 1.0, 0.0
+    if isinstance(handle, nib.Nifti1Image):
+        out_dtype = handle.header.get_data_dtype()
+        s, i = handle.header.get_slope_inter()
+        slope = 1.0 if s is None or not np.isfinite(s) else float(s)
+        inter = 0.0 if i is None or not np.isfinite(i) else float(i)
+    else:
+        out_dtype = np.dtype(np.int16)
+    if not np.issubdtype(out_dtype, np.integer):
+        raise ValueError(f"{str(src_path)!r} is stored as {out_dtype}, not an integer type: use dtype='float32'.")
+    return out_dtype, slope, inter
+
+
+def _integer_image(
+    src_path: Path, values: np.ndarray, d: np.ndarray, affine: np.ndarray, handle: Any, eps: float, bounds: Any
+) -> nib.Nifti1Image:
+    out_dtype, slope, inter = _stored_type(src_path, handle)
+    stored = (values - inter) / slope
+    if not np.allclose(stored, np.round(stored), atol=1e-4, rtol=0):
+        raise ValueError(f"{str(src_path)!r} holds values off its stored-value lattice; use dtype='float32'.")
+    stored = np.round(stored)
+    k = math.floor(eps / slope + 1e-9)
+    new = stored + np.clip(lattice_steps(d / slope), -k, k)
+    if bounds is not None:
+        new = np.clip(new, np.ceil((bounds[0] - inter) / slope - 1e-9), np.floor((bounds[1] - inter) / slope + 1e-9))
+    info = np.iinfo(out_dtype)
+    new = np.clip(new, info.min, info.max).astype(out_dtype)
+    header = handle.header.copy() if isinstance(handle, nib.Nifti1Image) else None
+    img = nib.Nifti1Image(new, affine, header)
+    img.header.set_data_dtype(out_dtype)
+    if header is not None:
+        img.header.set_slope_inter(slope, inter)
+    return img
+
+
 def save_adversarial_nifti(
     source: str | os.PathLike,
     perturbation: Any,
@@ -165,14 +231,16 @@ def save_adversarial_nifti(
     ``bounds`` (if given) and then once more to ``[source - eps, source + eps]``.
 
     ``dtype="float32"`` (default) stores the result as float32 (within 4 ulp of the budget).
-    ``dtype="source"`` stores the source's integer type (DICOM: int16): the perturbation is rounded
-    toward zero, so the budget holds exactly; check whether the attack survives that rounding with
-    :func:`monai_smia.io.rounding_survival`.
+    ``dtype="source"`` stores the source's integer type (DICOM: int16) with the source's scaling
+    (slope, intercept): the perturbation becomes whole stored steps (:func:`lattice_steps`: a
+    perturbation already on the lattice, as a source-grid attack makes it, is kept exactly; any
+    other is rounded toward zero), so the budget holds exactly; check whether an attack made
+    elsewhere survives that rounding with :func:`monai_smia.io.rounding_survival`.
 
     Args:
         source: the source NIfTI file or DICOM series folder (read, never written).
-        perturbation: ``(H, W, D)`` or ``(1, H, W, D)`` perturbation on the source grid
-            (:func:`invert_perturbation`); a ``MetaTensor``'s affine is checked against the source.
+        perturbation: ``(H, W, D)`` or ``(1, H, W, D)`` perturbation on the source grid; a
+            ``MetaTensor``'s affine is checked against the source.
         output: ``.nii`` or ``.nii.gz`` path, written atomically.
         eps: budget in source units (HU for CT).
         dtype: ``"float32"`` or ``"source"``.
@@ -180,60 +248,22 @@ def save_adversarial_nifti(
         affine_atol: tolerance of the affine check.
 
     Raises:
-        ValueError: shapes/affines differ, bad ``dtype``, or an integer save of a scaled NIfTI.
+        ValueError: shapes/affines differ, bad ``dtype``, or an integer save of a source off its lattice.
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"eps must be a number > 0, got {eps!r}.")
     if dtype not in ("float32", "source"):
         raise ValueError(f"dtype must be 'float32' or 'source', got {dtype!r}.")
-    output = Path(output)
-    src_path = Path(source)
+    output, src_path = Path(output), Path(source)
     if output.resolve() == src_path.resolve():
         raise ValueError("output must differ from source (sources are never written to).")
     values, affine, handle = load_source_volume(source)
     d = np.clip(_perturbation_array(perturbation, values.shape, affine, affine_atol), -eps, eps)
-
     if dtype == "float32":
-        adv = values + d
-        if bounds is not None:
-            adv = np.clip(adv, bounds[0], bounds[1])
-        adv = np.clip(adv, values - eps, values + eps).astype(np.float32)
-        if isinstance(handle, nib.Nifti1Image):
-            header = handle.header.copy()
-            header.set_data_dtype(np.float32)
-            img = nib.Nifti1Image(adv, affine, header)
-        else:
-            img = nib.Nifti1Image(adv, affine)
-            img.header.set_data_dtype(np.float32)
+        img = _float_image(values, d, affine, handle, eps, bounds)
     else:
-        if isinstance(handle, nib.Nifti1Image):
-            out_dtype = handle.header.get_data_dtype()
-            slope, inter = handle.header.get_slope_inter()
-            if (slope not in (None, 1.0)) or (inter not in (None, 0.0)):
-                raise ValueError(
-                    f"{str(src_path)!r} is stored with scaling (slope {slope}, intercept {inter}); saving in its integer "
-                    "type is not supported: use dtype='float32'."
-                )
-        else:
-            out_dtype = np.dtype(np.int16)
-        if not np.issubdtype(out_dtype, np.integer):
-            raise ValueError(f"{str(src_path)!r} is stored as {out_dtype}, not an integer type: use dtype='float32'.")
-        if not np.array_equal(values, np.round(values)):
-            raise ValueError(f"{str(src_path)!r} holds non-integer values; use dtype='float32'.")
-        step = np.trunc(d)
-        adv = values + step
-        if bounds is not None:
-            adv = np.clip(adv, np.ceil(bounds[0]), np.floor(bounds[1]))
-        info = np.iinfo(out_dtype)
-        adv = np.clip(np.clip(adv, values - np.floor(eps), values + np.floor(eps)), info.min, info.max)
-        adv = adv.astype(out_dtype)
-        if isinstance(handle, nib.Nifti1Image):
-            img = nib.Nifti1Image(adv, affine, handle.header.copy())
-        else:
-            img = nib.Nifti1Image(adv, affine)
-        img.header.set_data_dtype(out_dtype)
+        img = _integer_image(src_path, values, d, affine, handle, eps, bounds)
     write_nifti_atomic(img, output)
-
     back = np.asarray(nib.load(str(output)).get_fdata(dtype=np.float64))
     if back.ndim == 4:
         back = back[..., 0]
