@@ -73,7 +73,8 @@ class AttackInferer(Inferer):
             ``inferer(x, network)`` on the whole input (use a 3D attack for 3D inputs).
         slice_batch_size: slices per network call for ``SliceInferer``; default its ``sw_batch_size``.
         use_labels: use ``labels`` when given (ground-truth mode); ``False``: always label-free.
-        compute_success: compute clean/adversarial error rates for :attr:`last_diagnostics`.
+        compute_success: compute clean/adversarial error rates for :attr:`last_diagnostics` (default,
+            as the transforms; one extra forward of each input).
         seed: seed of the CPU generator for random starts (one draw per volume); ``None``: torch's
             global generator.
 
@@ -87,7 +88,7 @@ class AttackInferer(Inferer):
         inferer: Inferer | None = None,
         slice_batch_size: int | None = None,
         use_labels: bool = True,
-        compute_success: bool = False,
+        compute_success: bool = True,
         seed: int | None = None,
     ) -> None:
         super().__init__()

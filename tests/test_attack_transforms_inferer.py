@@ -17,7 +17,7 @@ from monai_smia import FGSM, PGD, SMIA
 from monai_smia.inferers import AdversarialImageHandler, AttackInferer
 from monai_smia.layers import IntensityWindow, with_intensity_window
 from monai_smia.attacks.volume import attack_volumes
-from monai_smia.transforms import ATTACK_META_KEY, Attackd, SMIAttack, SMIAttackd
+from monai_smia.transforms import ATTACK_META_KEY, AdversarialAttackd, SMIAttack, SMIAttackd
 
 EPS = 20.0
 CT = "ct/totalsegmentator/example_ct_sm.nii.gz"
@@ -100,7 +100,7 @@ def test_batch_size_independent_float64_and_equal_to_sliceinferer(ct_item):
 def test_float32_batch_sizes_agree_on_metrics(ct_item):
     item = {"image": ct_item["image"][..., 2:10], "label": ct_item["label"][..., 2:10]}
     t = {
-        bs: SMIAttackd("image", "label", _unet(), eps=EPS, num_iter=3, slice_dim=2, slice_batch_size=bs)
+        bs: SMIAttackd("image", "label", _unet(), eps=EPS, bounds=None, num_iter=3, slice_dim=2, slice_batch_size=bs)
         for bs in (3, 8)
     }
     info = {bs: tr(item)["image"].meta[ATTACK_META_KEY] for bs, tr in t.items()}
@@ -110,8 +110,10 @@ def test_float32_batch_sizes_agree_on_metrics(ct_item):
 
 def test_label_free_ground_truth_mask_and_metadata(ct_item):
     net = _unet()
-    gt = SMIAttackd("image", "label", net, eps=EPS, num_iter=3, slice_dim=2, mask_key="mask", perturbation_key="delta")
-    free = SMIAttackd("image", None, net, eps=EPS, num_iter=3, slice_dim=2)
+    gt = SMIAttackd(
+        "image", "label", net, eps=EPS, bounds=None, num_iter=3, slice_dim=2, mask_key="mask", perturbation_key="delta"
+    )
+    free = SMIAttackd("image", None, net, eps=EPS, bounds=None, num_iter=3, slice_dim=2)
     out_gt, out_free = gt(ct_item), free(ct_item)
     a, b = out_gt["image"], out_free["image"]
     assert isinstance(a, MetaTensor) and torch.equal(a.affine, ct_item["image"].affine)
@@ -128,7 +130,7 @@ def test_label_free_ground_truth_mask_and_metadata(ct_item):
 def test_generic_attackd_random_start_per_volume(ct_item):
     item = {"image": ct_item["image"][..., :6], "label": ct_item["label"][..., :6]}
     pgd = PGD(_unet(), eps=EPS, num_iter=2, bounds=None, random_start=True)
-    t = Attackd("image", "label", pgd, slice_dim=2, slice_batch_size=4, perturbation_key="d")
+    t = AdversarialAttackd("image", "label", pgd, slice_dim=2, slice_batch_size=4, perturbation_key="d")
     runs = []
     for seed in (0, 0, 1):
         t.set_random_state(seed)
@@ -137,34 +139,73 @@ def test_generic_attackd_random_start_per_volume(ct_item):
     t.set_random_state(0)
     t.attacker.slice_batch_size = 1
     assert torch.equal(t(item)["image"], runs[0])  # the random start is drawn per volume, not per slice batch
-    fgsm = Attackd("image", None, FGSM(_unet(), eps=EPS, bounds=None), slice_dim=2)
+    fgsm = AdversarialAttackd("image", None, FGSM(_unet(), eps=EPS, bounds=None), slice_dim=2)
     assert fgsm(item)["image"].meta[ATTACK_META_KEY]["attack"] == "FGSM"
+
+
+def test_defaults_agree_and_old_aliases_warn():
+    """SMIA, SMIAttack(d) and AttackInferer share their defaults; the extra Attackd names are deprecated."""
+    import inspect
+
+    import monai_smia.transforms as T
+
+    def defaults(obj, names):
+        sig = inspect.signature(obj.__init__)
+        return {n: sig.parameters[n].default for n in names if n in sig.parameters}
+
+    shared = ("num_iter", "step_size", "alpha", "sigma", "bounds", "random_start", "loss", "stabilization")
+    assert (
+        defaults(SMIA, shared)
+        == defaults(SMIAttack, shared)
+        == {**defaults(SMIAttackd, shared), **defaults(SMIAttack, ["loss", "random_start", "stabilization"])}
+    )
+    assert defaults(SMIA, ["bounds"]) == {"bounds": (0.0, 1.0)}
+    assert (
+        defaults(SMIAttack, ["compute_success"])
+        == defaults(SMIAttackd, ["compute_success"])
+        == defaults(AttackInferer, ["compute_success"])
+        == {"compute_success": True}
+    )
+    for name in ("Attackd", "AttackD", "AttackDict"):
+        with pytest.warns(DeprecationWarning, match="use AdversarialAttackd"):
+            assert getattr(T, name) is T.AdversarialAttackd
+    assert {
+        "AdversarialAttackd",
+        "AdversarialAttackD",
+        "AdversarialAttackDict",
+        "SMIAttackd",
+        "SMIAttackD",
+        "SMIAttackDict",
+    } <= set(T.__all__)
+    assert not {"Attackd", "AttackD", "AttackDict"} & set(T.__all__)
 
 
 def test_bad_inputs(ct_item):
     net = _unet()
     with pytest.raises(ValueError, match="slice_dim=3"):
-        SMIAttack(net, eps=EPS, slice_dim=3)(ct_item["image"])
+        SMIAttack(net, eps=EPS, bounds=None, slice_dim=3)(ct_item["image"])
     with pytest.raises(ValueError, match="spatial dims"):
-        SMIAttack(net, eps=EPS, slice_dim=2)(ct_item["image"][:, :, :, 0])
+        SMIAttack(net, eps=EPS, bounds=None, slice_dim=2)(ct_item["image"][:, :, :, 0])
     with pytest.raises(ValueError, match="label of shape|labels of shape"):
-        SMIAttackd("image", "label", net, eps=EPS, slice_dim=2)(
+        SMIAttackd("image", "label", net, eps=EPS, bounds=None, slice_dim=2)(
             {"image": ct_item["image"], "label": ct_item["label"][..., :-1]}
         )
     with pytest.raises(ValueError, match="mask of shape"):
-        SMIAttackd("image", None, net, eps=EPS, slice_dim=2, mask_key="m")(
+        SMIAttackd("image", None, net, eps=EPS, bounds=None, slice_dim=2, mask_key="m")(
             {"image": ct_item["image"], "m": ct_item["mask"][:, :-1]}
         )
     with pytest.raises(KeyError, match="label key 'seg'"):
-        SMIAttackd("image", "seg", net, eps=EPS, slice_dim=2)({"image": ct_item["image"]})
+        SMIAttackd("image", "seg", net, eps=EPS, bounds=None, slice_dim=2)({"image": ct_item["image"]})
     with pytest.raises(KeyError):
-        SMIAttackd("ct", None, net, eps=EPS, slice_dim=2)({"image": ct_item["image"]})
-    assert "ct" not in SMIAttackd("ct", None, net, eps=EPS, slice_dim=2, allow_missing_keys=True)({"image": 1})
+        SMIAttackd("ct", None, net, eps=EPS, bounds=None, slice_dim=2)({"image": ct_item["image"]})
+    assert "ct" not in SMIAttackd("ct", None, net, eps=EPS, bounds=None, slice_dim=2, allow_missing_keys=True)(
+        {"image": 1}
+    )
     with pytest.raises(ValueError, match="key 'image'.*network failed"):
         three_channel = UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(4, 8), strides=(2,))
-        SMIAttackd("image", None, three_channel, eps=EPS, slice_dim=2)({"image": ct_item["image"]})
+        SMIAttackd("image", None, three_channel, eps=EPS, bounds=None, slice_dim=2)({"image": ct_item["image"]})
     with pytest.raises(ValueError, match="perturbation_key"):
-        SMIAttackd("image", "label", net, eps=EPS, perturbation_key="label")
+        SMIAttackd("image", "label", net, eps=EPS, bounds=None, perturbation_key="label")
 
 
 @pytest.mark.parametrize("use_labels", [True, False])
@@ -200,7 +241,7 @@ def test_supervised_evaluator_with_attack_inferer(ct_item, use_labels):
     diag = inferer.last_diagnostics
     assert len(diag) == 2 and diag[0]["label_free"] is (not use_labels) and diag[0]["slice_dim"] == 2
     # the attack agrees with the transform on the same item (same network, same mode)
-    t = SMIAttackd("image", "label" if use_labels else None, net, eps=EPS, num_iter=2, slice_dim=2)
+    t = SMIAttackd("image", "label" if use_labels else None, net, eps=EPS, bounds=None, num_iter=2, slice_dim=2)
     assert torch.equal(inferer.last_adversarial[0], t(item)["image"].as_tensor())
     assert all(p.requires_grad for p in net.parameters()) and net.training  # the state it was created in
 

@@ -7,9 +7,6 @@ from monai_smia.transforms.dictionary import (
     AdversarialAttackD,
     AdversarialAttackd,
     AdversarialAttackDict,
-    AttackD,
-    Attackd,
-    AttackDict,
     SMIAttackD,
     SMIAttackd,
     SMIAttackDict,
@@ -21,12 +18,15 @@ __all__ = [
     "AdversarialAttackD",
     "AdversarialAttackDict",
     "AdversarialAttackd",
-    "AttackD",
-    "AttackDict",
-    "Attackd",
     "SMIAttack",
     "SMIAttackD",
     "SMIAttackDict",
     "SMIAttackd",
     "attack_diagnostics",
 ]
+
+
+def __getattr__(name: str) -> object:
+    from monai_smia.transforms import dictionary
+
+    return getattr(dictionary, name)  # the deprecated Attackd aliases warn there

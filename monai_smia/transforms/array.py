@@ -212,7 +212,8 @@ class SMIAttack(AdversarialAttack):
         eps: L-infinity budget in the item's units (e.g. 20 HU with an :class:`IntensityWindow` network).
         num_iter, step_size, alpha, sigma, loss, stabilization, random_start, output_key, targeted,
         amp: see :class:`monai_smia.SMIA`.
-        bounds: valid intensity range of the item; ``None`` (default here): no clamp.
+        bounds: valid intensity range of the item, as :class:`monai_smia.SMIA` (default ``(0, 1)``);
+            ``None``: no clamp (e.g. an item in HU attacked through a network with its window inside).
         slice_dim, slice_batch_size, device, compute_success: see :class:`AdversarialAttack`.
     """
 
@@ -226,7 +227,7 @@ class SMIAttack(AdversarialAttack):
         sigma: float | Sequence[float] = 1.0,
         slice_dim: int | None = None,
         slice_batch_size: int = 16,
-        bounds: Sequence[float] | None = None,
+        bounds: Sequence[float] | None = (0.0, 1.0),
         device: torch.device | str | None = None,
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         random_start: bool = False,

@@ -11,7 +11,7 @@ Example (a 2D UNet attacked slice by slice through a CT volume in Hounsfield uni
         LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"]),
         Orientationd(["image", "label"], axcodes="RAS"),
         Spacingd(["image", "label"], pixdim=(1.5, 1.5, 3.0), mode=("bilinear", "nearest")),
-        SMIAttackd("image", label_key="label", network=net_hu, eps=20.0, slice_dim=2,
+        SMIAttackd("image", label_key="label", network=net_hu, eps=20.0, slice_dim=2, bounds=None,
                    perturbation_key="perturbation"),
     ])
     item = chain({"image": "ct.nii.gz", "label": "lungs.nii.gz"})
@@ -20,6 +20,7 @@ Example (a 2D UNet attacked slice by slice through a CT volume in Hounsfield uni
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -35,9 +36,6 @@ __all__ = [
     "AdversarialAttackD",
     "AdversarialAttackDict",
     "AdversarialAttackd",
-    "AttackD",
-    "AttackDict",
-    "Attackd",
     "SMIAttackD",
     "SMIAttackDict",
     "SMIAttackd",
@@ -153,7 +151,8 @@ class SMIAttackd(AdversarialAttackd):
             stabilization weight and Gaussian sigma in voxels (in-plane for slice-wise attacks).
         slice_dim, slice_batch_size, mask_key, device, perturbation_key, compute_success,
         allow_missing_keys: see :class:`AdversarialAttackd`.
-        bounds: valid intensity range; ``None``: no clamp.
+        bounds: valid intensity range, as :class:`monai_smia.SMIA` (default ``(0, 1)``); ``None``: no
+            clamp (e.g. items in HU attacked through a network with its window inside).
         kwargs: further :class:`monai_smia.SMIA` arguments (``loss``, ``random_start``,
             ``stabilization``, ``output_key``, ``targeted``, ``amp``).
     """
@@ -170,7 +169,7 @@ class SMIAttackd(AdversarialAttackd):
         sigma: float | Sequence[float] = 1.0,
         slice_dim: int | None = None,
         slice_batch_size: int = 16,
-        bounds: Sequence[float] | None = None,
+        bounds: Sequence[float] | None = (0.0, 1.0),
         mask_key: str | None = None,
         device: torch.device | str | None = None,
         perturbation_key: str | Sequence[str] | None = None,
@@ -197,5 +196,18 @@ class SMIAttackd(AdversarialAttackd):
 
 
 AdversarialAttackD = AdversarialAttackDict = AdversarialAttackd
-Attackd = AttackD = AttackDict = AdversarialAttackd
 SMIAttackD = SMIAttackDict = SMIAttackd
+
+#: names kept for old configs; they warn and will be removed: use ``AdversarialAttackd``.
+DEPRECATED_ALIASES = ("Attackd", "AttackD", "AttackDict")
+
+
+def __getattr__(name: str) -> Any:
+    if name in DEPRECATED_ALIASES:
+        warnings.warn(
+            f"monai_smia.transforms.{name} is deprecated (since 0.2) and will be removed; use AdversarialAttackd.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AdversarialAttackd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
