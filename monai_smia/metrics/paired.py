@@ -26,7 +26,7 @@ import numpy as np
 
 from monai_smia.metrics.statistics import bootstrap_indices, percentile_interval
 
-__all__ = ["DIRECTIONS", "HOLDS", "DOES_NOT_HOLD", "PairedComparison", "compare_paired", "paired_differences"]
+__all__ = ["DIRECTIONS", "DOES_NOT_HOLD", "HOLDS", "PairedComparison", "compare_paired", "paired_differences"]
 
 #: the claimed sign of ``mean(a - b)``: "greater" (> 0) or "less" (< 0)
 DIRECTIONS = ("greater", "less")
