@@ -82,8 +82,17 @@ def make_attack(
         unknown = sorted(set(options) - set(SMIA_READINGS))
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not an option of {name}; choose from {', '.join(SMIA_READINGS)}.")
+        stabilizing = sorted(set(options) - {"protocol"})
+        if name == "DEV" and stabilizing:
+            raise ValueError(
+                f"{', '.join(stabilizing)}: DEV is SMIA without the stabilization term (alpha = 0), so a stabilization "
+                "reading has no effect; drop it, or use SMIA."
+            )
         a = 0.0 if name == "DEV" else alpha
         return SMIA(network, eps=eps, num_iter=num_iter, alpha=a, sigma=sigma, spatial_dims=spatial_dims, bounds=bounds, **options)
+    readings = sorted(set(options) & set(SMIA_READINGS))
+    if readings:
+        raise ValueError(f"{', '.join(readings)}: a reading of SMIA, not an option of {name}; drop it.")
     if name == "DeepFool":
         return DeepFool(network, eps=eps, bounds=bounds, **options)
     if name == "DAG":
