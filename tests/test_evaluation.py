@@ -41,14 +41,7 @@ def mnist(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def retina_report(retina, tmp_path_factory):
     out = tmp_path_factory.mktemp("retina_eval")
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(REPO_ROOT / "bundles/retina_dr_cls/configs/evaluate.json"),
-        "--bundle_root", str(REPO_ROOT / "bundles/retina_dr_cls"),
-        "--dataset_dir", str(retina), "--output_dir", str(out), "--max_cases", "120", "--device", "cpu",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO_ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluation_from_bundle("retina_dr_cls", dataset_dir=str(retina), output_dir=str(out), max_cases=120, device="cpu").run()
     return out
 
 
@@ -125,13 +118,16 @@ def test_rerun_with_other_settings_is_refused(mnist, tmp_path, capsys):
     assert "without settings.json" in capsys.readouterr().err
 
 
-def _run_eval(mnist, out, nproc: int) -> dict:
+def _run_condition(mnist, out, nproc: int) -> dict:
+    """One condition (PGD: random starts) through ``python -m monai.bundle run``, under torchrun with
+    ``multi_gpu_evaluate.json`` (gloo on CPUs) when ``nproc > 1``; returns the stored records."""
     bundle = REPO_ROOT / "bundles/mnist_cls"
-    configs = f"['{bundle}/configs/evaluate.json','{bundle}/configs/multi_gpu_evaluate.json']" if nproc > 1 else str(bundle / "configs/evaluate.json")
+    files = ["train.json", "evaluate.json", *(["multi_gpu_evaluate.json"] if nproc > 1 else [])]
+    configs = "[" + ",".join(f"'{bundle}/configs/{f}'" for f in files) + "]"
     args = [
         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(bundle),
-        "--dataset_dir", str(mnist), "--output_dir", str(out), "--max_cases", "7", "--batch_size", "1",
-        "--attacks", "['noise','PGD','SMIA']", "--num_iter", "3", "--num_figure_cases", "0",
+        "--dataset_dir", str(mnist), "--output_dir", str(out), "--max_cases", "7", "--validate#dataloader#batch_size", "1",
+        "--attack", "PGD", "--eps", "0.1", "--num_iter", "3", "--num_figure_cases", "0",
     ]  # fmt: skip
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29533", *args]
@@ -139,21 +135,17 @@ def _run_eval(mnist, out, nproc: int) -> dict:
         cmd = [sys.executable, *args, "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO_ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((out / "summary.json").read_text())
+    return {p.name: json.loads(p.read_text()) for p in sorted((out / "cases" / "PGD").glob("*/*.json"))}
 
 
 def test_two_processes_match_one(mnist, tmp_path):
-    one = _run_eval(mnist, tmp_path / "one", 1)
-    two = _run_eval(mnist, tmp_path / "two", 2)
-    assert list(one) == list(two) == ["clean", "noise", "PGD", "SMIA"]
-    for cond in one:
-        assert two[cond]["num_cases"] == 7
-        for metric in ("top1", "linf", "psnr", "success"):
-            if metric in one[cond]:
-                assert two[cond][metric] == pytest.approx(one[cond][metric], abs=1e-9, nan_ok=True), (cond, metric)
-    for cond in ("clean", "noise", "PGD", "SMIA"):
-        ids = sorted(p.stem for p in (tmp_path / "two" / "cases" / cond).glob("*/*.json"))
-        assert len(ids) == len(set(ids)) == 7
+    one = _run_condition(mnist, tmp_path / "one", 1)
+    two = _run_condition(mnist, tmp_path / "two", 2)
+    assert len(one) == 7 and list(one) == list(two)  # every case exactly once (DistributedSampler(even_divisible=False))
+    for name, rec in one.items():
+        for metric in ("top1", "linf", "l2", "psnr", "ssim"):
+            assert two[name][metric] == pytest.approx(rec[metric], abs=1e-9), (name, metric)
+        assert two[name]["logits"] == pytest.approx(rec["logits"], abs=1e-6)
 
 
 def test_cli_help_and_errors(capsys, tmp_path):

@@ -1,0 +1,151 @@
+"""Per-case records of a robustness evaluation, stored as each evaluator iteration completes.
+
+:class:`CaseRecordHandler` turns one iteration of a MONAI ``SupervisedEvaluator`` (``decollate=False``)
+into one record per case: task metrics against the label (top-1, or Dice/IoU/pixel accuracy),
+perturbation statistics of the adversarial batch against the clean one (L-inf, L2, variance, PSNR,
+SSIM; in the user's ``eps`` unit), the attack's per-iteration diagnostics, the logits of a
+classifier, and, without labels, ``changed``: the share of the output whose prediction differs from
+the clean prediction (an ``AttackInferer`` with ``compute_success=True``). Each record goes to ``store.save(record)`` at once, so an interrupted run resumes
+(:class:`monai_smia.reports.CaseStore` is such a store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.utils import optional_import
+
+from monai_smia.metrics import classification_case_metrics, perturbation_case_metrics, segmentation_case_metrics
+
+Events, _ = optional_import("ignite.engine", name="Events")
+
+__all__ = ["TRACE_CURVES", "CaseRecordHandler", "case_records"]
+
+#: per-iteration diagnostics of iterative attacks kept in each record (``trace_<name>``)
+TRACE_CURVES = ("deviation_loss", "stabilization_loss", "perturbation_variance", "cosine")
+_NO_TRACE = ("noise", "FGSM")
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _task_metrics(task: str, logits: torch.Tensor, label: torch.Tensor | None) -> dict[str, np.ndarray]:
+    if label is None:
+        return {}
+    return classification_case_metrics(logits, label) if task == "classification" else segmentation_case_metrics(logits, label)
+
+
+def _perturbation(x: torch.Tensor, x_adv: torch.Tensor, bounds: Sequence[float] | None, scale: float) -> dict[str, np.ndarray]:
+    stats = perturbation_case_metrics(x.cpu(), x_adv.cpu(), bounds=None if bounds is None else tuple(bounds))
+    for k in ("linf", "l2"):
+        stats[k] = stats[k] / scale
+    stats["var"] = stats["var"] / scale**2
+    return stats
+
+
+def case_records(
+    task: str,
+    attack: str,
+    eps: float | None,
+    case_ids: Sequence[str],
+    x: torch.Tensor,
+    x_adv: torch.Tensor | None,
+    logits: torch.Tensor,
+    label: torch.Tensor | None,
+    diagnostics: Sequence[dict[str, Any]] = (),
+    bounds: Sequence[float] | None = None,
+    scale: float = 1.0,
+) -> list[dict[str, Any]]:
+    """One record per case of a batch (see the module docstring); ``eps`` and the L-inf/L2/variance
+    figures are in the user's unit (``scale`` network-input units per unit)."""
+    logits = logits.float().cpu()
+    per_case = _task_metrics(task, logits, label)
+    if x_adv is not None:
+        per_case.update(_perturbation(x, x_adv, bounds, scale))
+    records = []
+    for b, cid in enumerate(case_ids):
+        rec: dict[str, Any] = {"case_id": str(cid), "attack": attack, "eps": eps}
+        for k, v in per_case.items():
+            rec[k] = v[b].item() if hasattr(v[b], "item") else v[b]
+        if task == "classification":
+            rec["logits"] = logits[b].tolist()
+        info = diagnostics[b] if x_adv is not None and b < len(diagnostics) else {}
+        if "changed_fraction" in info:  # label-free: share of the output whose prediction left the clean one
+            rec["changed"] = float(info["changed_fraction"])
+        if "positive_cosine_share" in info and attack not in _NO_TRACE:
+            rec["positive_cosine_share"] = info["positive_cosine_share"]
+            for k in TRACE_CURVES:
+                rec[f"trace_{k}"] = info[k]
+        records.append(rec)
+    return records
+
+
+class CaseRecordHandler:
+    """Store one record per case at ``ITERATION_COMPLETED`` (and example arrays of the figure cases).
+
+    Args:
+        store: receives ``store.save(record)``; with ``save_example``, also
+            ``store.save_example(attack, eps, case_id, arrays)`` for ``figure_cases``.
+        task: ``"classification"`` or ``"segmentation"``.
+        attack: the condition's attack name (``"clean"``: no adversarial batch).
+        eps: its budget in the user's unit (``None`` for clean).
+        inferer: the evaluator's inferer; an ``AttackInferer`` supplies ``last_adversarial`` and
+            ``last_diagnostics``.
+        bounds: valid input range (PSNR/SSIM data range); ``None``: each clean image's range.
+        eps_scale: network-input units per ``eps`` unit.
+        figure_cases: case ids whose arrays are kept for the example figures.
+        case_key: batch key of the case ids.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        task: str,
+        attack: str,
+        eps: float | None,
+        inferer: Any = None,
+        bounds: Sequence[float] | None = None,
+        eps_scale: float = 1.0,
+        figure_cases: Sequence[str] = (),
+        case_key: str = "case_id",
+    ) -> None:
+        if not callable(getattr(store, "save", None)):
+            raise TypeError(f"store must have a save(record) method, got {type(store).__name__}.")
+        self.store, self.task, self.attack = store, task, str(attack)
+        self.eps = None if eps is None else float(eps)
+        self.inferer, self.bounds, self.eps_scale = inferer, bounds, float(eps_scale)
+        self.figure_cases, self.case_key = {str(c) for c in figure_cases}, case_key
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        out, batch = engine.state.output, engine.state.batch
+        if not isinstance(out, dict):
+            raise TypeError("CaseRecordHandler needs a batch-level output dict (SupervisedEvaluator with decollate=False).")
+        x = _as_tensor(out["image"])
+        x_adv = getattr(self.inferer, "last_adversarial", None) if self.attack != "clean" else None
+        label = out.get("label")
+        label = None if label is None else _as_tensor(label).cpu()
+        logits = _as_tensor(out["pred"])
+        diagnostics = getattr(self.inferer, "last_diagnostics", []) if x_adv is not None else []
+        ids = [str(c) for c in batch[self.case_key]]
+        records = case_records(self.task, self.attack, self.eps, ids, x, x_adv, logits, label, diagnostics, self.bounds, self.eps_scale)
+        for b, rec in enumerate(records):
+            self.store.save(rec)
+            if rec["case_id"] in self.figure_cases and callable(getattr(self.store, "save_example", None)):
+                self.store.save_example(self.attack, self.eps, rec["case_id"], self._example(b, x, x_adv, logits, label))
+
+    @staticmethod
+    def _example(b: int, x: torch.Tensor, x_adv: torch.Tensor | None, logits: torch.Tensor, label: torch.Tensor | None) -> dict[str, Any]:
+        logits = logits.float().cpu()
+        example = {"image": x[b].cpu().numpy(), "pred": logits[b].argmax(0).numpy() if logits.ndim > 2 else int(logits[b].argmax())}
+        if x_adv is not None:
+            example["adv_image"] = x_adv[b].cpu().numpy()
+        if label is not None:
+            example["label"] = label[b].numpy()
+        return example
