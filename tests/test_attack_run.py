@@ -21,8 +21,8 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from monai_smia.apps.data_prep.layout import write_datalist
 from monai_smia.apps.attack_run import AdversarialWriter, discover_cases, run_attack
+from monai_smia.apps.data_prep.layout import write_datalist
 from monai_smia.io import load_source_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,9 +236,9 @@ def test_retina_bundle_attack_config_writes_pngs(retina_dataset, tmp_path):
         diff = adv.astype(int) - src.astype(int)
         assert np.abs(diff).max() == 1 and (diff != 0).mean() > 0.3
         assert np.array_equal(np.load(out / f"{rec['case_id']}_perturbation.npy"), diff.astype(np.float32))
-        # the PNG, read back by the bundle, is the attacked input up to rounding to whole grey levels:
-        # fails if the perturbation were written transposed or in the wrong channel
-        assert rec["written_deviation_network"]["adversarial"] <= 0.5 / 255 + 1e-6
+        # the PNG, read back by the bundle, is the attacked input bit for bit (the source-grid attack steps
+        # in whole grey levels): fails if the perturbation were written transposed or in the wrong channel
+        assert rec["grid"] == "source" and rec["written_deviation_network"]["adversarial"] == 0.0
         assert set(rec["rounding"]) == {"output", "error_float", "error_integer", "survives"}
         assert rec["error_clean"] in (0.0, 1.0) and rec["pred_clean"] and rec["pred_adversarial"]
     summary = json.loads((out / "summary.json").read_text())
@@ -322,4 +322,52 @@ def test_bad_arguments_name_the_problem(lung_bundle, ct_inputs, tmp_path):
         run_attack(empty, ct_inputs, out)
     with pytest.raises(ValueError, match="save_dtype"):
         AdversarialWriter(lung_bundle, ct_inputs, out, save_dtype="int8")
+    with pytest.raises(ValueError, match="grid must be one of"):
+        AdversarialWriter(lung_bundle, ct_inputs, out, grid="voxel")
     assert not out.exists() and not (ct_inputs / "adv").exists()
+
+
+def test_source_grid_file_carries_exactly_the_attack(ct_run):
+    """Issue 13: read back through the bundle's preprocessing, every written file (float NIfTI, DICOM)
+    is the attacked network input bit for bit, so the attack's effect survives in full."""
+    out, summary, _ = ct_run
+    assert summary["grid"] == "source" and set(summary["survival_ratio"]) == {"nifti", "dicom"}
+    for rec in _records(out):
+        assert rec["grid"] == rec["settings"]["grid"] == "source" and rec["rounded_after_attack"] is False
+        assert rec["lattice"]["scale"] == 1.0 and rec["lattice"]["eps_steps"] == EPS_HU
+        assert rec["source_sigma"] == [1.0, 1.0, 0.0]  # in-plane smoothing for the slice-wise network
+        assert all(v == 0.0 for v in rec["written_deviation_network"].values())
+        views = {v: s["prediction_changed_fraction"] for v, s in rec["survival"].items()}
+        assert views["in_memory"] > 0 and set(views.values()) == {views["in_memory"]}
+        assert all(r == 1.0 for r in rec["survival_ratio"].values())
+        pert = nib.load(str(out / rec["outputs"]["perturbation"])).get_fdata(dtype=np.float64)
+        assert np.array_equal(pert, np.round(pert)) and np.abs(pert).max() == EPS_HU  # whole HU steps
+
+
+def test_integer_output_is_the_optimised_perturbation(ct_run, lung_bundle, ct_inputs, tmp_path):
+    """The int16 NIfTI written by a second run carries exactly the perturbation of the float32 run."""
+    out, _, _ = ct_run
+    src = ct_inputs / "ts_ct.nii.gz"
+    run_attack(lung_bundle, src, tmp_path / "int", num_iter=2, save_dtype="source", device="cpu", progress=False)
+    adv = nib.load(str(tmp_path / "int" / "ts_ct_adv.nii.gz"))
+    assert adv.get_data_dtype() == np.int16
+    d_int = np.asarray(adv.dataobj).astype(np.int64) - np.asarray(nib.load(str(src)).dataobj).astype(np.int64)
+    d_float = nib.load(str(out / "ts_ct_perturbation.nii.gz")).get_fdata(dtype=np.float64)
+    assert np.array_equal(d_int, d_float) and np.abs(d_int).max() == EPS_HU
+    rec = _records(tmp_path / "int")[0]
+    assert rec["survival_ratio"]["nifti"] == 1.0 and rec["rounding"]["survives"]
+
+
+def test_network_grid_mode_and_a_rerun_with_another_grid(ct_run, lung_bundle, ct_inputs, tmp_path):
+    out, _, _ = ct_run
+    with pytest.raises(ValueError, match="grid: 'source' there, 'network' now"):
+        run_attack(lung_bundle, ct_inputs, out, num_iter=2, grid="network", device="cpu", progress=False)
+    src = ct_inputs / "ts_ct.nii.gz"
+    summary = run_attack(lung_bundle, src, tmp_path / "net", num_iter=1, grid="network", device="cpu", progress=False)
+    rec = _records(tmp_path / "net")[0]
+    assert summary["grid"] == rec["grid"] == "network" and "lattice" not in rec
+    values, _, _ = load_source_volume(src)
+    adv = nib.load(str(tmp_path / "net" / "ts_ct_adv.nii.gz")).get_fdata(dtype=np.float64)
+    assert _within(adv, values, EPS_HU)
+    # resampling to the source grid and back does not give the attacked input again
+    assert rec["written_deviation_network"]["adversarial"] > 1e-4 and "nifti" in rec["survival"]

@@ -21,7 +21,13 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from monai_smia.apps.attack_source import SliceWiseNetwork, SourceGridNetwork, SourceLattice, attack_source, source_sigma
+from monai_smia.apps.attack_source import (
+    SliceWiseNetwork,
+    SourceGridNetwork,
+    SourceLattice,
+    attack_source,
+    source_sigma,
+)
 from monai_smia.attacks.registry import make_attack
 from monai_smia.bundle.victim import load_victim
 from monai_smia.transforms.differentiable import DifferentiablePreprocessing, split_preprocessing
@@ -128,5 +134,5 @@ def test_source_attack_keeps_the_lattice_and_the_budget():
 
 def test_bundle_preprocessing_runs_inside_the_attack():
     victim = load_victim("lung_ct_seg", device="cpu", labels=False)
-    loading, rest = split_preprocessing(victim.preprocessing)
+    _, rest = split_preprocessing(victim.preprocessing)
     assert [type(t).__name__ for t in rest] == ["Orientationd", "Spacingd", "ScaleIntensityRanged", "EnsureTyped"]
