@@ -41,6 +41,7 @@ def _settings(**overrides) -> ReproduceSettings:
         "num_iter": 2,
         "iterations": (1, 2),
         "eps_factors": (0.5, 1.0),
+        "protocols": ("projected",),
     }
     base.update(overrides)
     return ReproduceSettings.quick(**base)
@@ -55,11 +56,11 @@ def run(data_dir, tmp_path_factory):
     return raw, root / "cache", out, report
 
 
-def test_rows_for_every_table_and_both_protocols(run):
+def test_rows_for_every_table_and_reading(run):
     _, _, out, report = run
     rows = report["claims"]
     assert {r["table"] for r in rows} == {"1", "2", "3", "4", "5", "6"}
-    assert {r["protocol"] for r in rows} == {"projected", "paper"}
+    assert {r["protocol"] for r in rows} == {"projected"}
     assert {r["reading"] for r in rows if r["table"] == "1"} == {"default", "differentiable", "step", "hard"}
     assert all(r["num_cases"] == 10 and r["wins"] + r["ties"] + r["losses"] == 10 for r in rows)
     table6 = {r["claim"] for r in rows if r["table"] == "6"}

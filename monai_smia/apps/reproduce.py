@@ -53,13 +53,13 @@ class ReproduceSettings:
         iterations, eps_factors, alphas: the sweeps of Tables 2, 3 (multiples of the bundle's eps) and 4.
         dag_max_iter: DAG's iteration cap (the paper's 200 cut to bound the cost).
         num_resamples, seed: of the paired bootstrap and the random starts.
-        batch_size, slice_batch_size: images per attack call, slices per network call.
+        batch_size, slice_batch_size: images (classification) or axial slices (segmentation) per attack call.
     """
 
     bundles: tuple[str, ...] = REPRODUCE_BUNDLES
     protocols: tuple[str, ...] = PROTOCOLS
     readings: tuple[str, ...] = tuple(READINGS)
-    max_cases: dict[str, int | None] = field(default_factory=lambda: {"mnist_cls": 1000, "retina_dr_cls": None, "lung_ct_seg": None})
+    max_cases: dict[str, int | None] = field(default_factory=lambda: {"mnist_cls": 500, "retina_dr_cls": None, "lung_ct_seg": None})
     max_slices: int | None = 16
     num_iter: int = 10
     alpha: float = 1.0
@@ -75,7 +75,7 @@ class ReproduceSettings:
 
     @classmethod
     def quick(cls, **overrides: Any) -> ReproduceSettings:
-        """Fewer cases (64 MNIST and RetinaMNIST images, 2 lung volumes of 4 slices) and sweep points
+        """Fewer cases (64 MNIST and RetinaMNIST images, 4 axial slices of 2 lung volumes) and sweep points
         (iterations 1, 5, 10; eps x0.5, x1): under 10 minutes on 2 CPU cores."""
         base = cls(
             max_cases={"mnist_cls": 64, "retina_dr_cls": 64, "lung_ct_seg": 2},
@@ -114,10 +114,10 @@ def _run_bundle(bundle: str, settings: ReproduceSettings, out: Path, data_dir: A
     cases = load_cases(victim, dataset_dir, settings.max_cases.get(bundle), source, settings.max_slices)
     eps, eps_info = _bundle_eps(bundle, victim)
     bounds, _ = resolve_bounds("auto", victim.preprocessing)
+    batch = settings.batch_size if victim.task == "classification" else settings.slice_batch_size
     options = {
         "bounds": bounds,
-        "batch_size": settings.batch_size,
-        "slice_batch_size": settings.slice_batch_size,
+        "batch_size": batch,
         "seed": settings.seed,
         "dag_max_iter": settings.dag_max_iter,
     }
@@ -125,7 +125,7 @@ def _run_bundle(bundle: str, settings: ReproduceSettings, out: Path, data_dir: A
     info["checkpoint_sha256"] = file_sha256(victim.checkpoint)
     for protocol in settings.protocols:
         store = CaseStore(out / bundle / protocol)
-        run_clean(store, victim, cases, settings.batch_size)
+        run_clean(store, victim, cases, batch)
         for cond in bundle_conditions(victim.task, settings):
             t0 = time.perf_counter()
             run_condition(store, victim, cases, cond, protocol, eps * cond.eps_factor, options)

@@ -90,36 +90,56 @@ def label_slab(label: torch.Tensor, num_slices: int) -> slice:
     return slice(start, start + num_slices)
 
 
+def _plain(t: Any) -> torch.Tensor:
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+
+def _slices(victim: Victim, case: str, image: torch.Tensor, label: torch.Tensor, max_slices: int | None) -> list[tuple]:
+    """A volume of a slice-wise bundle as its axial slices ``(case/zNNN, (C, H, W), (1, H, W))``: the
+    2D network's inputs, attacked and scored one by one (``max_slices``: the slab with the most lung)."""
+    dim = int(victim.inferer.spatial_dim) + 1  # SliceInferer's spatial dim, in (C, *spatial)
+    image, label = image.movedim(dim, -1), label.movedim(dim, -1)
+    slab = label_slab(label, int(max_slices)) if max_slices is not None else slice(0, image.shape[-1])
+    return [
+        (f"{case}/z{z:03d}", image[..., z].contiguous(), label[..., z].contiguous())
+        for z in range(slab.start, slab.stop)
+    ]
+
+
 def load_cases(
     victim: Victim, dataset_dir: str | os.PathLike, max_cases: int | None, source: str, max_slices: int | None = None
 ) -> BundleCases:
     """The first ``max_cases`` test cases of ``dataset_dir`` through the victim's preprocessing.
 
-    ``max_slices`` (volumes attacked slice-wise): keep the consecutive axial slices with the most
-    labelled foreground (:func:`label_slab`), to bound the cost of a reproduction.
+    A volume of a slice-wise bundle (``SliceInferer``) becomes its axial slices, each a case, the
+    2D network's input; ``max_slices`` keeps the consecutive slices with the most labelled
+    foreground (:func:`label_slab`), to bound the cost of a reproduction.
 
     Raises:
         ValueError: the split is empty, or an item has no label (the claims are scored against labels).
     """
+    from monai.inferers import SliceInferer
+
     items, where = bundle_cases(victim.root, dataset_dir, "test")
     if max_cases is not None:
         items = items[: int(max_cases)]
-    ids, images, labels = [], [], []
+    cases: list[tuple] = []
     for n, item in enumerate(items):
         if "label" not in item:
             raise ValueError(f"{where}: case {n} has no label; the reproduction scores attacks against labels.")
         data = victim.preprocessing(dict(item))
-        image = data["image"]
-        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        label = data["label"]
-        label = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)
-        if max_slices is not None and victim.task == "segmentation" and image.ndim == 4:
-            slab = label_slab(label, int(max_slices))
-            image, label = image[..., slab].contiguous(), label[..., slab].contiguous()
-        ids.append(_case_id(item, n))
-        images.append(image.float())
-        labels.append(label.long().reshape(()) if victim.task == "classification" else label.long())
+        image, label = _plain(data["image"]).float(), _plain(data["label"]).long()
+        if victim.task == "segmentation" and isinstance(victim.inferer, SliceInferer) and image.ndim == 4:
+            cases += _slices(victim, _case_id(item, n), image, label, max_slices)
+        else:
+            cases.append((_case_id(item, n), image, label.reshape(()) if victim.task == "classification" else label))
+    ids = [c[0] for c in cases]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{where}: case ids are not unique; the paired comparison needs one id per case.")
-    slab = f", at most {max_slices} axial slices each (the slab with the most lung)" if max_slices and victim.task == "segmentation" else ""
-    return BundleCases(ids=ids, images=images, labels=labels, source=f"{source}; {len(ids)} test cases{slab} from {where}")
+    unit = "test cases"
+    if len(cases) != len(items):
+        slab = f" (the {max_slices} consecutive slices with the most lung)" if max_slices else ""
+        unit = f"axial slices{slab} of {len(items)} test volumes (slices of one volume are correlated)"
+    return BundleCases(
+        ids=ids, images=[c[1] for c in cases], labels=[c[2] for c in cases], source=f"{source}; {len(ids)} {unit} from {where}"
+    )

@@ -68,6 +68,7 @@ class _Rows:
                 direction=direction,
                 a_values=_values(self.records, a.key, metric),
                 b_values=_values(self.records, b.key, metric),
+                warning=next((str(r["warning"]) for r in self.records if r["attack"] == a.key and r.get("warning")), ""),
             )
         )
 

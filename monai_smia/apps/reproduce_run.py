@@ -16,20 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from monai.inferers import SliceInferer
 
 from monai_smia.apps.reproduce_data import BundleCases
 from monai_smia.attacks import PGD
 from monai_smia.attacks.base import Attack
 from monai_smia.attacks.registry import make_attack
 from monai_smia.attacks.trace import COSINE_KINDS
-from monai_smia.attacks.volume import VolumeAttackResult, attack_volumes, draw_random_start
+from monai_smia.attacks.volume import VolumeAttackResult, draw_random_start
 from monai_smia.bundle.victim import Victim
 from monai_smia.handlers.seeding import case_seed
 from monai_smia.inferers import AttackInferer
 from monai_smia.metrics import segmentation_case_metrics, top1_correct
 from monai_smia.reports.store import CaseStore
 
-__all__ = ["PROTOCOLS", "READINGS", "Condition", "build_attack", "run_clean", "run_condition"]
+__all__ = ["PROTOCOLS", "READINGS", "Condition", "attack_network", "build_attack", "run_clean", "run_condition"]
 
 PROTOCOLS = ("projected", "paper")
 #: SMIA's readings (DESIGN.md section 1): name -> options of :class:`~monai_smia.SMIA`
@@ -87,19 +88,40 @@ def _score(victim: Victim, logits: torch.Tensor, labels: torch.Tensor) -> list[f
     return [float(v) for v in segmentation_case_metrics(logits, labels)["dice"]]
 
 
-def _batches(ids: list[str], size: int) -> list[list[str]]:
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+def _batches(ids: list[str], cases: BundleCases, size: int) -> list[list[str]]:
+    """Consecutive ids in batches of at most ``size`` images of one shape."""
+    index = {c: i for i, c in enumerate(cases.ids)}
+    out: list[list[str]] = []
+    for c in ids:
+        shape = cases.images[index[c]].shape
+        if out and len(out[-1]) < size and cases.images[index[out[-1][0]]].shape == shape:
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
+
+
+def attack_network(victim: Victim, x: torch.Tensor) -> torch.nn.Module:
+    """The module an attack differentiates for 2D inputs ``x``: the network itself, or for a
+    slice-wise bundle the 2D network as its ``SliceInferer`` applies it (a sliding window when the
+    ROI does not cover the slice), found by :meth:`AttackInferer.attack_network`."""
+    binder = AttackInferer(lambda n: n, victim.inferer)
+    if isinstance(victim.inferer, SliceInferer):
+        return binder.attack_network(x[..., None], victim.network)[0]
+    network, slice_dim = binder.attack_network(x, victim.network)
+    if slice_dim is not None:
+        raise ValueError(f"{victim.name}: the reproduction attacks 2D images or whole inputs, not slice_dim={slice_dim}.")
+    return network
 
 
 def run_clean(store: CaseStore, victim: Victim, cases: BundleCases, batch_size: int) -> None:
     """Score the clean cases once (record ``attack="clean"``)."""
     index = {c: i for i, c in enumerate(cases.ids)}
-    size = batch_size if victim.task == "classification" else 1
-    for chunk in _batches(store.pending("clean", None, cases.ids), size):
+    for chunk in _batches(store.pending("clean", None, cases.ids), cases, batch_size):
         x = torch.stack([cases.images[index[c]] for c in chunk])
         y = torch.stack([cases.labels[index[c]] for c in chunk])
         with torch.no_grad():
-            logits = victim.inferer(x, victim.network)
+            logits = attack_network(victim, x)(x)
         for c, s in zip(chunk, _score(victim, logits, y)):
             store.save({"case_id": c, "attack": "clean", "eps": None, "score": s})
 
@@ -133,19 +155,6 @@ def _case_numbers(result: Any, b: int) -> dict[str, float]:
     return out
 
 
-def _attack(
-    attack: Attack, x: torch.Tensor, y: torch.Tensor, slice_dim: int | None, slice_batch_size: int, start: torch.Tensor | None
-) -> Any:
-    """A volume result; whole 2D images go through the attack in one batch (the result does not depend
-    on batching), volumes slice-wise through :func:`attack_volumes`."""
-    if slice_dim is not None:
-        return attack_volumes(
-            attack, x, y, slice_dim=slice_dim, slice_batch_size=slice_batch_size, delta_init=start, compute_success=False
-        )
-    adv = attack(x, y, delta_init=start)
-    return VolumeAttackResult(adversarial=adv, perturbation=adv - x, trace=attack.trace, minimal=getattr(attack, "result", None))
-
-
 def run_condition(
     store: CaseStore,
     victim: Victim,
@@ -159,23 +168,21 @@ def run_condition(
 
     Args:
         eps: the per-step (paper) or budget (projected) epsilon in network units.
-        options: ``bounds``, ``batch_size``, ``slice_batch_size``, ``seed``, ``dag_max_iter``.
+        options: ``bounds``, ``batch_size`` (images per attack call), ``seed``, ``dag_max_iter``.
     """
     index = {c: i for i, c in enumerate(cases.ids)}
     clean = {r["case_id"]: r["score"] for r in store.records("clean")}
-    size = options["batch_size"] if victim.task == "classification" else 1
-    for chunk in _batches(store.pending(cond.key, eps, cases.ids), size):
+    for chunk in _batches(store.pending(cond.key, eps, cases.ids), cases, options["batch_size"]):
         x = torch.stack([cases.images[index[c]] for c in chunk])
         y = torch.stack([cases.labels[index[c]] for c in chunk])
-        binder = AttackInferer(lambda n: n, victim.inferer)  # only to find the network the attack differentiates
-        network, slice_dim = binder.attack_network(x, victim.network)
+        network = attack_network(victim, x)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             attack = build_attack(cond, protocol, network, eps, options["bounds"], victim.task, options["dag_max_iter"])
-            start = _per_case_start(attack, cond.key, eps, chunk, x, options["seed"])
-            result = _attack(attack, x, y, slice_dim, options["slice_batch_size"], start)
+            adv = attack(x, y, delta_init=_per_case_start(attack, cond.key, eps, chunk, x, options["seed"]))
+        result = VolumeAttackResult(adv, adv - x, attack.trace, minimal=getattr(attack, "result", None))
         with torch.no_grad():
-            logits = victim.inferer(result.adversarial, victim.network)
+            logits = network(adv)
         note = "; ".join(sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)}))
         for b, (c, s) in enumerate(zip(chunk, _score(victim, logits, y))):
             record = {"case_id": c, "attack": cond.key, "eps": eps, "protocol": protocol, "score": s}

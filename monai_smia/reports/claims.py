@@ -50,6 +50,7 @@ class ClaimSpec:
     direction: str
     a_values: dict[str, float] = field(default_factory=dict)
     b_values: dict[str, float] = field(default_factory=dict)
+    warning: str = ""
 
 
 def evaluate_claims(specs: Sequence[ClaimSpec], num_resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
@@ -79,6 +80,7 @@ def evaluate_claims(specs: Sequence[ClaimSpec], num_resamples: int = 1000, seed:
                 "claim": s.claim,
                 "measured": measured,
                 "interval": cmp.interval_text(4),
+                "warning": s.warning,
                 **cmp.as_dict(),
             }
         )
@@ -86,7 +88,8 @@ def evaluate_claims(specs: Sequence[ClaimSpec], num_resamples: int = 1000, seed:
 
 
 def _md_row(r: Mapping[str, Any]) -> str:
-    cells = (r["bundle"], r["protocol"], r["reading"], r["claim"], r["measured"], r["interval"], f"**{r['verdict']}**")
+    reading = r["reading"] + (" (warned)" if r.get("warning") else "")
+    cells = (r["bundle"], r["protocol"], reading, r["claim"], r["measured"], r["interval"], f"**{r['verdict']}**")
     return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
 
 
@@ -161,6 +164,9 @@ def write_claims(
                 figures.append(_forest(out / f"claims_table{table}_{bundle}.png", f"{bundle}: {title}", rows_t).name)
     report = {**dict(meta), "claims": rows, "figures": figures, "holds": sum(r["verdict"] == HOLDS for r in rows)}
     text = "\n".join(_header(meta, rows)) + "\n" + format_claims_markdown(rows)
+    warned = sorted({r["warning"] for r in rows if r.get("warning")})
+    if warned:
+        text += "\n(warned): the attack warned that this setting collapses:\n\n" + "\n".join(f"- {w}" for w in warned) + "\n"
     text += "\nFigures: " + ", ".join(figures) + "\n"
     atomic_write_json(out / "reproduce.json", report)
     atomic_write_text(out / "reproduce.md", text)
