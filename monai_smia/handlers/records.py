@@ -74,7 +74,7 @@ def case_records(
         if task == "classification":
             rec["logits"] = logits[b].tolist()
         info = diagnostics[b] if x_adv is not None and b < len(diagnostics) else {}
-        if "changed_fraction" in info:  # label-free: share of the output whose prediction left the clean one
+        if label is None and "changed_fraction" in info:  # label-free: share of the output whose prediction left the clean one
             rec["changed"] = float(info["changed_fraction"])
         if "positive_cosine_share" in info and attack not in _NO_TRACE:
             rec["positive_cosine_share"] = info["positive_cosine_share"]
