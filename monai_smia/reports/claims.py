@@ -20,7 +20,15 @@ from monai_smia.metrics.paired import HOLDS, compare_paired
 from monai_smia.reports.figures import _pyplot, save_figure
 from monai_smia.reports.store import atomic_write_json, atomic_write_text
 
-__all__ = ["TABLE_TITLES", "TOLERANCES", "ClaimSpec", "evaluate_claims", "format_claims_markdown", "write_claims"]
+__all__ = [
+    "TABLE_TITLES",
+    "TOLERANCES",
+    "ClaimSpec",
+    "evaluate_claims",
+    "format_claims_markdown",
+    "format_claims_overview",
+    "write_claims",
+]
 
 TABLE_TITLES = {
     "1": "Table 1: DEV vs DEV+STA (attack strength, share of positive cosines between consecutive updates)",
@@ -108,6 +116,41 @@ def format_claims_markdown(rows: Sequence[Mapping[str, Any]], readings: Sequence
     return "\n".join(lines)
 
 
+def _verdict_cell(r: Mapping[str, Any] | None) -> str:
+    if r is None:
+        return ""
+    opposite = r["hi"] < 0 if r["direction"] == "greater" else r["lo"] > 0
+    word = "**holds**" if r["verdict"] == HOLDS else "no (the opposite holds)" if opposite else "no"
+    def num(v: float) -> str:
+        return "0" if v == 0 else f"{v:+.3g}"
+
+    return f"{num(r['mean_difference'])} [{num(r['lo'])}, {num(r['hi'])}] {word}"
+
+
+def format_claims_overview(rows: Sequence[Mapping[str, Any]], reading: str = "default") -> str:
+    """A compact view: the claims of one reading, one line per claim and bundle with both protocols side
+    by side (mean difference a - b [paired 95% interval], holds / no / no with the interval excluding 0
+    on the other side), then every reading's count of
+    claims that hold per table."""
+    protocols = list(dict.fromkeys(r["protocol"] for r in rows))
+    lines = ["| table | claim | bundle | " + " | ".join(protocols) + " |", "|---|---|---|" + "---|" * len(protocols)]
+    keyed = {(r["table"], r["claim"], r["bundle"], r["protocol"], r["reading"]): r for r in rows}
+    seen = dict.fromkeys((r["table"], r["claim"], r["bundle"]) for r in rows if r["reading"] == reading)
+    for table, claim, bundle in seen:
+        cells = [_verdict_cell(keyed.get((table, claim, bundle, p, reading))) for p in protocols]
+        lines.append(f"| {table} | {claim} | {bundle} | " + " | ".join(cells) + " |")
+    readings = list(dict.fromkeys(r["reading"] for r in rows))
+    tables = list(dict.fromkeys(r["table"] for r in rows))
+    lines += ["", "| reading | " + " | ".join(f"Table {t}" for t in tables) + " |", "|---|" + "---|" * len(tables)]
+    for rd in readings:
+        counts = []
+        for t in tables:
+            sel = [r for r in rows if r["table"] == t and r["reading"] == rd]
+            counts.append(f"{sum(r['verdict'] == HOLDS for r in sel)} / {len(sel)}" if sel else "")
+        lines.append(f"| {rd} | " + " | ".join(counts) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
     held = sum(r["verdict"] == HOLDS for r in rows)
     settings = meta.get("settings", {})
@@ -163,7 +206,8 @@ def write_claims(
             if rows_t:
                 figures.append(_forest(out / f"claims_table{table}_{bundle}.png", f"{bundle}: {title}", rows_t).name)
     report = {**dict(meta), "claims": rows, "figures": figures, "holds": sum(r["verdict"] == HOLDS for r in rows)}
-    text = "\n".join(_header(meta, rows)) + "\n" + format_claims_markdown(rows)
+    text = "\n".join(_header(meta, rows)) + "\n### Overview (default reading; holds / total per reading below)\n\n"
+    text += format_claims_overview(rows) + "\n### Every claim\n\n" + format_claims_markdown(rows)
     warned = sorted({r["warning"] for r in rows if r.get("warning")})
     if warned:
         text += "\n(warned): the attack warned that this setting collapses:\n\n" + "\n".join(f"- {w}" for w in warned) + "\n"
