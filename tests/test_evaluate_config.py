@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,12 @@ def test_one_condition_through_monai_bundle_run(mnist, tmp_path):
     out = tmp_path / "run"
     proc = _bundle_run(mnist, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
-    assert "top1" in log and "psnr" in log  # the metric handlers report through StatsHandler
     records = _records(out)
+    # the metric handlers' epoch figures (StatsHandler) are the means of the stored per-case values
+    logged = re.search(r"Metrics -- linf: (\S+) psnr: (\S+) ssim: (\S+) top1: (\S+)", proc.stdout + proc.stderr)
+    assert logged is not None, proc.stdout[-2000:]
+    for value, key in zip(logged.groups(), ("linf", "psnr", "ssim", "top1")):
+        assert float(value) == pytest.approx(sum(r[key] for r in records.values()) / len(records), abs=1e-4), key
     assert len(records) == 6 and all(k.endswith(tuple("0123456789")) for k in records)
     for rec in records.values():
         assert rec["attack"] == "SMIA" and rec["eps"] == 0.1 and rec["top1"] in (0.0, 1.0)
@@ -143,5 +147,6 @@ def test_inference_only_bundle_is_evaluated_label_free(data_dir, tmp_path):
         assert row["linf"] == pytest.approx(20.0, rel=1e-4) and row["psnr"] > 20
     record = json.loads(next((out / "cases" / "SMIA").rglob("*.json")).read_text())
     assert record["changed"] == summary["SMIA"]["changed"] and "label" not in record
-    assert json.loads((out / "provenance.json").read_text())["attack_settings"]["label_free"] is True
+    settings = json.loads((out / "provenance.json").read_text())["attack_settings"]
+    assert settings["label_free"] is True and settings["evaluator_config"] == ["inference.json"]
     assert {p: p.read_bytes() for p in task.rglob("*") if p.is_file()} == before

@@ -102,6 +102,7 @@ class RobustnessEvaluation:
         self.batch_size = None if batch_size is None else int(batch_size)
         self.device = device
         self.rank, self.world_size = 0, 1
+        self.config_files: list[str] = []
 
     def _setup_distributed(self) -> torch.device:
         import torch.distributed as dist
@@ -166,6 +167,8 @@ class RobustnessEvaluation:
         except ValueError as err:
             reason = str(err).removeprefix("attacks: ")
             raise ValueError(f"--attacks {' '.join(self.attacks)}: {reason}") from None
+        files, _ = bundle_configs(victim.root)
+        self.config_files = [f.name for f in files]
         clean = self.run_condition(victim.root, "clean", None, device, victim.has_labels)
         if self.rank == 0:
             logger.info("evaluated %s clean on %d %s cases of %s", victim.name, len(clean.items), self.data_split, self.dataset_dir)

@@ -117,6 +117,7 @@ def _attack_settings(evaluation: Any, condition: Any) -> dict[str, Any]:
         "data_split": evaluation.data_split,
         "cases": len(condition.items),
         "label_free": not condition.use_labels,
+        "evaluator_config": getattr(evaluation, "config_files", []),
     }
 
 
