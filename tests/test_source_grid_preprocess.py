@@ -136,3 +136,30 @@ def test_bundle_preprocessing_runs_inside_the_attack():
     victim = load_victim("lung_ct_seg", device="cpu", labels=False)
     _, rest = split_preprocessing(victim.preprocessing)
     assert [type(t).__name__ for t in rest] == ["Orientationd", "Spacingd", "ScaleIntensityRanged", "EnsureTyped"]
+
+
+def test_scaled_integer_nifti_keeps_a_lattice_perturbation_exactly(tmp_path):
+    """A source stored with slope 0.1 and intercept -1024: a perturbation of whole stored steps (as the
+    source-grid attack makes it) is written in the source's type and scaling without losing a step."""
+    import nibabel as nib
+
+    from monai_smia.apps.attack_cases import SourceCase
+    from monai_smia.apps.attack_outputs import source_lattice
+    from monai_smia.io import save_adversarial_nifti
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(-200, 3000, size=(6, 5, 4)).astype(np.int16)
+    img = nib.Nifti1Image(stored, np.diag([0.8, 0.8, 2.0, 1.0]))
+    img.header.set_slope_inter(0.1, -1024.0)  # kept on save: the array holds the stored values
+    src = tmp_path / "scaled.nii.gz"
+    nib.save(img, str(src))
+    steps = rng.integers(-199, 200, size=stored.shape)  # 200 steps of the float32 slope 0.1 exceed 20 HU
+    values = nib.load(str(src)).get_fdata(dtype=np.float64)
+    slope = nib.load(str(src)).dataobj.slope  # 0.1 as the header's float32 holds it
+    rep = save_adversarial_nifti(src, steps * slope, tmp_path / "adv.nii.gz", eps=20.0, dtype="source")
+    adv = nib.load(str(tmp_path / "adv.nii.gz"))
+    assert adv.get_data_dtype() == np.int16 and (adv.dataobj.slope, adv.dataobj.inter) == pytest.approx((0.1, -1024.0))
+    assert np.array_equal(np.asarray(adv.dataobj.get_unscaled()).astype(np.int64) - stored, steps)
+    lattice = source_lattice(SourceCase("scaled", src, "nifti"))
+    assert (lattice.scale, lattice.offset, lattice.dtype) == (slope, -1024.0, "int16")
+    assert rep.max_abs_change <= 20.0 and rep.max_abs_change == pytest.approx(np.abs(steps).max() * slope)

@@ -31,7 +31,7 @@ from monai_smia.io import (
     write_adversarial_dicom_series,
 )
 from monai_smia.io.dicom_read import find_dicom_series
-from monai_smia.io.source_grid import write_nifti_atomic
+from monai_smia.io.source_grid import nifti_scaling, write_nifti_atomic
 from monai_smia.io.units import flat_transforms
 from monai_smia.reports import atomic_write_bytes
 
@@ -64,14 +64,11 @@ def source_lattice(case: SourceCase) -> SourceLattice:
         with Image.open(case.source) as im:
             dtype = np.asarray(im).dtype
         return SourceLattice(1.0, 0.0, str(dtype)) if np.issubdtype(dtype, np.integer) else SourceLattice()
-    header = nib.load(str(case.source)).header
-    dtype = header.get_data_dtype()
+    img = nib.load(str(case.source))
+    dtype = img.header.get_data_dtype()
     if not np.issubdtype(dtype, np.integer):
         return SourceLattice()
-    slope, inter = header.get_slope_inter()
-    slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
-    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
-    return SourceLattice(slope, inter, str(dtype))
+    return SourceLattice(*nifti_scaling(img), str(dtype))
 
 
 def loaded_png(preprocessing: Any, path: str) -> tuple[np.ndarray, bool]:

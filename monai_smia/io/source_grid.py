@@ -31,6 +31,7 @@ __all__ = [
     "invert_perturbation",
     "lattice_steps",
     "load_source_volume",
+    "nifti_scaling",
     "rounding_survival",
     "save_adversarial_nifti",
 ]
@@ -158,7 +159,16 @@ def write_nifti_atomic(img: nib.Nifti1Image, output: Path) -> None:
         img.to_filename(tmp)
 
 
-def lattice_steps(q: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+def nifti_scaling(img: nib.Nifti1Image) -> tuple[float, float]:
+    """``(slope, intercept)`` a loaded NIfTI's stored values are scaled with (nibabel keeps them on the
+    data proxy and resets the loaded header's ``scl_slope``/``scl_inter``)."""
+    s, i = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    slope = 1.0 if s is None or not np.isfinite(s) or s == 0 else float(s)
+    inter = 0.0 if i is None or not np.isfinite(i) else float(i)
+    return slope, inter
+
+
+def lattice_steps(q: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     """Whole steps of ``q`` (a perturbation in stored steps): values within ``tol`` of an integer are
     rounded to it (a perturbation optimised on the lattice keeps every step), others truncated toward
     zero (the budget holds exactly)."""
@@ -184,9 +194,7 @@ def _stored_type(src_path: Path, handle: Any) -> tuple[np.dtype, float, float]:
     slope, inter = 1.0, 0.0
     if isinstance(handle, nib.Nifti1Image):
         out_dtype = handle.header.get_data_dtype()
-        s, i = handle.header.get_slope_inter()
-        slope = 1.0 if s is None or not np.isfinite(s) else float(s)
-        inter = 0.0 if i is None or not np.isfinite(i) else float(i)
+        slope, inter = nifti_scaling(handle)
     else:
         out_dtype = np.dtype(np.int16)
     if not np.issubdtype(out_dtype, np.integer):
@@ -199,7 +207,7 @@ def _integer_image(
 ) -> nib.Nifti1Image:
     out_dtype, slope, inter = _stored_type(src_path, handle)
     stored = (values - inter) / slope
-    if not np.allclose(stored, np.round(stored), atol=1e-4, rtol=0):
+    if not np.allclose(stored, np.round(stored), atol=1e-2, rtol=0):  # scaling applied in float32 by the reader
         raise ValueError(f"{str(src_path)!r} holds values off its stored-value lattice; use dtype='float32'.")
     stored = np.round(stored)
     k = math.floor(eps / slope + 1e-9)
