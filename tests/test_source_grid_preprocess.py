@@ -154,7 +154,6 @@ def test_scaled_integer_nifti_keeps_a_lattice_perturbation_exactly(tmp_path):
     src = tmp_path / "scaled.nii.gz"
     nib.save(img, str(src))
     steps = rng.integers(-199, 200, size=stored.shape)  # 200 steps of the float32 slope 0.1 exceed 20 HU
-    values = nib.load(str(src)).get_fdata(dtype=np.float64)
     slope = nib.load(str(src)).dataobj.slope  # 0.1 as the header's float32 holds it
     rep = save_adversarial_nifti(src, steps * slope, tmp_path / "adv.nii.gz", eps=20.0, dtype="source")
     adv = nib.load(str(tmp_path / "adv.nii.gz"))

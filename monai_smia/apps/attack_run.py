@@ -56,7 +56,7 @@ from monai_smia.apps.attack_cases import (
 )
 from monai_smia.apps.attack_grids import network_grid_case, source_grid_case
 from monai_smia.apps.attack_outputs import loaded_png, write_png, write_volume
-from monai_smia.apps.attack_survival import read_back_survival, summarize_cases
+from monai_smia.apps.attack_survival import case_record, read_back_survival, summarize_cases
 from monai_smia.bundle.victim import Victim, load_victim, resolve_bundle
 from monai_smia.io.units import parse_bounds, resolve_bounds, source_intensity_scale
 from monai_smia.losses import hard_prediction, prepare_labels
@@ -315,28 +315,6 @@ class AdversarialWriter:
             lab = lab[None].to(self.device) if lab.ndim > 0 else lab.reshape(1).to(self.device)
         return data, x, lab
 
-    def _record(self, case: SourceCase, label_free: bool, logits_clean: torch.Tensor, logits_adv: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
-        """The case record's settings and in-memory results."""
-        clean, adv = hard_prediction(logits_clean), hard_prediction(logits_adv)
-        record: dict[str, Any] = {
-            "case_id": case.case_id,
-            "attack": self.attack,
-            "grid": self.grid,
-            "eps": self.eps,
-            "eps_unit": self.eps_unit,
-            "eps_network": self.eps_network,
-            "eps_source": self.eps_source,
-            "source": str(case.source.resolve()),
-            "source_kind": case.kind,
-            "split": case.split,
-            "label_free": label_free,
-            "error_clean": float((clean != ref).double().mean()),
-            "error_adversarial": float((adv != ref).double().mean()),
-            "prediction_changed_fraction": float((adv != clean).double().mean()),
-        }
-        record["success"] = record["error_adversarial"] > record["error_clean"]
-        return record
-
     def attack_case(self, victim: Victim, case: SourceCase, label_free: bool) -> dict[str, Any]:
         """Attack one case, write its outputs and return its record (not yet stored)."""
         item: dict[str, Any] = {"image": str(case.source)}
@@ -349,7 +327,7 @@ class AdversarialWriter:
         else:
             res = network_grid_case(self, victim, case, data, x, lab)
         ref = hard_prediction(logits_clean) if lab is None else prepare_labels(lab, logits_clean)
-        record = self._record(case, label_free, logits_clean, res.logits_adv, ref)
+        record = case_record(self, case, label_free, logits_clean, res.logits_adv, ref)
         record["max_abs_perturbation_network"] = float((res.x_adv - x).abs().max())
         record.update(res.record)
         if victim.task == "classification":

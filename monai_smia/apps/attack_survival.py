@@ -18,7 +18,7 @@ import torch
 
 from monai_smia.losses import hard_prediction
 
-__all__ = ["SUMMARY_KEYS", "read_back_survival", "summarize_cases"]
+__all__ = ["SUMMARY_KEYS", "case_record", "read_back_survival", "summarize_cases"]
 
 #: per-case numbers that go into ``summary.json``
 SUMMARY_KEYS = (
@@ -31,6 +31,31 @@ SUMMARY_KEYS = (
     "outputs",
     "survival_ratio",
 )
+
+
+def case_record(
+    w: Any, case: Any, label_free: bool, logits_clean: torch.Tensor, logits_adv: torch.Tensor, ref: torch.Tensor
+) -> dict[str, Any]:
+    """A case record's settings (of the writer ``w``) and the attack's results in memory."""
+    clean, adv = hard_prediction(logits_clean), hard_prediction(logits_adv)
+    record: dict[str, Any] = {
+        "case_id": case.case_id,
+        "attack": w.attack,
+        "grid": w.grid,
+        "eps": w.eps,
+        "eps_unit": w.eps_unit,
+        "eps_network": w.eps_network,
+        "eps_source": w.eps_source,
+        "source": str(case.source.resolve()),
+        "source_kind": case.kind,
+        "split": case.split,
+        "label_free": label_free,
+        "error_clean": float((clean != ref).double().mean()),
+        "error_adversarial": float((adv != ref).double().mean()),
+        "prediction_changed_fraction": float((adv != clean).double().mean()),
+    }
+    record["success"] = record["error_adversarial"] > record["error_clean"]
+    return record
 
 
 def _view(outputs_key: str, kind: str) -> str:
