@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 
 from monai_smia.cli import main
@@ -109,9 +111,13 @@ def test_rerun_with_other_settings_is_refused(mnist, tmp_path, capsys):
     assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "7"]) == 2
     err = capsys.readouterr().err
     assert "holds results of other settings" in err and "num_iter: 2 there, 7 now" in err and str(out) in err
-    assert main([*base, "--bundle", "retina_dr_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 2
+    other = tmp_path / "mnist_cls_v2"  # another bundle taking the same images, with other weights
+    shutil.copytree(REPO_ROOT / "bundles" / "mnist_cls", other)
+    weights = torch.load(other / "models" / "model.pt", weights_only=True)
+    torch.save({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}, other / "models" / "model.pt")
+    assert main([*base, "--bundle", str(other), "--attacks", "SMIA", "--num-iter", "2"]) == 2
     err = capsys.readouterr().err
-    assert "bundle: 'mnist_cls' there, 'retina_dr_cls' now" in err and "checkpoint_sha256" in err
+    assert "bundle: 'mnist_cls' there, 'mnist_cls_v2' now" in err and "checkpoint_sha256" in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # refused runs write nothing
     (out / "settings.json").unlink()  # case results without their settings: refused too
     assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 2

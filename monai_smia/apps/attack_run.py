@@ -57,8 +57,10 @@ from monai_smia.apps.attack_cases import (
 from monai_smia.apps.attack_grids import network_grid_case, source_grid_case
 from monai_smia.apps.attack_outputs import loaded_png, write_png, write_volume
 from monai_smia.apps.attack_survival import case_record, read_back_survival, summarize_cases
+from monai_smia.attacks.volume import slice_progress
+from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import Victim, load_victim, resolve_bundle
-from monai_smia.io.units import parse_bounds, resolve_bounds, source_intensity_scale
+from monai_smia.io.units import parse_bounds, resolve_bounds, source_intensity_scale, warn_whole_range
 from monai_smia.losses import hard_prediction, prepare_labels
 from monai_smia.reports import (
     CaseStore,
@@ -243,18 +245,22 @@ class AdversarialWriter:
             raise FileNotFoundError(
                 f"checkpoint {str(checkpoint)!r} not found: train the bundle first (see its docs/README.md) or pass checkpoint=PATH."
             )
+        if pending:  # the bundle and every input are checked before anything is written
+            victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)
+            spec = input_spec(victim.metadata, victim.preprocessing, victim.inferer)
+            check_case_files([c.source for c in pending], spec)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         sha = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
         check_run_settings(self.output_dir, {**settings, "checkpoint_sha256": sha})
         logger.info("%s on %s: %d cases, %d already done, %s eps=%g%s on the %s grid", self.root.name, self.input,
                     len(cases), len(cases) - len(pending), self.attack, self.eps, self.eps_unit, self.grid)  # fmt: skip
         if pending:
-            victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)
             checkpoint = victim.checkpoint
             self._prepare(victim, label_free)
             show = self.progress and _has_tqdm
             for case in tqdm(pending, desc=f"{self.root.name} {self.attack}", disable=not show) if _has_tqdm else pending:
-                self.store.save(self.attack_case(victim, case, label_free))
+                with slice_progress(f"{case.case_id} slices") if show else contextlib.nullcontext():
+                    self.store.save(self.attack_case(victim, case, label_free))
         summary = self.write_summary(cases)
         if not pending and (self.output_dir / "provenance.json").is_file():
             return summary  # nothing new: keep the provenance of the run that wrote the outputs
@@ -289,6 +295,7 @@ class AdversarialWriter:
         )
         self.eps_source = self.eps_network / self.source_scale
         self.bounds, self.bounds_note = resolve_bounds(self.bounds_arg, self.preprocessing)
+        warn_whole_range(self.eps, self.eps_scale, self.eps_unit, self.bounds, self.root.name)
 
     def _preprocess(self, item: dict[str, Any]) -> dict[str, Any]:
         ctx = allow_missing_keys_mode(self.preprocessing) if self.missing_ok else contextlib.nullcontext()

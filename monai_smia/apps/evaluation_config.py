@@ -31,6 +31,7 @@ from monai.inferers import SliceInferer
 
 from monai_smia.attacks.registry import check_attacks, make_attack
 from monai_smia.bundle.data import bundle_cases, find_case_error, root_cause
+from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.io.units import parse_bounds, resolve_bounds, resolve_eps_scale, warn_whole_range
 from monai_smia.reports import CaseStore, atomic_write_bytes, check_run_settings, file_sha256
@@ -131,6 +132,7 @@ class EvaluationCondition:
         if self.eps is not None:
             warn_whole_range(self.eps, self.scale, self.eps_unit, self.bounds, self.root.name)
         self.items, self.case_source = self._cases()
+        check_case_files(self.items, input_spec(self.metadata, preprocessing, inferer))  # before anything is written
         self.figure_cases = [it["case_id"] for it in self.items[: int(num_figure_cases)]]
         self.rank, self.distributed = _rank()
         self.store = EvaluationStore(self.output_dir)

@@ -10,6 +10,7 @@ gzip trailer (the uncompressed size), so a file cut short is named without decom
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterable, Mapping
@@ -52,15 +53,15 @@ def _png_window_max(preprocessing: Any) -> float | None:
     return 255.0 if window is not None and window["a_max"] <= 255 else None
 
 
-def input_spec(victim: Any) -> InputSpec:
-    """The :class:`InputSpec` of a loaded :class:`monai_smia.bundle.victim.Victim`."""
+def input_spec(metadata: Mapping[str, Any], preprocessing: Any, inferer: Any = None) -> InputSpec:
+    """The :class:`InputSpec` of a bundle from its ``metadata.json``, preprocessing and inferer."""
     from monai.inferers import SliceInferer
 
-    image = (victim.metadata.get("network_data_format", {}).get("inputs", {}) or {}).get("image", {})
+    image = (metadata.get("network_data_format", {}).get("inputs", {}) or {}).get("image", {})
     channels = image.get("num_channels")
     shape = image.get("spatial_shape")
-    ndim = 3 if isinstance(victim.inferer, SliceInferer) else (len(shape) if isinstance(shape, list) else None)
-    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(victim.preprocessing))
+    ndim = 3 if isinstance(inferer, SliceInferer) else (len(shape) if isinstance(shape, list) else None)
+    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(preprocessing))
 
 
 def _uncompressed_size(path: Path, expected: int) -> int:
@@ -137,11 +138,19 @@ def check_image_file(path: str | os.PathLike, spec: InputSpec) -> None:
     """Raise :class:`CaseError` naming ``path`` if it cannot be what ``spec`` takes (headers only).
 
     DICOM series folders are checked by :func:`monai_smia.io.dicom_read.check_dicom_series`; other
-    suffixes are left to the bundle's reader.
+    suffixes are left to the bundle's reader. A file that passed is not read again while its size
+    and modification time stay the same.
     """
     p = Path(path)
     if not p.exists():
         raise CaseError(f"{str(p)!r} does not exist; fix the datalist or the --input path.")
+    st = p.stat()
+    _check_cached(str(p.resolve()), st.st_size, st.st_mtime_ns, spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_cached(path: str, size: int, mtime_ns: int, spec: InputSpec) -> None:
+    p = Path(path)
     name = p.name.lower()
     if p.is_file() and name.endswith(NIFTI_SUFFIXES):
         _check_nifti(p, spec)
