@@ -1,11 +1,13 @@
-"""Bring a perturbation back to the source grid and write ``source + perturbation`` as NIfTI.
+"""Write ``source + perturbation`` as NIfTI on the source grid, and bring a network-grid perturbation back there.
 
-An attack runs on the image the preprocessing chain made (reoriented, resampled, cropped). Saving
-that image would save a resampled CT. Instead (DESIGN.md section 3) the perturbation ``d`` goes back
-through the inverse spatial transforms with bilinear interpolation (:func:`invert_perturbation`,
-MONAI's ``Invertd``), is added to the *source* intensities, and is clamped to ``eps`` again, so the
-written file has the source's shape, affine, orientation and spacing and differs from it by at
-most ``eps`` (in the source's own units, e.g. HU) at every voxel.
+A source-grid attack (:mod:`monai_smia.apps.attack_source`, the default of ``monai-smia attack``)
+already holds its perturbation on the source voxels in source units: :func:`save_adversarial_nifti`
+writes it as it is (float32, or the source's integer type and scaling, where a perturbation of whole
+stored steps is kept exactly: :func:`lattice_steps`). An attack on the network's grid (reoriented,
+resampled, cropped) needs its perturbation ``d`` brought back first (DESIGN.md section 3): through the
+inverse spatial transforms with bilinear interpolation (:func:`invert_perturbation`, MONAI's
+``Invertd``). Either way the written file has the source's shape, affine, orientation and spacing and
+differs from it by at most ``eps`` (in the source's own units, e.g. HU) at every voxel.
 """
 
 from __future__ import annotations
