@@ -16,12 +16,40 @@ def shared_data_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment for a test's subprocess: one thread (the machine is shared) and this checkout importable."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = shared_data_dir()
     if not path.is_dir():
         pytest.skip(f"real data folder {path} is absent (set MONAI_SMIA_DATA to a folder laid out like ../shared/data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir, tmp_path_factory) -> Path:
+    """MNIST prepared by data_prep (PNGs and datalist.json), shared by the tests that only read it."""
+    from monai_smia.apps.data_prep.mnist import prepare_mnist
+
+    out = tmp_path_factory.mktemp("mnist")
+    prepare_mnist(data_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def retina(data_dir, tmp_path_factory) -> Path:
+    """RetinaMNIST prepared by data_prep, shared like :func:`mnist`."""
+    from monai_smia.apps.data_prep.medmnist import prepare_medmnist
+
+    out = tmp_path_factory.mktemp("retina")
+    prepare_medmnist(data_dir, out, "retinamnist")
+    return out
 
 
 def _input_files() -> list[Path]:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 import torch
 
 from monai_smia.bundle.loading import load_split, load_weights
@@ -34,16 +35,11 @@ BUNDLES = {
 TOLERANCE = 0.003  # one test image of RetinaMNIST is 0.0025; float summation order may flip a borderline argmax
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # the test machine is shared; one thread is faster under load
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

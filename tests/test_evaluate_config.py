@@ -7,14 +7,13 @@ refused before anything runs."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, subprocess_env
 
 from monai_smia.apps.evaluation_config import SETTINGS, distributed_overrides, evaluation_overrides
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
@@ -24,19 +23,8 @@ OWN = ("mnist_cls", "retina_dr_cls", "lung_ct_seg", "lung_ct_seg3d")
 CONFIGS = "['configs/train.json','configs/evaluate.json']"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
-@pytest.fixture(scope="module")
-def mnist(data_dir, tmp_path_factory):
-    from monai_smia.apps.data_prep.mnist import prepare_mnist
-
-    out = tmp_path_factory.mktemp("mnist")
-    prepare_mnist(data_dir, out)
-    return out
 
 
 def _bundle_run(mnist: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -46,7 +34,7 @@ def _bundle_run(mnist: Path, out: Path, *extra: str) -> subprocess.CompletedProc
         "--dataset_dir", str(mnist), "--output_dir", str(out), "--attack", "SMIA", "--eps", "0.1",
         "--max_cases", "6", "--num_iter", "2", "--device", "cpu", *extra,
     ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=bundle, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=bundle, timeout=600)
 
 
 def _records(out: Path, attack: str = "SMIA") -> dict[str, dict]:

@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, subprocess_env
 
 from monai_smia.cli import main
 from monai_smia.apps.evaluation import evaluation_from_bundle
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
-@pytest.fixture(scope="module")
-def retina(data_dir, tmp_path_factory):
-    from monai_smia.apps.data_prep.medmnist import prepare_medmnist
-
-    out = tmp_path_factory.mktemp("retina")
-    prepare_medmnist(data_dir, out, "retinamnist")
-    return out
 
 
-@pytest.fixture(scope="module")
-def mnist(data_dir, tmp_path_factory):
-    from monai_smia.apps.data_prep.mnist import prepare_mnist
-
-    out = tmp_path_factory.mktemp("mnist")
-    prepare_mnist(data_dir, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +120,7 @@ def _run_condition(mnist, out, nproc: int) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29533", *args]
     else:
         cmd = [sys.executable, *args, "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO_ROOT, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {p.name: json.loads(p.read_text()) for p in sorted((out / "cases" / "PGD").glob("*/*.json"))}
 

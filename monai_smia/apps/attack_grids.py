@@ -29,7 +29,7 @@ from monai_smia.apps.attack_source import (
 )
 from monai_smia.attacks.registry import make_attack
 from monai_smia.attacks.volume import VolumeAttackResult
-from monai_smia.handlers.seeding import case_seed
+from monai_smia.handlers.seeding import case_seed, seed_key
 from monai_smia.inferers import AttackInferer
 from monai_smia.io import invert_perturbation
 from monai_smia.transforms.array import attack_diagnostics
@@ -58,7 +58,7 @@ class GridResult:
 
 
 def _seed(w: Any, case: SourceCase) -> int:
-    return case_seed(w.seed, w.attack, w.eps, [case.case_id])
+    return case_seed(w.seed, w.attack, w.eps, [seed_key(case.source)])
 
 
 def network_grid_case(w: Any, victim: Any, case: SourceCase, data: dict[str, Any], x: torch.Tensor, lab: Any) -> GridResult:

@@ -62,6 +62,7 @@ from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import Victim, load_victim, resolve_bundle
 from monai_smia.io.units import parse_bounds, resolve_bounds, source_intensity_scale, warn_whole_range
 from monai_smia.losses import hard_prediction, prepare_labels
+from monai_smia.metrics import case_success
 from monai_smia.reports import (
     CaseStore,
     atomic_write_json,
@@ -335,6 +336,7 @@ class AdversarialWriter:
             res = network_grid_case(self, victim, case, data, x, lab)
         ref = hard_prediction(logits_clean) if lab is None else prepare_labels(lab, logits_clean)
         record = case_record(self, case, label_free, logits_clean, res.logits_adv, ref)
+        record["success"] = float(case_success(victim.task, logits_clean, res.logits_adv, ref)[0])
         record["max_abs_perturbation_network"] = float((res.x_adv - x).abs().max())
         record.update(res.record)
         if victim.task == "classification":

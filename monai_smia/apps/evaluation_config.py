@@ -33,6 +33,7 @@ from monai_smia.attacks.registry import check_attacks, make_attack
 from monai_smia.bundle.data import bundle_cases, find_case_error, root_cause
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
+from monai_smia.handlers.seeding import seed_key
 from monai_smia.io.units import parse_bounds, resolve_bounds, resolve_eps_scale, warn_whole_range
 from monai_smia.reports import CaseStore, atomic_write_bytes, check_run_settings, file_sha256
 
@@ -147,7 +148,7 @@ class EvaluationCondition:
         items, source = bundle_cases(self.root, self.dataset_dir, self.data_split)
         if self.max_cases is not None:
             items = items[: int(self.max_cases)]
-        out = [{**it, "case_id": f"{i:04d}_{Path(str(it['image'])).name.split('.')[0]}"} for i, it in enumerate(items)]
+        out = [{**it, "case_id": f"{i:04d}_{seed_key(it['image'])}", "seed_key": seed_key(it["image"])} for i, it in enumerate(items)]
         return out, source
 
     def run_settings(self) -> dict[str, Any]:

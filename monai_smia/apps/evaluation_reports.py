@@ -29,9 +29,7 @@ def _success(task: str, clean: dict[str, Any], rec: dict[str, Any]) -> float | N
         return float(classification_attack_success([clean["pred"]], [rec["pred"]], [rec["label"]])[0])
     if task != "classification" and "dice" in rec and "dice" in clean:
         return float(segmentation_attack_success([clean["dice"]], [rec["dice"]])[0])
-    if "changed" in rec:
-        return float(rec["changed"] > 0)
-    return None
+    return rec.get("success")  # label-free: against the clean prediction (metrics.case_success)
 
 
 def condition_records(store: Any, items: list[dict[str, Any]], attacks: list[str], eps: float, task: str) -> list[dict[str, Any]]:

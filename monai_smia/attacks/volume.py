@@ -86,10 +86,23 @@ def network_device(network: torch.nn.Module, default: torch.device | str | None 
 
 
 def draw_random_start(
-    attack: Attack, shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator | None
+    attack: Attack,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
 ) -> torch.Tensor:
-    """Uniform noise in ``[-eps, eps]`` of ``shape`` on the CPU: one draw per volume, then sliced."""
-    noise = torch.rand(tuple(shape), generator=generator, dtype=torch.promote_types(dtype, torch.float32))
+    """Uniform noise in ``[-eps, eps]`` of ``shape`` on the CPU: one draw per volume, then sliced.
+
+    ``generator`` may be one generator per volume (``shape[0]`` of them): each volume's start then
+    depends only on its own generator (its case's seed), not on the batch it is in.
+    """
+    dt = torch.promote_types(dtype, torch.float32)
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} volumes; give one per volume.")
+        noise = torch.stack([torch.rand(tuple(shape[1:]), generator=g, dtype=dt) for g in generator])
+    else:
+        noise = torch.rand(tuple(shape), generator=generator, dtype=dt)
     return (noise * 2 - 1) * attack.eps
 
 
@@ -164,7 +177,7 @@ def _check_inputs(
     mask: torch.Tensor | None,
     slice_dim: int | None,
     delta_init: torch.Tensor | None,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Labels and mask in ``(B, C', *spatial)`` form, and the random start (drawn here when needed)."""
     if labels is not None:
@@ -300,7 +313,7 @@ def attack_volumes(
     slice_batch_size: int = 16,
     device: torch.device | str | None = None,
     delta_init: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     compute_success: bool = True,
 ) -> VolumeAttackResult:
     """Attack ``images`` ``(B, C, *spatial)`` whole (``slice_dim=None``) or slice by slice.
@@ -319,7 +332,7 @@ def attack_volumes(
         delta_init: starting perturbation ``(B, C, *spatial)`` for random starts (the signs, for
             ``RandomSignNoise``); drawn here per volume with ``generator`` when ``None`` and the
             attack has ``random_start`` or is ``RandomSignNoise``.
-        generator: CPU random generator for the random start.
+        generator: CPU random generator for the random start, or one per volume.
         compute_success: also predict the clean and adversarial inputs (one extra forward each per
             slice batch, no gradient) to report error rates.
 

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
-from monai_smia.metrics import classification_case_metrics, perturbation_case_metrics, segmentation_case_metrics
+from monai_smia.metrics import (
+    case_success,
+    classification_case_metrics,
+    perturbation_case_metrics,
+    predicted_classes,
+    segmentation_case_metrics,
+)
 
 Events, _ = optional_import("ignite.engine", name="Events")
 
@@ -59,11 +65,17 @@ def case_records(
     diagnostics: Sequence[dict[str, Any]] = (),
     bounds: Sequence[float] | None = None,
     scale: float = 1.0,
+    clean_logits: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """One record per case of a batch (see the module docstring); ``eps`` and the L-inf/L2/variance
-    figures are in the user's unit (``scale`` network-input units per unit)."""
+    figures are in the user's unit (``scale`` network-input units per unit). Without labels, the
+    clean output ``clean_logits`` is the reference of the attack's ``success``
+    (:func:`monai_smia.metrics.case_success`)."""
     logits = logits.float().cpu()
     per_case = _task_metrics(task, logits, label)
+    if clean_logits is not None and label is None:
+        clean_logits = clean_logits.float().cpu()
+        per_case["success"] = case_success(task, clean_logits, logits, predicted_classes(clean_logits))
     if x_adv is not None:
         per_case.update(_perturbation(x, x_adv, bounds, scale))
     records = []
@@ -134,11 +146,22 @@ class CaseRecordHandler:
         logits = _as_tensor(out["pred"])
         diagnostics = getattr(self.inferer, "last_diagnostics", []) if x_adv is not None else []
         ids = [str(c) for c in batch[self.case_key]]
-        records = case_records(self.task, self.attack, self.eps, ids, x, x_adv, logits, label, diagnostics, self.bounds, self.eps_scale)
+        clean = self._clean_logits(engine, x) if label is None and x_adv is not None else None
+        records = case_records(
+            self.task, self.attack, self.eps, ids, x, x_adv, logits, label, diagnostics, self.bounds, self.eps_scale, clean
+        )
         for b, rec in enumerate(records):
             self.store.save(rec)
             if rec["case_id"] in self.figure_cases and callable(getattr(self.store, "save_example", None)):
                 self.store.save_example(self.attack, self.eps, rec["case_id"], self._example(b, x, x_adv, logits, label))
+
+    def _clean_logits(self, engine: Any, x: torch.Tensor) -> torch.Tensor | None:
+        """The clean output through the attack inferer's own inferer (label-free: the success reference)."""
+        inner = getattr(self.inferer, "inferer", None)
+        if inner is None:
+            return None
+        with torch.no_grad():
+            return _as_tensor(inner(x, engine.network))
 
     @staticmethod
     def _example(b: int, x: torch.Tensor, x_adv: torch.Tensor | None, logits: torch.Tensor, label: torch.Tensor | None) -> dict[str, Any]:

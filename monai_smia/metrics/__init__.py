@@ -19,7 +19,12 @@ from monai_smia.metrics.statistics import (
     resampled_one_vs_rest_fpr,
     resampled_roc_auc_one_vs_rest,
 )
-from monai_smia.metrics.success import classification_attack_success, segmentation_attack_success, success_rate
+from monai_smia.metrics.success import (
+    case_success,
+    classification_attack_success,
+    segmentation_attack_success,
+    success_rate,
+)
 from monai_smia.metrics.task import (
     class_indices,
     classification_case_metrics,
@@ -43,6 +48,7 @@ __all__ = [
     "bootstrap_indices",
     "bootstrap_statistic_ci",
     "class_indices",
+    "case_success",
     "classification_attack_success",
     "classification_case_metrics",
     "one_vs_rest_fpr",

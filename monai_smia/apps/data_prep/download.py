@@ -46,14 +46,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from monai.utils import optional_import
-
-from monai_smia.apps.data_prep.medmnist import MEDMNIST, prepare_medmnist
-from monai_smia.apps.data_prep.mnist import prepare_mnist
-
-Image, _has_pil = optional_import("PIL.Image")
-nib, _has_nib = optional_import("nibabel")
-
 from monai_smia.apps.data_prep.fetch import (
     MEDMNIST_MD5,
     MEDMNIST_URL,
@@ -63,14 +55,13 @@ from monai_smia.apps.data_prep.fetch import (
     default_cache,
     fetch,
 )
-from monai_smia.apps.data_prep.paper_datasets import (
-    prepare_aptos,
-    prepare_covid,
-    prepare_ead,
-    prepare_kaggle_dr,
-)
+from monai_smia.apps.data_prep.medmnist import MEDMNIST, prepare_medmnist
+from monai_smia.apps.data_prep.mnist import prepare_mnist
+from monai_smia.apps.data_prep.paper_datasets import prepare_aptos, prepare_covid, prepare_ead, prepare_kaggle_dr
 
 __all__ = ["DownloadUnavailableError", "DATASETS", "fetch", "prepare_dataset", "main"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # MedMNIST and MNIST: download, then the offline converters
 

@@ -18,25 +18,13 @@ from typing import Any, Callable
 import numpy as np
 from monai.utils import optional_import
 
-from monai_smia.apps.data_prep.layout import (
-    atomic_output_dir,
-    deterministic_split,
-    write_datalist,
-)
+from monai_smia.apps.data_prep.fetch import COVID_URL, COVID_ZIPS, EAD_CLASSES, MANUAL, DownloadUnavailableError, fetch
+from monai_smia.apps.data_prep.layout import atomic_output_dir, deterministic_split, write_datalist
 from monai_smia.apps.data_prep.msd_lung_det import BOX_MODE, mask_to_boxes
 from monai_smia.apps.data_prep.png_classification import IMAGE_DIR
 
 Image, _has_pil = optional_import("PIL.Image")
 nib, _has_nib = optional_import("nibabel")
-
-from monai_smia.apps.data_prep.fetch import (
-    COVID_URL,
-    COVID_ZIPS,
-    EAD_CLASSES,
-    MANUAL,
-    DownloadUnavailableError,
-    fetch,
-)
 
 __all__ = ["convert_graded_fundus", "find_covid_pairs", "prepare_aptos", "prepare_covid", "prepare_ead", "prepare_kaggle_dr"]
 
