@@ -140,7 +140,7 @@ def format_claims_overview(rows: Sequence[Mapping[str, Any]], reading: str = "de
         cells = [_verdict_cell(keyed.get((table, claim, bundle, p, reading))) for p in protocols]
         lines.append(f"| {table} | {claim} | {bundle} | " + " | ".join(cells) + " |")
     readings = list(dict.fromkeys(r["reading"] for r in rows))
-    tables = list(dict.fromkeys(r["table"] for r in rows))
+    tables = sorted(dict.fromkeys(r["table"] for r in rows), key=lambda t: (len(t), t))
     lines += ["", "| reading | " + " | ".join(f"Table {t}" for t in tables) + " |", "|---|" + "---|" * len(tables)]
     for rd in readings:
         counts = []
@@ -159,7 +159,8 @@ def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[
         "",
         (f"{held} of {len(rows)} claims hold. A claim holds only when the paired bootstrap 95% interval of the "
         "mean per-case difference (a - b) excludes 0 in its favour; ties are differences within "
-        f"{TOLERANCES} per metric. Wall time {meta.get('wall_time_s', float('nan')):.0f} s on {meta.get('device', '?')}"
+        f"{TOLERANCES} per metric. Wall time of this invocation (a resumed run counts what it computed): "
+        f"{meta.get('wall_time_s', float('nan')):.0f} s on {meta.get('device', '?')}"
         f"{' (--quick)' if settings.get('quick_mode') else ''}."),
         "",
         "Cases per bundle:",
