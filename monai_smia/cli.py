@@ -114,6 +114,13 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
     ev.add_argument("--split", default=None, choices=("training", "validation", "test"), help="datalist split (default test)")
     ev.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N cases")
     ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    ev.add_argument(
+        "--grid",
+        default=None,
+        choices=("source", "network"),
+        help="where the attacks perturb: network (default: the network input) or source (the source voxels, e.g. HU, "
+        "through the bundle's preprocessing, as monai-smia attack does; L-inf/L2 then measured on the source grid)",
+    )
 
 
 def _add_attack(sub: Any, bundles: str) -> None:
@@ -171,6 +178,8 @@ def _run(args: argparse.Namespace) -> None:
         kwargs = {"attacks": args.attacks, "data_split": args.split, "eps": args.eps[0] if args.eps else None}
         if args.eps is not None and (len(args.eps) > 1 or args.eps_unit):
             raise ValueError("--eps: a detection bundle takes one budget, in its [0, 1] input units (no --eps-unit).")
+        if args.grid == "source":
+            raise ValueError("--grid source: a detection bundle is evaluated on the network grid only; leave --grid out.")
         run_detection_evaluation(
             resolve_bundle(args.bundle),
             args.dataset_dir,
@@ -196,6 +205,7 @@ def _run(args: argparse.Namespace) -> None:
             data_split=args.split,
             max_cases=args.max_cases,
             device=args.device,
+            grid=args.grid,
         ).run()
     elif args.command == "attack":
         from monai_smia.apps.attack_run import run_attack

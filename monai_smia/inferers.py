@@ -199,7 +199,8 @@ class AdversarialImageHandler:
     """
 
     def __init__(self, inferer: AttackInferer, output_key: str = "image_adv") -> None:
-        if not isinstance(inferer, AttackInferer):
+        # an AttackInferer, or another attacking inferer that keeps ``last_adversarial`` (a source-grid one)
+        if not isinstance(inferer, AttackInferer) and not hasattr(inferer, "last_adversarial"):
             raise TypeError(f"inferer must be an AttackInferer, got {type(inferer).__name__}.")
         self.inferer = inferer
         self.output_key = output_key

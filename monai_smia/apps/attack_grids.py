@@ -99,9 +99,10 @@ def _source_model(w: Any, victim: Any, src: MetaTensor, x: torch.Tensor, scale: 
     return SourceGridNetwork(pre, inner, scale, offset), slice_dim
 
 
-def source_grid_case(w: Any, victim: Any, case: SourceCase, x: torch.Tensor, lab: Any) -> GridResult:
-    """Attack the source voxels through the bundle's preprocessing (module docstring)."""
-    src = _load_source(w, case)
+def source_grid_case(w: Any, victim: Any, case: SourceCase, x: torch.Tensor, lab: Any, src: MetaTensor | None = None) -> GridResult:
+    """Attack the source voxels through the bundle's preprocessing (module docstring); ``src``: the source
+    as the loading transforms give it, when the caller has it already (else loaded from ``case.source``)."""
+    src = _load_source(w, case) if src is None else src
     lattice = source_lattice(case)
     u, scale, offset = lattice.variable(src.as_tensor()[None].float().to(x.device))
     model, slice_dim = _source_model(w, victim, src, x, scale, offset)

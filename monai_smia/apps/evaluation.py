@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from monai_smia.apps.attack_cases import GRIDS
 from monai_smia.apps.evaluation_config import SETTINGS, EvaluationCondition, bundle_configs, condition_parser
 from monai_smia.apps.evaluation_reports import write_evaluation_reports
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
@@ -63,6 +64,9 @@ class RobustnessEvaluation:
         distributed: split cases across ``torchrun`` processes (NCCL on GPUs, gloo on CPUs).
         num_figure_cases: cases drawn in the example figures.
         batch_size: cases per evaluator iteration; ``None``: the bundle's evaluate.json (volumes of different sizes need 1).
+        grid: ``"network"`` (default): attack the network input; ``"source"``: attack the source voxels
+            (e.g. HU) through the bundle's preprocessing, as ``monai-smia attack`` does by default
+            (:mod:`monai_smia.apps.evaluation_source`; L-inf/L2/variance then measured on the source grid).
     """
 
     def __init__(
@@ -85,7 +89,11 @@ class RobustnessEvaluation:
         distributed: bool = False,
         num_figure_cases: int = 2,
         batch_size: int | None = None,
+        grid: str = "network",
     ) -> None:
+        if grid not in GRIDS:
+            raise ValueError(f"--grid {grid!r}: choose one of {', '.join(GRIDS)}.")
+        self.grid = str(grid)
         self.attacks = check_attacks(list(attacks))
         if eps is None:
             raise ValueError(f"no attack budget for {bundle}: pass eps (in the bundle's input units, or with eps_unit='HU').")
@@ -143,6 +151,7 @@ class RobustnessEvaluation:
             "max_cases": self.max_cases,
             "seed": self.seed,
             "num_figure_cases": self.num_figure_cases,
+            "grid": self.grid,
         }
 
     def run_condition(self, root: Path, attack: str, eps: float | None, device: torch.device, labels: bool = True) -> EvaluationCondition:

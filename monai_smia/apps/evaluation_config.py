@@ -29,13 +29,22 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
 
+from monai_smia.apps.attack_cases import GRIDS
+from monai_smia.apps.evaluation_source import source_grid_overrides
 from monai_smia.attacks.registry import check_attacks, make_attack
 from monai_smia.bundle.data import bundle_cases, find_case_error, root_cause
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.handlers.seeding import seed_key
-from monai_smia.io.units import parse_bounds, resolve_bounds, resolve_eps_scale, warn_whole_range
+from monai_smia.io.units import (
+    parse_bounds,
+    resolve_bounds,
+    resolve_eps_scale,
+    source_intensity_scale,
+    warn_whole_range,
+)
 from monai_smia.reports import CaseStore, atomic_write_bytes, check_run_settings, file_sha256
+from monai_smia.transforms.differentiable import split_preprocessing
 
 __all__ = ["EvaluationCondition", "EvaluationStore", "CaseErrorNamer", "SETTINGS", "evaluation_overrides", "condition_parser"]
 
@@ -91,6 +100,8 @@ class EvaluationCondition:
         attack: a name of :data:`~monai_smia.attacks.ATTACKS`, or ``"clean"``.
         eps: budget in ``eps_unit`` (ignored for ``"clean"``).
         checkpoint: the weights (default ``models/model.pt`` of the bundle).
+        grid: ``"network"`` (default: attack the network input) or ``"source"``: attack the source
+            voxels through the preprocessing (:mod:`monai_smia.apps.evaluation_source`).
     """
 
     def __init__(
@@ -114,7 +125,11 @@ class EvaluationCondition:
         num_figure_cases: int = 2,
         checkpoint: str | os.PathLike | None = None,
         use_labels: bool = True,
+        grid: str = "network",
     ) -> None:
+        if grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}.")
+        self.grid = str(grid)
         self.root, self.dataset_dir, self.output_dir = Path(bundle_root).resolve(), Path(dataset_dir), Path(output_dir)
         self.metadata = json.loads((self.root / "configs" / "metadata.json").read_text())
         self.task, self.num_classes = task_from_metadata(self.metadata)
@@ -132,6 +147,9 @@ class EvaluationCondition:
         self.bounds, self.bounds_note = resolve_bounds(parse_bounds(bounds), preprocessing)
         if self.eps is not None:
             warn_whole_range(self.eps, self.scale, self.eps_unit, self.bounds, self.root.name)
+        if self.grid == "source":  # a preprocessing that cannot run inside the attack: refused before any write
+            split_preprocessing(preprocessing)
+            source_intensity_scale(preprocessing)
         self.items, self.case_source = self._cases()
         check_case_files(self.items, input_spec(self.metadata, preprocessing, inferer))  # before anything is written
         self.figure_cases = [it["case_id"] for it in self.items[: int(num_figure_cases)]]
@@ -168,7 +186,18 @@ class EvaluationCondition:
             "sigma": self.sigma,
             "bounds": list(self.bounds) if self.bounds is not None else None,
             "seed": self.seed,
+            "grid": self.grid,
         }
+
+    @property
+    def eps_source(self) -> float | None:
+        """The budget in source intensity units (e.g. HU) for a source-grid attack."""
+        return None if self.eps is None else self.eps * self.scale / source_intensity_scale(self.preprocessing)
+
+    @property
+    def source_to_eps(self) -> float:
+        """The user's eps units per source intensity unit."""
+        return source_intensity_scale(self.preprocessing) / self.scale
 
     @property
     def is_main_rank(self) -> bool:
@@ -176,7 +205,8 @@ class EvaluationCondition:
 
     @property
     def description(self) -> str:
-        return f"{self.root.name} {self.attack}" + ("" if self.eps is None else f" eps={self.eps:g}{self.eps_unit}")
+        grid = " (source grid)" if self.grid == "source" else ""
+        return f"{self.root.name} {self.attack}" + ("" if self.eps is None else f" eps={self.eps:g}{self.eps_unit}{grid}")
 
     def spatial_dims(self) -> int:
         """2 for a slice-wise (``SliceInferer``) bundle, else the rank of its declared input shape."""
@@ -328,6 +358,11 @@ def condition_parser(root: Path, settings: dict[str, Any], labels: bool = True, 
             parser[key] = value
     for key, value in {**settings, **(distributed_overrides(section) if distributed else {})}.items():
         parser[key] = value
+    if "grid" in settings:  # monai-smia evaluate's setting; a bundle's own config attacks the network input
+        parser["condition#grid"] = "@grid"
+        if settings["grid"] == "source":
+            for key, value in source_grid_overrides(section, labels).items():
+                parser[key] = value
     if batch_size is not None:
         parser[f"{section}#dataloader#batch_size" if section else "dataloader#batch_size"] = int(batch_size)
     return parser

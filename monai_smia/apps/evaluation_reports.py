@@ -18,10 +18,23 @@ import numpy as np
 from monai_smia.handlers.records import TRACE_CURVES
 from monai_smia.io.datalist import load_datalist
 from monai_smia.metrics import classification_attack_success, segmentation_attack_success
-from monai_smia.reports import classification_set_metrics, write_eps_sweep, write_provenance, write_reports
+from monai_smia.reports import (
+    classification_set_metrics,
+    write_eps_sweep,
+    write_provenance,
+    write_reports,
+    write_summary_json,
+)
 from monai_smia.reports.figures import case_figure, trace_curves_figure
 
-__all__ = ["condition_records", "write_evaluation_reports", "write_figures"]
+__all__ = ["GRID_NOTES", "condition_records", "write_evaluation_reports", "write_figures"]
+
+#: what the reports say about each grid (summary.md's title, provenance.json)
+GRID_NOTES = {
+    "network": "attacks on the network grid (L-inf/L2/var of the network input, in the eps unit)",
+    "source": "attacks on the source grid (the source voxels, clamped to their stored type's range; L-inf/L2/var "
+    "there, in the eps unit; PSNR/SSIM of the preprocessed network inputs)",
+}
 
 
 def _success(task: str, clean: dict[str, Any], rec: dict[str, Any]) -> float | None:
@@ -72,6 +85,7 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
     metrics = [*task_metrics, "success", "linf", "l2", "var", "psnr", "ssim", "positive_cosine_share"]
     set_metrics = classification_set_metrics(output_key="logits") if task == "classification" and condition.use_labels else None
     by_eps = {}
+    grid = getattr(evaluation, "grid", "network")
     for i, eps in enumerate(evaluation.eps):
         records = condition_records(condition.store, condition.items, evaluation.attacks, eps, task)
         res = write_reports(
@@ -80,9 +94,14 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
             metrics=metrics,
             headline=headline,
             set_metrics=set_metrics,
-            title=f"{condition.root.name}: {evaluation.data_split} split, eps = {eps:g}{unit}, T = {evaluation.num_iter}",
+            title=f"{condition.root.name}: {evaluation.data_split} split, eps = {eps:g}{unit}, "
+            f"T = {evaluation.num_iter}, {GRID_NOTES[grid]}",
             seed=evaluation.seed,
         )
+        for name, entry in res["summary"].items():  # summary.json states the grid of every attack
+            if name != "clean":
+                entry["grid"] = grid
+        write_summary_json(res["summary"], res["json"])
         by_eps[eps] = res["summary"]
     write_eps_sweep(out, by_eps, headline[0], eps_unit=unit)
     write_provenance(
@@ -116,6 +135,8 @@ def _attack_settings(evaluation: Any, condition: Any) -> dict[str, Any]:
         "cases": len(condition.items),
         "label_free": not condition.use_labels,
         "evaluator_config": getattr(evaluation, "config_files", []),
+        "grid": getattr(evaluation, "grid", "network"),
+        "grid_note": GRID_NOTES[getattr(evaluation, "grid", "network")],
     }
 
 

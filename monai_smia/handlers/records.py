@@ -106,7 +106,8 @@ class CaseRecordHandler:
         attack: the condition's attack name (``"clean"``: no adversarial batch).
         eps: its budget in the user's unit (``None`` for clean).
         inferer: the evaluator's inferer; an ``AttackInferer`` supplies ``last_adversarial`` and
-            ``last_diagnostics``.
+            ``last_diagnostics``; an inferer with ``last_record_extras`` (one dict per case, e.g.
+            :class:`~monai_smia.apps.evaluation_source.SourceGridAttackInferer`) adds its entries to the records.
         bounds: valid input range (PSNR/SSIM data range); ``None``: each clean image's range.
         eps_scale: network-input units per ``eps`` unit.
         figure_cases: case ids whose arrays are kept for the example figures.
@@ -150,7 +151,10 @@ class CaseRecordHandler:
         records = case_records(
             self.task, self.attack, self.eps, ids, x, x_adv, logits, label, diagnostics, self.bounds, self.eps_scale, clean
         )
+        extras = getattr(self.inferer, "last_record_extras", None) if x_adv is not None else None
         for b, rec in enumerate(records):
+            if extras and b < len(extras):  # e.g. a source-grid attack: its grid and source-grid perturbation figures
+                rec.update(extras[b])
             self.store.save(rec)
             if rec["case_id"] in self.figure_cases and callable(getattr(self.store, "save_example", None)):
                 self.store.save_example(self.attack, self.eps, rec["case_id"], self._example(b, x, x_adv, logits, label))
