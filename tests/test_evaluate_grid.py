@@ -75,7 +75,14 @@ def test_evaluate_on_the_source_grid(ct_data, tmp_path, capsys, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["SMIA"]["grid"] == "source" and "grid" not in summary["clean"]
     assert "source grid" in (out / "summary.md").read_text().splitlines()[0]
+    # the same attack as ``monai-smia attack --grid source``: the same prediction error on the case
+    att = tmp_path / "attack"
+    assert main(["attack", "--bundle", "lung_ct_seg", "--input", str(ct_data), "--output", str(att), "--attack", "FGSM",
+                 "--eps", str(EPS), "--device", "cpu", "--grid", "source"]) == 0  # fmt: skip
+    written = json.loads((att / "cases" / "FGSM" / "eps_20.0" / "ct.json").read_text())
+    rec = json.loads((out / "cases" / "FGSM" / "eps_20.0" / "0000_ct.json").read_text())
+    assert written["error_adversarial"] == pytest.approx(1.0 - rec["pixel_accuracy"], abs=1e-12)
     capsys.readouterr()
     assert _evaluate(ct_data, out, "network") == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "grid" in err and "'source' there" in err, err
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("monai-smia evaluate: error:")]
+    assert len(errors) == 1 and "grid: 'source' there, 'network' now" in errors[0], errors
