@@ -66,7 +66,7 @@ def input_spec(metadata: Mapping[str, Any], preprocessing: Any, inferer: Any = N
 
 def _uncompressed_size(path: Path, expected: int) -> int:
     """Bytes of the file once decompressed: the gzip trailer's size when it agrees with ``expected``
-    (modulo 2**32), else the counted bytes of a full decompression (0 bytes past a cut)."""
+    (modulo 2**32), else the counted bytes of a full decompression (-1 if the stream is cut or broken)."""
     import gzip
     import zlib
 
@@ -82,7 +82,7 @@ def _uncompressed_size(path: Path, expected: int) -> int:
             while chunk := f.read(1 << 24):
                 count += len(chunk)
     except (EOFError, OSError, zlib.error):
-        return min(count, expected - 1)
+        return -1  # the compressed stream ends (or breaks) before its end
     return count
 
 
@@ -98,6 +98,10 @@ def _check_nifti(path: Path, spec: InputSpec) -> None:
     shape = tuple(int(s) for s in img.shape)
     expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     found = _uncompressed_size(path, expected)
+    if found < 0:
+        raise CaseError(
+            f"{str(path)!r} is cut short (its gzip stream ends before the {expected} bytes its header needs); replace this file."
+        )
     if found < expected:
         raise CaseError(f"{str(path)!r} is cut short ({found} of {expected} bytes); replace this file.")
     dims = len(shape)
