@@ -137,3 +137,22 @@ def test_checks_accept_what_the_bundles_take(data_dir, tmp_path):
     check_image_file(grey, InputSpec(num_channels=1, spatial_ndim=2, max_value=255.0))
     with pytest.raises(CaseError, match="takes 2D images"):
         check_image_file(data_dir / CT, InputSpec(num_channels=1, spatial_ndim=2))
+
+
+def test_datalist_item_without_label(data_dir, tmp_path, capsys):
+    """A labelled evaluation whose second case has no label stops before anything is written, naming it."""
+    img = _ct(data_dir)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (data / name).write_bytes((data_dir / CT).read_bytes())
+    label = np.asarray(nib.load(str(data_dir / SEG)).dataobj) > 0
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), img.affine), str(data / "label.nii.gz"))
+    items = [{"image": "a.nii.gz", "label": "label.nii.gz"}, {"image": "b.nii.gz"}]
+    (data / "datalist.json").write_text(json.dumps({"name": "bad", "training": [], "validation": [], "test": items}))
+    out = tmp_path / "out"
+    args = ["evaluate", "--bundle", "lung_ct_seg", "--dataset-dir", str(data), "--output", str(out)]
+    assert main([*args, "--attacks", "FGSM", "--num-iter", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "b.nii.gz" in err and "no 'label'" in err, err
+    assert not out.exists()

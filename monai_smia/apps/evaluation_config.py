@@ -151,7 +151,8 @@ class EvaluationCondition:
             split_preprocessing(preprocessing)
             source_intensity_scale(preprocessing)
         self.items, self.case_source = self._cases()
-        check_case_files(self.items, input_spec(self.metadata, preprocessing, inferer))  # before anything is written
+        spec = input_spec(self.metadata, preprocessing, inferer)
+        check_case_files(self.items, spec, require=("label",) if self.use_labels else ())  # before anything is written
         self.figure_cases = [it["case_id"] for it in self.items[: int(num_figure_cases)]]
         self.rank, self.distributed = _rank()
         self.store = EvaluationStore(self.output_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,10 +163,20 @@ def _check_cached(path: str, size: int, mtime_ns: int, spec: InputSpec) -> None:
 
 
 def check_case_files(
-    items: Iterable[Mapping[str, Any] | str | os.PathLike], spec: InputSpec, key: str = "image"
+    items: Iterable[Mapping[str, Any] | str | os.PathLike],
+    spec: InputSpec,
+    key: str = "image",
+    require: Sequence[str] = (),
 ) -> None:
-    """Check every case's image file (``items``: datalist dicts or paths) before a run writes anything."""
+    """Check every case's image file (``items``: datalist dicts or paths) before a run writes anything;
+    each dict item must also hold every key of ``require`` (e.g. ``"label"`` unless the run is label-free)."""
     for item in items:
+        missing = [k for k in require if isinstance(item, Mapping) and item.get(k) is None]
+        if missing:
+            raise CaseError(
+                f"{str(item.get(key))!r}: its datalist entry has no {missing[0]!r}; give every case one "
+                "(a bundle without labels is evaluated label-free)."
+            )
         path = item.get(key) if isinstance(item, Mapping) else item
         if isinstance(path, (str, os.PathLike)):
             check_image_file(path, spec)
