@@ -368,30 +368,12 @@ class AdversarialWriter:
         return summary
 
 
-def run_attack(
-    bundle: str | os.PathLike,
-    input: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    attack: str = "SMIA",
-    eps: float | None = None,
-    eps_unit: str | None = None,
-    eps_scale: float | None = None,
-    num_iter: int = 10,
-    alpha: float = 1.0,
-    sigma: float = 1.0,
-    device: str | torch.device | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
+def run_attack(bundle: str | os.PathLike, input: str | os.PathLike, output_dir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
     """Attack every image of ``input`` and write adversarial copies to ``output_dir``; returns the summary.
 
-    A thin call of :class:`AdversarialWriter` (same arguments; ``kwargs`` go to it: ``bounds``,
-    ``grid``, ``data_split``, ``label_key``, ``use_labels``, ``save_dtype``, ``dicom``,
-    ``source_scale``, ``checkpoint``, ``seed``, ``verify``, ``max_cases``, ``progress``). The attacks
+    A thin call of :class:`AdversarialWriter`: ``kwargs`` are its arguments (``attack``, ``eps``,
+    ``eps_unit``, ``num_iter``, ``grid``, ``save_dtype``, ``device``, ...) with its defaults. The attacks
     are SMIA (Qi et al., "Stabilized Medical Image Attacks", ICLR 2021, arXiv 2103.05232) and its
     baselines (:func:`monai_smia.attacks.registry.make_attack`).
     """
-    writer = AdversarialWriter(
-        bundle, input, output_dir, attack=attack, eps=eps, eps_unit=eps_unit, eps_scale=eps_scale,
-        num_iter=num_iter, alpha=alpha, sigma=sigma, device=device, **kwargs,
-    )  # fmt: skip
-    return writer.run()
+    return AdversarialWriter(bundle, input, output_dir, **kwargs).run()
