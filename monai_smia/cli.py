@@ -269,11 +269,26 @@ def _message(err: BaseException) -> str:
     return text if isinstance(cause, (ValueError, OSError, KeyError)) else f"{type(cause).__name__}: {text}"
 
 
+def _quiet_libraries() -> None:
+    """Keep the CLI's output to its progress bars, tables and errors: the evaluator's per-condition
+    key-metric lines and MONAI's notices about optional decoders and changed defaults are not the
+    user's business (``--debug`` shows them)."""
+    import warnings
+
+    logging.getLogger("ignite").setLevel(logging.WARNING)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    # MONAI's StatsHandler resets its logger's level each time it is built: a filter stays
+    logging.getLogger("monai.handlers.StatsHandler").addFilter(lambda record: record.levelno >= logging.WARNING)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+    warnings.filterwarnings("ignore", message=".*Current default value of argument `labels=")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; every error is one line on stderr with exit code 2 (the traceback only with --debug)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("ignite").setLevel(logging.WARNING)  # the progress bars say enough
+    if not args.debug:
+        _quiet_libraries()
     try:
         _check_device(getattr(args, "device", None))
         _check_output(getattr(args, "output", None))
