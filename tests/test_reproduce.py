@@ -69,6 +69,7 @@ def test_rows_for_every_table_and_reading(run):
     assert len(saved["claims"]) == len(rows)
     md = (out / "reproduce.md").read_text()
     assert "Table 5" in md and "holds" in md and "### Overview" in md
+    assert saved["grid"] == "network" and "Grid: network" in md  # the report states where the attacks perturb
     overview = md.split("### Overview")[1].split("### Every claim")[0]
     assert sum(line.startswith("| 1 |") for line in overview.splitlines()) == 2  # Table 1's two claims, default reading
     assert report["figures"] and all((out / f).is_file() for f in report["figures"])

@@ -163,6 +163,7 @@ def run_reproduce(
             store = CaseStore(out / bundle / protocol)
             claims += bundle_claims(bundle, info["task"], protocol, settings, store.records())
     meta = {"settings": asdict(settings), "bundles": bundles, "wall_time_s": time.perf_counter() - t0, "device": device}
+    meta["grid"] = "network"  # every attack here perturbs the network input (2D slices for lung CT), as the paper does
     return write_claims(out, claims, meta, num_resamples=settings.num_resamples, seed=settings.seed)
 
 

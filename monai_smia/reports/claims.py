@@ -169,6 +169,8 @@ def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[
     for bundle, info in meta.get("bundles", {}).items():
         lines.append(f"- {bundle} ({info.get('task')}): {info.get('source')}; eps {info.get('eps')} {info.get('eps_unit')}")
     lines += ["", "Protocols: `projected` = an L-infinity budget eps with step 2.5 eps / T; `paper` = per-step eps, ball T * eps.", ""]
+    if meta.get("grid"):
+        lines += [f"Grid: {meta['grid']} (the attacks perturb the network input, not the source file's voxels).", ""]
     return lines
 
 
