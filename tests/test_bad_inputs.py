@@ -137,6 +137,10 @@ def test_checks_accept_what_the_bundles_take(data_dir, tmp_path):
     check_image_file(grey, InputSpec(num_channels=1, spatial_ndim=2, max_value=255.0))
     with pytest.raises(CaseError, match="takes 2D images"):
         check_image_file(data_dir / CT, InputSpec(num_channels=1, spatial_ndim=2))
+    one_slice = tmp_path / "slice.nii.gz"  # a 2D image saved as (X, Y, 1) is 2D
+    img = nib.load(str(data_dir / CT))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 15:16], img.affine), str(one_slice))
+    check_image_file(one_slice, InputSpec(num_channels=1, spatial_ndim=2))
 
 
 def test_datalist_item_without_label(data_dir, tmp_path, capsys):
