@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from zoo_fixtures import WINDOW, decathlon_spleen, zoo_bundle
+from zoo_fixtures import WINDOW, decathlon_spleen, without_data_keys, zoo_bundle
 
 from monai_smia.cli import main
 
@@ -151,12 +151,7 @@ def test_bad_input_matrix(case, task, tmp_path, capsys):
             pytest.skip("running as a user who can write into read-only folders (root)")
         out, named = ro / "out", "cannot write"
     elif case in ("traversal", "no_image"):
-        train = json.loads((bundle / "configs" / "train.json").read_text())
-        del train["validate"]["dataset"]
-        (bundle / "configs" / "train.json").write_text(json.dumps(train))
-        override = json.loads((bundle / "configs" / "evaluate.json").read_text())
-        del override["validate#dataset#cache_rate"]
-        (bundle / "configs" / "evaluate.json").write_text(json.dumps(override))
+        without_data_keys(bundle)
         meta = json.loads((data / "dataset.json").read_text())
         meta["training"][0] = {"image": "../../../etc/passwd"} if case == "traversal" else {"label": "./labelsTr/spleen_1.nii.gz"}
         (data / "dataset.json").write_text(json.dumps(meta))
@@ -174,13 +169,7 @@ def test_a_case_that_fails_to_load_is_named(spleen, task, tmp_path, capsys):
     """An empty NIfTI as the second case: the error names that file (not the previous batch's), exit 2."""
     import shutil
 
-    bundle = zoo_bundle(tmp_path / "b")
-    train = json.loads((bundle / "configs" / "train.json").read_text())
-    del train["validate"]["dataset"]
-    (bundle / "configs" / "train.json").write_text(json.dumps(train))
-    override = json.loads((bundle / "configs" / "evaluate.json").read_text())
-    del override["validate#dataset#cache_rate"]
-    (bundle / "configs" / "evaluate.json").write_text(json.dumps(override))
+    bundle = without_data_keys(zoo_bundle(tmp_path / "b"))
     data = tmp_path / "Task09_Spleen"
     shutil.copytree(task, data)
     (data / "imagesTr" / "spleen_2.nii.gz").write_bytes(b"")

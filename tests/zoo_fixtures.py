@@ -198,3 +198,15 @@ def zoo_bundle(out: Path, shape: str = "train_override") -> Path:
     net = parser.get_parsed_content("network_def", instantiate=True)
     torch.save(net.state_dict(), out / "models" / "model.pt")
     return out
+
+
+def without_data_keys(bundle: Path) -> Path:
+    """The Decathlon-fed shape: drop ``validate#dataset`` from train.json and the evaluate.json override
+    that refers to it, so the bundle's cases come from the data folder's ``dataset.json``."""
+    drops = {"train.json": lambda c: c["validate"].pop("dataset"), "evaluate.json": lambda c: c.pop("validate#dataset#cache_rate")}
+    for name, drop in drops.items():
+        path = bundle / "configs" / name
+        config = json.loads(path.read_text())
+        drop(config)
+        path.write_text(json.dumps(config))
+    return bundle
