@@ -269,6 +269,10 @@ def _message(err: BaseException) -> str:
     return text if isinstance(cause, (ValueError, OSError, KeyError)) else f"{type(cause).__name__}: {text}"
 
 
+def _warnings_and_above(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
 def _quiet_libraries() -> None:
     """Keep the CLI's output to its progress bars, tables and errors: the evaluator's per-condition
     key-metric lines and MONAI's notices about optional decoders and changed defaults are not the
@@ -278,7 +282,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("ignite").setLevel(logging.WARNING)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     # MONAI's StatsHandler resets its logger's level each time it is built: a filter stays
-    logging.getLogger("monai.handlers.StatsHandler").addFilter(lambda record: record.levelno >= logging.WARNING)
+    logging.getLogger("monai.handlers.StatsHandler").addFilter(_warnings_and_above)  # one filter however often main runs
     warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
     warnings.filterwarnings("ignore", message=".*Current default value of argument `labels=")
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_smia.metrics.task import class_indices, predicted_classes, segmentation_case_metrics
+
 
 def classification_attack_success(clean_pred: Any, adv_pred: Any, labels: Any) -> np.ndarray:
     """Per case: 1.0 if the clean case was classified correctly and the attack flips it, 0.0 if it
@@ -55,8 +57,6 @@ def case_success(task: str, clean_logits: Any, adv_logits: Any, reference: Any) 
         reference: labels in any form :func:`~monai_smia.metrics.task.class_indices` accepts, or the
             clean prediction (label-free).
     """
-    from monai_smia.metrics.task import class_indices, predicted_classes, segmentation_case_metrics
-
     if task == "classification":
         ref = class_indices(torch.as_tensor(reference), torch.as_tensor(clean_logits).shape[1], spatial=False)
         return classification_attack_success(predicted_classes(clean_logits), predicted_classes(adv_logits), ref)
