@@ -10,12 +10,21 @@ count of the call); a DeepFool iteration costs one forward and K backward passes
 iteration one forward+backward. Each is timed on the task it fits (and compared with torchattacks'
 DeepFool on the classifier when it is installed). DAG runs at most T iterations here.
 
-Usage: ``python benchmarks/bench_attacks.py [--repeats 3] [--device cpu|cuda] [--amp]``
+On the CPU, glibc's malloc hands large freed blocks back to the kernel and page-faults them in again on the
+next allocation; how often depends on which tensors happen to be alive, so the same work differed by up to 25%
+from one process to the next (10 bare forward+backward passes of the UNet: 1.53 s and 1.96 s). The benchmark
+therefore fixes the allocator first (``mallopt``: no trimming, a fixed 32 MiB mmap threshold; the same as
+``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_``), so the ratios compare compute; ``--malloc default``
+measures with glibc's defaults.
+
+Usage: ``python benchmarks/bench_attacks.py [--repeats 3] [--device cpu|cuda] [--amp] [--malloc steady|default]``
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import platform
 import time
 from typing import Callable
@@ -28,6 +37,17 @@ from monai_smia.attacks import frozen_network
 from monai_smia.attacks.smia import PerturbationSmoother
 
 T = 10
+
+
+def steady_allocator() -> str:
+    """Stop glibc's malloc from trimming and from moving its mmap threshold (see the module docstring)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return "default (no glibc mallopt here)"
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_trim_threshold, 2**31 - 1) == 1 and libc.mallopt(m_mmap_threshold, 32 * 2**20) == 1
+    return "glibc, no trim, mmap threshold 32 MiB" if ok else "default (mallopt refused)"
 
 
 def timed_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
@@ -132,9 +152,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="run the networks under autocast")
     parser.add_argument("--densenet-size", type=int, default=96, help="side of the DenseNet121 inputs (default 96)")
+    parser.add_argument("--malloc", choices=("steady", "default"), default="steady", help="CPU allocator setting (see above)")
     parser.add_argument("--unet-size", type=int, default=256, help="side of the UNet inputs (default 256)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    allocator = steady_allocator() if args.malloc == "steady" else "glibc defaults"
     torch.manual_seed(0)
     unet = UNet(2, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2).to(device)
     dense = DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).to(device)
@@ -145,7 +167,7 @@ def main() -> None:
     ]
     rows = [bench(name, net, x, y, args.repeats, args.amp) for name, net, x, y in cases]
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}\n")
+    print(f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}; malloc: {allocator}\n")
     print("| network | FGSM ms/it | PGD ms/it | SMIA ms/it | torchattacks PGD ms/it | floor SMIA/PGD | SMIA/PGD / floor | PGD / T bare fwd+bwd | ours / torchattacks |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
-__all__ = ["AttackTrace", "TraceRecorder", "COSINE_KINDS"]
+__all__ = ["COSINE_KINDS", "AttackTrace", "TraceRecorder"]
 
 #: the vectors whose consecutive cosines are recorded (see the module docstring)
 COSINE_KINDS = ("step", "gradient", "update", "perturbation")
@@ -176,6 +176,13 @@ class AttackTrace:
         return out
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products ``(B, N) x (B, N) -> (B,)`` as float64. torch sums on the CPU pairwise
+    (cascade), so accumulating in the inputs' precision keeps about 1e-7 relative error at half the
+    memory traffic of a float64 accumulator."""
+    return (a * b).sum(dim=1).double()
+
+
 def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.as_tensor() if isinstance(t, MetaTensor) else t
 
@@ -199,12 +206,11 @@ class TraceRecorder:
 
     def _pair(self, name: str, flat: torch.Tensor, dot_row: str, sq_row: str | None) -> torch.Tensor:
         """Append ``flat``'s squared norm (when ``sq_row``) and its dot product with the previous ``name``."""
-        f64 = torch.float64  # sums accumulate in float64 without a float64 copy of the tensors
-        sq = (flat * flat).sum(dim=1, dtype=f64)
+        sq = _dot(flat, flat)
         if sq_row is not None:
             self.rows[sq_row].append(sq)
         prev = self._prev.get(name)
-        self.rows[dot_row].append(torch.zeros_like(sq) if prev is None else (flat * prev).sum(dim=1, dtype=f64))
+        self.rows[dot_row].append(torch.zeros_like(sq) if prev is None else _dot(flat, prev))
         self._prev[name] = flat
         return sq
 
@@ -230,7 +236,7 @@ class TraceRecorder:
         r["deviation_loss"].append(deviation.detach().float().reshape(b))
         r["stabilization_loss"].append(self._nan if stabilization is None else stabilization.detach().float().reshape(b))
         r["zero_gradient"].append(flat_g.abs().amax(dim=1) == 0)
-        r["d_sum"].append(flat_d.sum(dim=1, dtype=torch.float64))
+        r["d_sum"].append(flat_d.sum(dim=1).double())
         self._pair("d", flat_d, "d_dot", "d_sqsum")
         self._pair("grad", flat_g, "grad_dot", "grad_sq")
         raw = flat_g.sign() if step is None else step.detach().reshape(b, -1)
