@@ -60,12 +60,12 @@ from monai_smia.apps.attack_survival import case_record, read_back_survival, sum
 from monai_smia.attacks.volume import slice_progress
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import Victim, load_victim, resolve_bundle
+from monai_smia.io.atomic import write_json_atomic
 from monai_smia.io.units import parse_bounds, resolve_bounds, source_intensity_scale, warn_whole_range
 from monai_smia.losses import hard_prediction, prepare_labels
 from monai_smia.metrics import case_success
 from monai_smia.reports import (
     CaseStore,
-    atomic_write_json,
     check_run_settings,
     file_sha256,
     to_jsonable,
@@ -364,7 +364,7 @@ class AdversarialWriter:
         records = {c.case_id: rec for c in cases if (rec := self.store.load(self.attack, self.eps, c.case_id)) is not None}
         head = {"bundle": self.root.name, "attack": self.attack, "eps": self.eps, "eps_unit": self.eps_unit, "grid": self.grid}
         summary = summarize_cases(records, head)
-        atomic_write_json(self.output_dir / "summary.json", summary)
+        write_json_atomic(self.output_dir / "summary.json", to_jsonable(summary), allow_nan=False, trailing_newline=True)
         return summary
 
 

@@ -51,10 +51,27 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    with atomic_file(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+def write_json_atomic(
+    path: str | os.PathLike, obj: Any, allow_nan: bool = True, trailing_newline: bool = False
+) -> Path:
+    """Write ``obj`` as JSON (``indent=2``) to ``path`` through a synced temporary file and a rename.
+
+    Args:
+        path: the file to (re)write; its folder is created when missing.
+        obj: a JSON-serialisable object (``monai_smia.reports.to_jsonable`` converts arrays and tensors).
+        allow_nan: write ``NaN``/``Infinity`` (Python's ``json`` reads them back); ``False`` raises on them.
+        trailing_newline: end the file with a newline.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    text = json.dumps(obj, indent=2, allow_nan=allow_nan) + ("\n" if trailing_newline else "")
+    with atomic_file(path, suffix=".tmp") as tmp, open(tmp, "wb") as f:
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 def _pid_alive(pid: int) -> bool:

@@ -11,11 +11,10 @@ from monai_smia.reports.figures import (
 )
 from monai_smia.reports.provenance import collect_provenance, file_sha256, write_provenance
 from monai_smia.reports.store import (
-    CaseStore,
     RESERVED_KEYS,
     RUN_SETTINGS,
+    CaseStore,
     atomic_write_bytes,
-    atomic_write_json,
     atomic_write_text,
     check_run_settings,
     to_jsonable,
@@ -33,12 +32,11 @@ from monai_smia.reports.tables import (
 )
 
 __all__ = [
-    "CaseStore",
     "RESERVED_KEYS",
     "RUN_SETTINGS",
+    "CaseStore",
     "SetMetric",
     "atomic_write_bytes",
-    "atomic_write_json",
     "atomic_write_text",
     "case_figure",
     "check_run_settings",

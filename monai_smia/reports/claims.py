@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from monai_smia.io.atomic import write_json_atomic
 from monai_smia.metrics.paired import HOLDS, compare_paired
 from monai_smia.reports.figures import _pyplot, save_figure
-from monai_smia.reports.store import atomic_write_json, atomic_write_text
+from monai_smia.reports.store import atomic_write_text, to_jsonable
 
 __all__ = [
     "TABLE_TITLES",
@@ -215,6 +216,6 @@ def write_claims(
     if warned:
         text += "\n(warned): the attack warned that this setting collapses:\n\n" + "\n".join(f"- {w}" for w in warned) + "\n"
     text += "\nFigures: " + ", ".join(figures) + "\n"
-    atomic_write_json(out / "reproduce.json", report)
+    write_json_atomic(out / "reproduce.json", to_jsonable(report), allow_nan=False, trailing_newline=True)
     atomic_write_text(out / "reproduce.md", text)
     return report

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from monai_smia.reports.store import atomic_write_json
+from monai_smia.io.atomic import write_json_atomic
+from monai_smia.reports.store import to_jsonable
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -82,6 +83,6 @@ def collect_provenance(
 
 def write_provenance(path: str | Path, **kwargs: Any) -> Path:
     """Write :func:`collect_provenance` (same keyword arguments) to ``path`` as JSON, atomically."""
-    return atomic_write_json(path, collect_provenance(**kwargs), strict=True)
+    return write_json_atomic(path, to_jsonable(collect_provenance(**kwargs)), allow_nan=False, trailing_newline=True)
 
 

@@ -1,4 +1,4 @@
-"""Atomic JSON/text writes, the run-settings check and the resumable per-case store (``CaseStore``).
+"""Atomic text writes, the run-settings check and the resumable per-case store (``CaseStore``).
 
 A *record* is one case scored under one condition, a flat dict
 ``{"case_id": str, "attack": "clean" | attack name, "eps": float | None, <metric>: value, ...}``;
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from monai_smia.io.atomic import atomic_file
+from monai_smia.io.atomic import atomic_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,6 @@ def to_jsonable(obj: Any, strict: bool = True) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return str(obj)
-
-
-def atomic_write_json(path: str | Path, obj: Any, strict: bool = True) -> Path:
-    """Atomic JSON write; ``strict`` writes non-finite numbers as ``null`` (see :func:`to_jsonable`)."""
-    text = json.dumps(to_jsonable(obj, strict), indent=2, allow_nan=not strict)
-    return atomic_write_text(path, text + "\n")
 
 
 def _safe_name(text: str) -> str:
@@ -126,7 +120,7 @@ def check_run_settings(output_dir: str | Path, settings: Mapping[str, Any], writ
             "choose another output folder."
         )
     if write:
-        atomic_write_json(path, new, strict=False)
+        write_json_atomic(path, new, trailing_newline=True)
 
 
 class CaseStore:
@@ -187,7 +181,8 @@ class CaseStore:
         rec["case_id"], rec["attack"] = str(rec["case_id"]), str(rec["attack"])
         rec["eps"] = None if rec.get("eps") is None else float(rec["eps"])
         # internal file: keep nan/inf (Python's json reads them back)
-        return atomic_write_json(self.path(rec["attack"], rec["eps"], rec["case_id"]), rec, strict=False)
+        path = self.path(rec["attack"], rec["eps"], rec["case_id"])
+        return write_json_atomic(path, to_jsonable(rec, strict=False), trailing_newline=True)
 
     def records(self, attack: str | None = None, eps: float | None | str = "any") -> list[dict[str, Any]]:
         """All valid stored records (optionally of one attack and/or one eps), sorted by attack, eps, case."""

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_smia.reports.store import atomic_write_json, atomic_write_text, to_jsonable
+from monai_smia.io.atomic import write_json_atomic
+from monai_smia.reports.store import atomic_write_text, to_jsonable
 from monai_smia.reports.summary import ci_key, summarize_records
 
 
 def write_summary_json(summary: Mapping[str, Any], path: str | Path) -> Path:
     """``summary.json``: strict JSON, non-finite numbers as ``null``."""
-    return atomic_write_json(path, summary, strict=True)
+    return write_json_atomic(path, to_jsonable(summary), allow_nan=False, trailing_newline=True)
 
 
 def _fmt(v: Any, digits: int) -> str:
@@ -190,9 +191,11 @@ def write_eps_sweep(
 
     out = Path(output_dir)
     paths = {
-        "json": atomic_write_json(
+        "json": write_json_atomic(
             out / "eps_sweep.json",
-            {repr(float(e)): s for e, s in sorted(summaries_by_eps.items(), key=lambda kv: float(kv[0]))},
+            to_jsonable({repr(float(e)): s for e, s in sorted(summaries_by_eps.items(), key=lambda kv: float(kv[0]))}),
+            allow_nan=False,
+            trailing_newline=True,
         ),
         "markdown": atomic_write_text(
             out / f"eps_sweep_{metric}.md",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -26,13 +28,15 @@ from monai.data.utils import list_data_collate
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 
-from monai_smia.io.atomic import write_json_atomic
 from monai_smia.bundle.loading import load_weights
+from monai_smia.io.atomic import write_json_atomic
 from monai_smia.training.datalists import load_split
 
 INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")
 
 __all__ = ["evaluate_segmentation_bundle", "load_checkpoint", "metrics_for_metadata"]
+
+logger = logging.getLogger(__name__)
 
 
 #: kept for the bundle tests and configs; one loader for every checkpoint of the project
@@ -85,13 +89,13 @@ def evaluate_segmentation_bundle(
     by_source: dict[str, list[float]] = defaultdict(list)
     for c in cases:
         by_source[c["label_source"]].append(c["dice"])
-    mean = lambda v: float(sum(v) / len(v)) if v else float("nan")  # noqa: E731
+    mean = lambda v: float(sum(v) / len(v)) if v else float("nan")
     valid = [c for c in cases if c["dice"] == c["dice"]]  # NaN: no lung in the label
     return {
         "split": split,
         "mean_dice": mean([c["dice"] for c in valid]),
         "independent_labels_dice": mean([c["dice"] for c in valid if c["label_source"] in INDEPENDENT_SOURCES]),
-        "by_source": {k: mean([d for d in v if d == d]) for k, v in sorted(by_source.items())},
+        "by_source": {k: mean([d for d in v if not math.isnan(d)]) for k, v in sorted(by_source.items())},
         "cases": cases,
     }
 
@@ -107,6 +111,7 @@ def metrics_for_metadata(result: dict[str, Any]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: log the measured result as JSON; with ``--write_metadata`` merge it into the bundle's metadata."""
     p = argparse.ArgumentParser(prog="python -m monai_smia.training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle_root", required=True)
     p.add_argument("--dataset_dir", required=True)
@@ -116,15 +121,16 @@ def main(argv: list[str] | None = None) -> None:
         "--write_metadata", action="store_true", help="merge the results into configs/metadata.json eval_metrics"
     )
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # no-op when logging is already configured
     result = evaluate_segmentation_bundle(args.bundle_root, args.dataset_dir, args.split, args.checkpoint)
-    print(json.dumps(result, indent=2))
+    logger.info(json.dumps(result, indent=2))
     if args.write_metadata:
         meta_path = Path(args.bundle_root) / "configs" / "metadata.json"
         with open(meta_path) as f:
             meta = json.load(f)
         meta.setdefault("eval_metrics", {}).update(metrics_for_metadata(result))
         write_json_atomic(meta_path, meta)
-        print(f"updated eval_metrics in {meta_path}")
+        logger.info("updated eval_metrics in %s", meta_path)
 
 
 if __name__ == "__main__":
