@@ -100,3 +100,61 @@ def test_committed_checkpoint_matches_eval_metrics(det_dataset, tmp_path):
         assert summary["clean"][key] == pytest.approx(meta[f"test_{key}"], abs=2e-3), key
         assert summary["centre_box"][key] == pytest.approx(meta[f"baseline_{key}"], abs=2e-3), key
     assert summary["clean"]["ap_iou_0.5"] > summary["centre_box"]["ap_iou_0.5"]
+
+
+def _bundle_run(dataset: Path, out: Path, attack: str, max_cases: int, batch_size: int, nproc: int = 1) -> dict:
+    """One detection condition through ``python -m monai.bundle run`` with train.json + the evaluate.json
+    override (+ multi_gpu_evaluate.json under torchrun, gloo on CPUs); returns the stored records by case."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    files = ["train.json", "evaluate.json", *(["multi_gpu_evaluate.json"] if nproc > 1 else [])]
+    configs = "[" + ",".join(f"'{BUNDLE}/configs/{f}'" for f in files) + "]"
+    args = ["-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset),
+            "--output_dir", str(out), "--attack", attack, "--max_cases", str(max_cases), "--batch_size", str(batch_size)]  # fmt: skip
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29547", *args]
+    else:
+        cmd = [sys.executable, *args, "--device", "$torch.device('cpu')"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {json.loads(p.read_text())["case_id"]: json.loads(p.read_text()) for p in (out / "cases" / attack).glob("*/*.json")}
+
+
+def _assert_records_close(got: dict, want: dict) -> None:
+    assert set(got) == set(want) and got["case_id"] == want["case_id"]
+    for key, value in want.items():
+        if key not in ("case_id", "attack", "eps"):
+            np.testing.assert_allclose(np.asarray(got[key], dtype=float), np.asarray(value, dtype=float), atol=1e-5, err_msg=key)
+
+
+def test_evaluate_json_is_an_evaluator_override(det_dataset, tmp_path):
+    """evaluate.json overrides train.json's validate section: one condition runs through MONAI's
+    SupervisedEvaluator; its records equal the attack and detector called directly; random starts are
+    seeded per case (the same records at another batch size, and from two torchrun processes); a rerun resumes."""
+    import torch
+
+    from monai_smia.apps.detection_eval import load_detection_bundle
+    from monai_smia.detection import detect, make_detection_attack
+    from monai_smia.detection.engine import detection_record
+
+    _, dataset = det_dataset
+    fgsm = _bundle_run(dataset, tmp_path / "a", "FGSM", 5, 2)
+    detector, defaults = load_detection_bundle(BUNDLE)
+    data = load_detection_split(dataset, "test")
+    attack = make_detection_attack("FGSM", detector, defaults["eps"], defaults["num_iter"], allow_empty_boxes=True)
+    x_adv = attack(data.images[:5], data.boxes[:5], data.labels[:5])
+    for i, pred in enumerate(detect(detector, x_adv)):
+        want = detection_record(data.case_ids[i], "FGSM", defaults["eps"], pred, data.boxes[i], data.labels[i])
+        _assert_records_close(fgsm[data.case_ids[i]], json.loads(json.dumps(want)))
+    assert len(fgsm) == 5 and not torch.equal(x_adv, data.images[:5])
+    pgd_small = _bundle_run(dataset, tmp_path / "b", "PGD", 5, 2)
+    pgd_large = _bundle_run(dataset, tmp_path / "c", "PGD", 5, 5, nproc=2)
+    assert sorted(pgd_small) == sorted(pgd_large)
+    for case, rec in pgd_small.items():  # same random start per case whatever the batch or the rank
+        _assert_records_close(pgd_large[case], rec)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.json")}
+    assert _bundle_run(dataset, tmp_path / "a", "FGSM", 5, 2) == fgsm  # rerun: nothing pending, nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.json")} == stamps

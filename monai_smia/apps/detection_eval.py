@@ -21,16 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from monai_smia.detection import centre_box_baseline, detect, load_detection_split, make_detection_attack
+from monai_smia.apps.evaluation_config import bundle_configs
+from monai_smia.detection import DETECTION_ATTACKS, centre_box_baseline, load_detection_split
 from monai_smia.detection.data import DetectionSet
-from monai_smia.detection.metrics import METRIC_NAMES, DetectionSetMetrics, matched_ious
-from monai_smia.reports.figures import _pyplot, save_figure
+from monai_smia.detection.engine import detection_record
+from monai_smia.detection.metrics import METRIC_NAMES, DetectionSetMetrics
 from monai_smia.reports import CaseStore, write_provenance, write_reports
+from monai_smia.reports.figures import _pyplot, save_figure
 
-__all__ = ["DEFAULT_ATTACKS", "load_detection_bundle", "run_detection_evaluation", "main"]
+__all__ = ["DEFAULT_ATTACKS", "detection_defaults", "load_detection_bundle", "main", "run_detection_condition", "run_detection_evaluation"]
 
 DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA", "DAG")
 
@@ -48,39 +49,29 @@ def load_detection_bundle(bundle: str | os.PathLike, device: str | torch.device 
     detector = parser.get_parsed_content("detector")
     state = torch.load(parser.get_parsed_content("ckpt_path"), map_location=device, weights_only=True)
     detector.network.load_state_dict(state)
-    evaluate = ConfigParser.load_config_file(str(root / "configs" / "evaluate.json"))
-    defaults = {"eps": float(evaluate["eps"]), "num_iter": int(evaluate["num_iter"])}
-    return detector.to(device).eval(), defaults
+    return detector.to(device).eval(), detection_defaults(root)
 
 
-def _record(case: str, attack: str, eps: float | None, pred: dict[str, np.ndarray], gt: torch.Tensor, lab: torch.Tensor) -> dict[str, Any]:
-    ious = matched_ious(pred["boxes"], pred["scores"], gt.numpy())
-    return {
-        "case_id": case, "attack": attack, "eps": eps,
-        "iou": float(np.nan_to_num(ious, nan=0.0).mean()) if ious.size else float("nan"),
-        "num_detections_0.5": int((pred["scores"] >= 0.5).sum()),
-        "pred_boxes": pred["boxes"].tolist(), "pred_scores": pred["scores"].tolist(),
-        "pred_labels": pred["labels"].tolist(), "gt_boxes": gt.tolist(), "gt_labels": lab.tolist(),
-    }  # fmt: skip
+def detection_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
+    """The bundle's default budget: ``eps`` and ``num_iter`` of its ``configs/evaluate.json``."""
+    from monai.bundle import ConfigParser
+
+    evaluate = ConfigParser.load_config_file(str(Path(bundle) / "configs" / "evaluate.json"))
+    return {"eps": float(evaluate["eps"]), "num_iter": int(evaluate["num_iter"])}
 
 
-def _run_condition(
-    store: CaseStore, detector: Any, data: DetectionSet, name: str, eps: float | None, num_iter: int,
-    batch_size: int, seed: int,
-) -> None:  # fmt: skip
-    """Attack (or not: ``clean``) every pending case of ``data`` and store one record per case."""
-    pending = set(store.pending(name, eps, data.case_ids))
-    idx = [i for i, c in enumerate(data.case_ids) if c in pending]
-    attack = None if name == "clean" else make_detection_attack(name, detector, eps, num_iter, **({} if name == "DAG" else {"allow_empty_boxes": True}))
-    for start in range(0, len(idx), batch_size):
-        chunk = idx[start : start + batch_size]
-        x = data.images[chunk].to(next(detector.parameters()).device)
-        if attack is not None:
-            gen = torch.Generator(device=x.device).manual_seed(seed + chunk[0])
-            extra = {"generator": gen} if name in ("noise", "PGD") else {}
-            x = attack(x, [data.boxes[i] for i in chunk], [data.labels[i] for i in chunk], **extra)
-        for i, pred in zip(chunk, detect(detector, x)):
-            store.save(_record(data.case_ids[i], name, eps, pred, data.boxes[i], data.labels[i]))
+def run_detection_condition(bundle: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Run one condition through the bundle's evaluator config: ``train.json`` with its ``evaluate.json``
+    override of the ``validate`` section, top-level ``settings`` (``attack``, ``eps``, ...) set."""
+    from monai.bundle import ConfigParser
+
+    files, _ = bundle_configs(Path(bundle))
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    for key, value in settings.items():
+        parser[key] = value
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
 
 
 def detection_figure(path: str | Path, data: DetectionSet, records: Sequence[dict[str, Any]], cases: Sequence[str], score: float = 0.5) -> Path:
@@ -134,27 +125,33 @@ def run_detection_evaluation(
         attacks: names of :data:`monai_smia.detection.attack.DETECTION_ATTACKS`.
         eps, num_iter: budget (input units) and iterations; ``None``: the bundle's ``evaluate.json``.
         data_split, max_cases: which cases.
-        batch_size, seed, device: how to run (``seed`` seeds the noise and PGD's random start per batch).
+        batch_size, seed, device: how to run (``seed`` with each case's id seeds its noise and PGD random start: :func:`monai_smia.handlers.seeding.case_generators`).
         num_figure_cases: cases in the figure (those with the most ground-truth boxes first).
         num_resamples: bootstrap resamples of the intervals (over images).
 
     Returns:
         the summary ``{condition: {metric: value, metric + "_ci95": [lo, hi], "num_cases": n}}``.
     """
-    detector, defaults = load_detection_bundle(bundle, device)
+    unknown = [a for a in attacks if a not in DETECTION_ATTACKS]
+    if unknown:
+        raise ValueError(f"attacks: {unknown} are not detection attacks; choose from {sorted(DETECTION_ATTACKS)}.")
+    _, defaults = load_detection_bundle(bundle, device)  # a checkpoint that does not load fails here, before any output
     eps = defaults["eps"] if eps is None else float(eps)
     num_iter = defaults["num_iter"] if num_iter is None else int(num_iter)
     data = load_detection_split(dataset_dir, data_split)
     if max_cases is not None:
         data = DetectionSet(data.images[:max_cases], data.boxes[:max_cases], data.labels[:max_cases], data.case_ids[:max_cases])
     store, out = CaseStore(output_dir), Path(output_dir)
-    _run_condition(store, detector, data, "clean", None, num_iter, batch_size, seed)
+    settings = {"bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir), "eps": eps,
+                "num_iter": num_iter, "data_split": data_split, "max_cases": max_cases, "batch_size": batch_size,
+                "seed": seed, "device": f"$torch.device('{device}')"}  # fmt: skip
+    run_detection_condition(bundle, {**settings, "attack": "clean"})
     train = load_detection_split(dataset_dir, "training")
     base = centre_box_baseline(train.boxes, tuple(data.images.shape[2:]), len(data.case_ids))
     for i, pred in enumerate(base):
-        store.save(_record(data.case_ids[i], "centre_box", None, pred, data.boxes[i], data.labels[i]))
+        store.save(detection_record(data.case_ids[i], "centre_box", None, pred, data.boxes[i], data.labels[i]))
     for name in attacks:
-        _run_condition(store, detector, data, name, eps, num_iter, batch_size, seed)
+        run_detection_condition(bundle, {**settings, "attack": name})
     wanted = {("clean", None), ("centre_box", None), *((a, eps) for a in attacks)}
     ids = set(data.case_ids)
     records = [r for r in store.records() if (r["attack"], r.get("eps")) in wanted and r["case_id"] in ids]
