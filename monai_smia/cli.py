@@ -13,9 +13,10 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 ATTACK_HELP = "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA"
 
@@ -273,6 +274,11 @@ def _warnings_and_above(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
 
+def _no_detection_notices(record: logging.LogRecord) -> bool:
+    """Drop the notices MONAI's detection utilities log on the root logger each time a detector is built."""
+    return record.levelno >= logging.WARNING or "monai/apps/detection/" not in Path(record.pathname).as_posix()
+
+
 def _quiet_libraries() -> None:
     """Keep the CLI's output to its progress bars, tables and errors: the evaluator's per-condition
     key-metric lines and MONAI's notices about optional decoders and changed defaults are not the
@@ -283,6 +289,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     # MONAI's StatsHandler resets its logger's level each time it is built: a filter stays
     logging.getLogger("monai.handlers.StatsHandler").addFilter(_warnings_and_above)  # one filter however often main runs
+    logging.getLogger().addFilter(_no_detection_notices)
     warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
     warnings.filterwarnings("ignore", message=".*Current default value of argument `labels=")
 

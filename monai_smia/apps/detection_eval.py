@@ -165,6 +165,7 @@ def run_detection_evaluation(
     if num_figure_cases > 0:
         order = sorted(range(len(data.case_ids)), key=lambda i: (-len(data.boxes[i]), i))[:num_figure_cases]
         detection_figure(out / "detection_examples.png", data, records, [data.case_ids[i] for i in order])
+    print((out / "summary.md").read_text())
     return reports["summary"]
 
 
@@ -179,11 +180,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-iter", type=int, default=None)
     parser.add_argument("--max-cases", type=int, default=None)
     args = parser.parse_args(argv)
-    summary = run_detection_evaluation(
+    run_detection_evaluation(
         args.bundle, args.dataset_dir, args.output_dir, args.attacks, args.eps, args.num_iter, max_cases=args.max_cases
     )
-    for cond, vals in summary.items():
-        print(cond, {m: round(vals.get(m, float("nan")), 4) for m in METRIC_NAMES})
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def matched_ious(pred_boxes: np.ndarray, pred_scores: np.ndarray, gt_boxes: np.n
 
 
 def _coco(classes: Sequence[str], max_detections: int) -> COCOMetric:
-    return COCOMetric(classes=list(classes), iou_list=[0.1, 0.5], iou_range=[0.5, 0.95, 0.05], max_detection=[max_detections])
+    return COCOMetric(classes=list(classes), iou_list=[0.1, 0.5], iou_range=[0.5, 0.95, 0.05], max_detection=[max_detections], verbose=False)
 
 
 def _match(metric: COCOMetric, preds: Sequence[dict[str, Any]], gt_boxes: Sequence[Any], gt_labels: Sequence[Any], max_det: int) -> list:
