@@ -80,6 +80,9 @@ class AttackInferer(Inferer):
 
     After each call, :attr:`last_adversarial` holds the adversarial batch, :attr:`last_result` the
     :class:`~monai_smia.attacks.volume.VolumeAttackResult` and :attr:`last_diagnostics` one dict per volume.
+    :attr:`last_clean` holds the clean output the success computation predicted, equal to ``inferer(x, network)``
+    on the clean batch, when it is provably that (see :meth:`clean_is_inferer_output`; else ``None``), so a
+    label-free record handler needs no extra forward for its reference.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class AttackInferer(Inferer):
         self.last_adversarial: torch.Tensor | None = None
         self.last_result: VolumeAttackResult | None = None
         self.last_diagnostics: list[dict[str, Any]] = []
+        self.last_clean: torch.Tensor | None = None
 
     def _bind(self, network: torch.nn.Module) -> Attack:
         key = (id(network), id(self.attack))
@@ -156,6 +160,22 @@ class AttackInferer(Inferer):
             return network, None
         return InfererNetwork(inf, network), None
 
+    def clean_is_inferer_output(self, inputs: torch.Tensor, attack: Attack, attack_net: torch.nn.Module) -> bool:
+        """Whether the clean logits of the success computation equal ``inferer(inputs, network)`` bit for bit:
+        no autocast, no output picking, and the network run on the batches the inferer runs it on (one volume
+        for a whole-input inferer; a ``SliceInferer`` whose roi covers the slices, constant blending, its
+        ``sw_batch_size`` slices per call falling as ``slice_batch_size`` slices per volume do)."""
+        if not self.compute_success or attack.amp or attack.output_key is not None:
+            return False
+        inf, num = self.inferer, inputs.shape[0]
+        if not isinstance(inf, SliceInferer):
+            return num == 1
+        if isinstance(attack_net, InfererNetwork) or str(inf.mode) != "constant" or inf.with_coord:
+            return False
+        per, sw, sbs = inputs.shape[int(inf.spatial_dim) + 2], int(inf.sw_batch_size), self.slice_batch_size
+        attack_calls = {(b * per + s, b * per + min(s + sbs, per)) for b in range(num) for s in range(0, per, sbs)}
+        return attack_calls == {(i, min(i + sw, num * per)) for i in range(0, num * per, sw)}
+
     def __call__(
         self,
         inputs: torch.Tensor,
@@ -173,6 +193,8 @@ class AttackInferer(Inferer):
         attack_net, slice_dim = self.attack_network(inputs, network)
         attack = self._bind(attack_net)
         lab = labels if self.use_labels else None
+        self.last_clean = None
+        keep = lab is None and self.clean_is_inferer_output(inputs, attack, attack_net)
         result = attack_volumes(
             attack,
             inputs,
@@ -181,7 +203,11 @@ class AttackInferer(Inferer):
             slice_batch_size=self.slice_batch_size,
             generator=self.generator,
             compute_success=self.compute_success,
+            keep_clean=keep,
         )
+        clean = result.clean_logits
+        # a SliceInferer stitches its windows into a buffer of the inputs' dtype (weights 1: the logits unchanged)
+        self.last_clean = clean.to(inputs.dtype) if clean is not None and slice_dim is not None else clean
         self.last_result = result
         self.last_adversarial = result.adversarial
         self.last_diagnostics = [

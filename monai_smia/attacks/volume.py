@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from monai.utils import optional_import
+from monai.utils import convert_to_dst_type, optional_import
 
 from monai_smia.attacks.base import Attack, frozen_network
 from monai_smia.attacks.minimal import MinimalNormAttack, MinimalNormResult
@@ -67,6 +67,7 @@ class VolumeAttackResult:
         minimal: for minimal-norm attacks (DeepFool, DAG), their unconstrained result with one sample
             per volume: the slices' results gathered into the volume, the L2 norm over the volume,
             the largest L-infinity norm and iteration count, the volume's pixel error.
+        clean_logits: with ``keep_clean``, the clean output behind ``changed`` (slices gathered), else ``None``.
     """
 
     adversarial: torch.Tensor
@@ -76,6 +77,7 @@ class VolumeAttackResult:
     error_adversarial: list[float] = field(default_factory=list)
     changed: list[float] = field(default_factory=list)
     minimal: MinimalNormResult | None = None
+    clean_logits: torch.Tensor | None = None
 
 
 def network_device(network: torch.nn.Module, default: torch.device | str | None = None) -> torch.device:
@@ -122,10 +124,7 @@ def _spatial_batched(name: str, t: torch.Tensor, images: torch.Tensor, allow_no_
 
 class _Counter:
     def __init__(self, num: int) -> None:
-        self.err_clean = [0.0] * num
-        self.err_adv = [0.0] * num
-        self.changed = [0.0] * num
-        self.total = [0.0] * num
+        self.err_clean, self.err_adv, self.changed, self.total = ([0.0] * num for _ in range(4))
 
     def add(self, b: int, ref: torch.Tensor, clean: torch.Tensor, adv: torch.Tensor) -> None:
         self.err_clean[b] += float((clean != ref).sum())
@@ -153,17 +152,13 @@ def _check_geometry(attack: Attack, images: torch.Tensor, slice_dim: int | None,
                 f"dims; use 0..{n_spatial - 1} (2 = axial after RAS orientation) or None for a whole-volume attack."
             )
         if n_spatial < 2:
-            raise ValueError(
-                f"slice-wise attacks need at least 2 spatial dims, images have shape {tuple(images.shape)}."
-            )
+            msg = f"slice-wise attacks need at least 2 spatial dims, images have shape {tuple(images.shape)}."
+            raise ValueError(msg)
     expected = getattr(attack, "spatial_dims", None)
     got = n_spatial - (1 if slice_dim is not None else 0)
     if expected is not None and expected != got:
-        hint = (
-            "set slice_dim to attack a volume slice by slice"
-            if slice_dim is None
-            else "use slice_dim=None for a volume network"
-        )
+        hint = "set slice_dim to attack a volume slice by slice"
+        hint = hint if slice_dim is None else "use slice_dim=None for a volume network"
         raise ValueError(
             f"the attack expects {expected} spatial dims but gets {got} from images of shape {tuple(images.shape)} "
             f"with slice_dim={slice_dim}; {hint}."
@@ -202,11 +197,14 @@ def _check_inputs(
 
 
 class _Runner:
-    """Runs the attack on one batch of inputs (a volume, or a slice batch of one) and collects what
-    each call leaves behind: adversarial images, traces, minimal-norm results and error counts."""
+    """Runs the attack on one batch of inputs (a volume, or a slice batch of one) and collects what each
+    call leaves behind: adversarial images, traces, minimal-norm results, error counts, clean logits (``keep``)."""
 
-    def __init__(self, attack: Attack, x_all: torch.Tensor, dev: torch.device, slice_dim: int | None, compute_success: bool) -> None:
-        self.attack, self.dev, self.slice_dim, self.compute_success = attack, dev, slice_dim, compute_success
+    def __init__(
+        self, attack: Attack, x_all: torch.Tensor, dev: torch.device, slice_dim: int | None, success: bool, keep: bool
+    ) -> None:
+        self.attack, self.dev, self.slice_dim, self.compute_success = attack, dev, slice_dim, success
+        self.keep_clean, self.clean_part, self.clean = keep and success, None, None
         self.out = torch.empty_like(x_all)
         # minimal-norm attacks (DeepFool, DAG): their unconstrained result, gathered like ``out``
         self.unconstrained = torch.empty_like(x_all) if isinstance(attack, MinimalNormAttack) else None
@@ -232,6 +230,7 @@ class _Runner:
         if self.compute_success:
             with frozen_network(attack.network), torch.no_grad():
                 logits_clean = attack.logits(x)
+                self.clean_part = logits_clean if self.keep_clean else None
                 clean = hard_prediction(logits_clean)
                 ref = clean if lab is None else prepare_labels(lab, logits_clean)
                 self.counter.add(b, ref, clean, hard_prediction(attack.logits(adv)))
@@ -240,6 +239,18 @@ class _Runner:
             self.minimal.append(result)
         unc = None if result is None else result.unconstrained.to(self.out.device)
         return adv.to(self.out.device), unc
+
+    def keep(self, b: int, start: int | None = None) -> None:
+        """Put the last call's clean logits into ``clean``: volume ``b`` (its slices from ``start``)."""
+        part, self.clean_part, ax = self.clean_part, None, 1 + (self.slice_dim or 0)
+        if part is not None:
+            part = part[0] if start is None else part.movedim(0, ax)  # (K, *spatial of the part)
+            if self.clean is None:
+                size = [*part.shape]
+                if start is not None:  # the whole volume's slices
+                    size[ax] = self.out.shape[ax + 1]
+                self.clean = part.new_empty((self.out.shape[0], *size), device=self.out.device)
+            (self.clean[b] if start is None else self.clean[b].narrow(ax, start, part.shape[ax])).copy_(part)
 
 
 def _merge_slice_results(parts: list[MinimalNormResult]) -> MinimalNormResult:
@@ -278,6 +289,7 @@ def _attack_slices(
         for start in range(0, n_slices, slice_batch_size):
             stop = min(start + slice_batch_size, n_slices)
             adv, unc = run(b, *(slices(t, start, stop) for t in tensors))
+            run.keep(b, start)
             run.out[b].narrow(axis - 1, start, stop - start).copy_(adv.movedim(0, axis - 1))
             if unc is not None:
                 run.unconstrained[b].narrow(axis - 1, start, stop - start).copy_(unc.movedim(0, axis - 1))
@@ -315,6 +327,7 @@ def attack_volumes(
     delta_init: torch.Tensor | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     compute_success: bool = True,
+    keep_clean: bool = False,
 ) -> VolumeAttackResult:
     """Attack ``images`` ``(B, C, *spatial)`` whole (``slice_dim=None``) or slice by slice.
 
@@ -335,6 +348,7 @@ def attack_volumes(
         generator: CPU random generator for the random start, or one per volume.
         compute_success: also predict the clean and adversarial inputs (one extra forward each per
             slice batch, no gradient) to report error rates.
+        keep_clean: with ``compute_success``, keep that clean output in ``VolumeAttackResult.clean_logits``.
 
     A minimal-norm attack (DeepFool, DAG) leaves its unconstrained result of the WHOLE call, one
     sample per volume, in ``VolumeAttackResult.minimal`` and in ``attack.result`` (not just the last
@@ -349,13 +363,14 @@ def attack_volumes(
     dev = torch.device(device) if device is not None else network_device(attack.network, images.device)
     x_all = images.as_tensor() if hasattr(images, "as_tensor") else images
     x_all = x_all.detach()
-    run = _Runner(attack, x_all, dev, slice_dim, compute_success)
+    run = _Runner(attack, x_all, dev, slice_dim, compute_success, keep_clean)
     for b in range(images.shape[0]):
         one = tuple(None if t is None else t[b : b + 1] for t in (x_all, labels, mask, delta_init))
         if slice_dim is not None:
             _attack_slices(run, b, one, slice_dim, slice_batch_size)  # type: ignore[arg-type]
             continue
         run.out[b : b + 1], unc = run(b, *one)  # type: ignore[misc]
+        run.keep(b)
         if unc is not None:
             run.unconstrained[b : b + 1] = unc
         if attack.trace is not None:
@@ -371,11 +386,7 @@ def _volume_result(
 ) -> VolumeAttackResult:
     traces, out, counter = run.traces, run.out, run.counter
     trace = AttackTrace.cat(traces) if traces and len(traces) == images.shape[0] else None
-    adversarial = out
-    if hasattr(images, "as_tensor"):
-        from monai.utils import convert_to_dst_type
-
-        adversarial = convert_to_dst_type(out, images)[0]
+    adversarial = convert_to_dst_type(out, images)[0] if hasattr(images, "as_tensor") else out
     return VolumeAttackResult(
         adversarial=adversarial,
         perturbation=out - x_all,
@@ -384,4 +395,5 @@ def _volume_result(
         error_adversarial=counter.rates(counter.err_adv) if run.compute_success else [],
         changed=counter.rates(counter.changed) if run.compute_success else [],
         minimal=minimal,
+        clean_logits=run.clean,
     )

@@ -105,8 +105,9 @@ class CaseRecordHandler:
         task: ``"classification"`` or ``"segmentation"``.
         attack: the condition's attack name (``"clean"``: no adversarial batch).
         eps: its budget in the user's unit (``None`` for clean).
-        inferer: the evaluator's inferer; an ``AttackInferer`` supplies ``last_adversarial`` and
-            ``last_diagnostics``; an inferer with ``last_record_extras`` (one dict per case, e.g.
+        inferer: the evaluator's inferer; an ``AttackInferer`` supplies ``last_adversarial``,
+            ``last_diagnostics`` and ``last_clean`` (the label-free success reference; without it, one
+            more forward through its ``inferer``); an inferer with ``last_record_extras`` (one dict per case, e.g.
             :class:`~monai_smia.apps.evaluation_source.SourceGridAttackInferer`) adds its entries to the records.
         bounds: valid input range (PSNR/SSIM data range); ``None``: each clean image's range.
         eps_scale: network-input units per ``eps`` unit.
@@ -160,7 +161,11 @@ class CaseRecordHandler:
                 self.store.save_example(self.attack, self.eps, rec["case_id"], self._example(b, x, x_adv, logits, label))
 
     def _clean_logits(self, engine: Any, x: torch.Tensor) -> torch.Tensor | None:
-        """The clean output through the attack inferer's own inferer (label-free: the success reference)."""
+        """The clean output through the attack inferer's own inferer (label-free: the success reference): the
+        one the attack inferer already predicted (``last_clean``), else one more forward."""
+        kept = getattr(self.inferer, "last_clean", None)
+        if kept is not None:
+            return _as_tensor(kept)
         inner = getattr(self.inferer, "inferer", None)
         if inner is None:
             return None
