@@ -158,3 +158,31 @@ def test_evaluate_json_is_an_evaluator_override(det_dataset, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.json")}
     assert _bundle_run(dataset, tmp_path / "a", "FGSM", 5, 2) == fgsm  # rerun: nothing pending, nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.json")} == stamps
+
+
+@pytest.mark.parametrize("case", ["hostile", "attack"])
+def test_detection_evaluate_bad_input(case, tmp_path, capsys):
+    """A hostile checkpoint or an unknown attack: exit 2, one line naming it, nothing written, nothing run."""
+    import os
+    import pickle
+    import shutil
+
+    from monai_smia.cli import main
+
+    bundle = tmp_path / "lung_tumour_det"
+    shutil.copytree(BUNDLE, bundle)
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    if case == "hostile":
+        (bundle / "models" / "model.pt").write_bytes(pickle.dumps(Hostile()))
+    before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")]
+    assert main([*args, *(["--attacks", "BIM"] if case == "attack" else [])]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert ("not a plain state dict" in err[0] and "model.pt" in err[0]) if case == "hostile" else "'BIM'" in err[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "PWNED").exists()
+    assert {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before

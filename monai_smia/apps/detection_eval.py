@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from monai_smia.apps.evaluation_config import bundle_configs
+from monai_smia.bundle.loading import load_weights
 from monai_smia.detection import DETECTION_ATTACKS, centre_box_baseline, load_detection_split
 from monai_smia.detection.data import DetectionSet
 from monai_smia.detection.engine import detection_record
@@ -47,8 +48,7 @@ def load_detection_bundle(bundle: str | os.PathLike, device: str | torch.device 
     parser["bundle_root"] = str(root)
     parser["device"] = str(device)
     detector = parser.get_parsed_content("detector")
-    state = torch.load(parser.get_parsed_content("ckpt_path"), map_location=device, weights_only=True)
-    detector.network.load_state_dict(state)
+    load_weights(detector.network, parser.get_parsed_content("ckpt_path"), map_location=device)
     return detector.to(device).eval(), detection_defaults(root)
 
 
