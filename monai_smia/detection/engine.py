@@ -38,6 +38,7 @@ __all__ = [
     "DetectionRecordHandler",
     "collate_detection",
     "condition_attack",
+    "condition_eps",
     "detection_items",
     "detection_record",
     "prepare_detection_batch",
@@ -96,7 +97,9 @@ class DetectionInferer(Inferer):
     def __init__(self, detector: torch.nn.Module, batch_size: int = 32) -> None:
         self.detector, self.batch_size = detector, int(batch_size)
 
-    def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> list[dict[str, np.ndarray]]:
+    def __call__(
+        self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any
+    ) -> list[dict[str, np.ndarray]]:
         return detect(self.detector, inputs, self.batch_size)
 
 
@@ -136,7 +139,8 @@ def condition_attack(attack: str, detector: torch.nn.Module, eps: float, num_ite
     without ground-truth boxes (a negative case), as the evaluation needs."""
     if attack == "clean":
         return None
-    return make_detection_attack(attack, detector, eps, num_iter, **({} if attack == "DAG" else {"allow_empty_boxes": True}))
+    extra = {} if attack == "DAG" else {"allow_empty_boxes": True}
+    return make_detection_attack(attack, detector, eps, num_iter, **extra)
 
 
 def detection_record(case: str, attack: str, eps: float | None, pred: dict[str, np.ndarray], gt: torch.Tensor,
@@ -174,7 +178,9 @@ class DetectionAPMetric(Metric):  # type: ignore[misc, valid-type]
     """One COCO-style metric (:data:`~monai_smia.detection.metrics.METRIC_NAMES`, default AP at IoU 0.1)
     over the epoch's images, for ``key_val_metric``. ``output_transform`` gives ``(preds, targets)``."""
 
-    def __init__(self, name: str = "ap_iou_0.1", classes: Sequence[str] = ("tumour",), output_transform: Any = lambda x: x) -> None:
+    def __init__(
+        self, name: str = "ap_iou_0.1", classes: Sequence[str] = ("tumour",), output_transform: Any = lambda x: x
+    ) -> None:
         self.name, self.classes = name, tuple(classes)
         self.rows: list[dict[str, Any]] = []
         super().__init__(output_transform=output_transform)
