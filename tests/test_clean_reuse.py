@@ -72,7 +72,7 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def _cli_records(task: Path, bundle: Path, out: Path) -> dict[str, dict]:
+def _cli_records(task: Path, bundle: Path, out: Path, *extra: str) -> dict[str, dict]:
     args = [
         "evaluate",
         "--bundle",
@@ -85,7 +85,7 @@ def _cli_records(task: Path, bundle: Path, out: Path) -> dict[str, dict]:
         "FGSM",
         "SMIA",
     ]
-    assert main([*args, "--eps", "20", "--eps-unit", "HU", "--num-iter", "2", "--device", "cpu"]) == 0
+    assert main([*args, "--eps", "20", "--eps-unit", "HU", "--num-iter", "2", "--device", "cpu", *extra]) == 0
     return {p.relative_to(out).as_posix(): json.loads(p.read_text()) for p in sorted((out / "cases").rglob("*.json"))}
 
 
@@ -118,6 +118,33 @@ def test_inference_only_bundle_records_equal_without_the_extra_forward(data_dir,
     # SlidingWindowInferer: 3 window batches per pass; the handler's pass for FGSM and SMIA is gone
     assert n_fresh["handler"] == 6 and "handler" not in n_reused and n_reused["evaluator"] == n_fresh["evaluator"]
     assert n_reused["check"] == 6
+
+
+def test_label_free_source_grid_reuses_its_clean_prediction(data_dir, tmp_path, forwards, monkeypatch):
+    """evaluate --grid source on the inference-only bundle (label-free): the attack runs on the source
+    voxels, records the changed share and success, and the handler reuses the inferer's clean prediction."""
+    from zoo_fixtures import decathlon_spleen, zoo_bundle
+
+    from monai_smia.apps.evaluation_source import SourceGridAttackInferer
+
+    task = decathlon_spleen(data_dir, tmp_path / "Task09_Spleen")
+    bundle = zoo_bundle(tmp_path / "infer_only", shape="inference_only")
+    reused, n_reused = _cli_records(task, bundle, tmp_path / "reuse", "--grid", "source"), forwards.take()
+    original = SourceGridAttackInferer.__call__
+
+    def without_clean(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        self.last_clean = None  # as before: the handler predicts the clean output itself
+        return out
+
+    monkeypatch.setattr(SourceGridAttackInferer, "__call__", without_clean)
+    fresh, n_fresh = _cli_records(task, bundle, tmp_path / "fresh", "--grid", "source"), forwards.take()
+    assert len(reused) == 3 and _same(reused, fresh)  # clean, FGSM, SMIA
+    attacked = [r for r in reused.values() if r["attack"] != "clean"]
+    for rec in attacked:
+        assert rec["grid"] == "source" and rec["perturbation_grid"] == "source" and rec["linf"] == pytest.approx(20.0)
+        assert 0 < rec["changed"] < 1 and rec["success"] in (0.0, 1.0)
+    assert n_fresh["handler"] == 6 and "handler" not in n_reused and n_reused["evaluator"] == n_fresh["evaluator"]
 
 
 def _unet2d() -> torch.nn.Module:

@@ -99,7 +99,8 @@ class SourceGridAttackInferer(Inferer):
     ``__call__(inputs, network, labels=None, source=None)``: ``source`` is the batch of loaded sources
     (:class:`WithSource`), ``inputs`` the preprocessed batch. After each call :attr:`last_adversarial`
     holds ``preprocessing(x_adv)`` per case, :attr:`last_diagnostics` the attack's diagnostics and
-    :attr:`last_record_extras` the entries each case record gets.
+    :attr:`last_record_extras` the entries each case record gets, and (label-free, one case per batch)
+    :attr:`last_clean` the clean output, the record handler's success reference.
     """
 
     grid = "source"
@@ -131,6 +132,7 @@ class SourceGridAttackInferer(Inferer):
         self.last_adversarial: torch.Tensor | None = None
         self.last_diagnostics: list[dict[str, Any]] = []
         self.last_record_extras: list[dict[str, Any]] = []
+        self.last_clean: torch.Tensor | None = None
 
     def _predict(self, victim: Any, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -165,6 +167,7 @@ class SourceGridAttackInferer(Inferer):
         victim = SimpleNamespace(network=network, inferer=self.inferer)
         lab_all = labels if self.use_labels else None
         advs, outs, self.last_diagnostics, self.last_record_extras = [], [], [], []
+        self.last_clean, cleans = None, []
         for b in range(inputs.shape[0]):
             src = source[b]
             files = ensure_tuple(src.meta.get("filename_or_obj", "")) if isinstance(src, MetaTensor) else ("",)
@@ -175,6 +178,7 @@ class SourceGridAttackInferer(Inferer):
             extras = self._extras(res, src)
             if lab is None and self.compute_success:
                 clean = self._predict(victim, x)
+                cleans.append(clean)
                 changed = hard_prediction(clean) != hard_prediction(res.logits_adv)
                 res.diagnostics["changed_fraction"] = float(changed.float().mean())
             advs.append(res.x_adv.to(inputs.device))
@@ -182,6 +186,8 @@ class SourceGridAttackInferer(Inferer):
             self.last_diagnostics.append(res.diagnostics)
             self.last_record_extras.append(extras)
         self.last_adversarial = torch.cat(advs)
+        if len(cleans) == 1 == inputs.shape[0]:  # the very call a record handler would repeat: reuse it
+            self.last_clean = cleans[0]
         return torch.cat(outs)
 
 
