@@ -144,7 +144,7 @@ def source_sigma(sigma: float, affine: np.ndarray | None, spatial_dims: int, sli
 
 def _lattice_start(attack: Attack, u: torch.Tensor, lattice: SourceLattice, generator: torch.Generator | None) -> torch.Tensor | None:
     """The random start of ``attack`` (one draw per volume), rounded to whole stored steps on a lattice."""
-    if not (getattr(attack, "random_start", False) or isinstance(attack, RandomSignNoise)):
+    if not attack.draws_random_start:
         return None
     d0 = draw_random_start(attack, u.shape, u.dtype, generator)
     if lattice.exact and not isinstance(attack, RandomSignNoise):

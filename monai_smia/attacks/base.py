@@ -278,6 +278,11 @@ class Attack:
             x_adv = torch.where(mask != 0, x_adv, x)
         return x_adv.clamp(*self.bounds) if self.bounds is not None else x_adv
 
+    @property
+    def draws_random_start(self) -> bool:
+        """Whether a call draws random numbers, so that callers hand it a seeded ``delta_init``."""
+        return bool(getattr(self, "random_start", False))
+
     def __repr__(self) -> str:
         skip = {"network", "loss", "trace"}
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip and not k.startswith("_"))

@@ -19,6 +19,8 @@ class RandomSignNoise(Attack):
     """
 
     uses_labels = False
+    #: the noise itself is the random draw (``delta_init`` gives its signs)
+    draws_random_start = True
 
     def __init__(self, network: torch.nn.Module, eps: float, bounds: Sequence[float] | None = (0.0, 1.0), **kwargs: Any) -> None:
         super().__init__(network, eps, bounds=bounds, **kwargs)

@@ -23,7 +23,6 @@ from monai.utils import convert_to_dst_type, optional_import
 
 from monai_smia.attacks.base import Attack, frozen_network
 from monai_smia.attacks.minimal import MinimalNormAttack, MinimalNormResult
-from monai_smia.attacks.noise import RandomSignNoise
 from monai_smia.attacks.trace import AttackTrace
 from monai_smia.losses import hard_prediction, prepare_labels
 
@@ -191,7 +190,7 @@ def _check_inputs(
         mask = mask.expand(images.shape[0], *mask.shape[1:])
     if delta_init is not None and tuple(delta_init.shape) != tuple(images.shape):
         raise ValueError(f"delta_init has shape {tuple(delta_init.shape)}, images {tuple(images.shape)}.")
-    if delta_init is None and (getattr(attack, "random_start", False) or isinstance(attack, RandomSignNoise)):
+    if delta_init is None and attack.draws_random_start:
         delta_init = draw_random_start(attack, images.shape, images.dtype, generator)
     return labels, mask, delta_init
 

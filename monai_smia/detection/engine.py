@@ -22,7 +22,6 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import optional_import
 
-from monai_smia.attacks.noise import RandomSignNoise
 from monai_smia.attacks.volume import draw_random_start
 from monai_smia.detection.attack import make_detection_attack
 from monai_smia.detection.data import load_detection_split
@@ -118,13 +117,10 @@ class DetectionAttackInferer(Inferer):
         self.attack, self.inferer, self.use_boxes, self.generator = attack, inferer, bool(use_boxes), generator
         self.last_adversarial: torch.Tensor | None = None
 
-    def _random(self) -> bool:
-        return isinstance(self.attack, RandomSignNoise) or bool(getattr(self.attack, "random_start", False))
-
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, boxes: Any = None, labels: Any = None,
                  **kwargs: Any) -> list[dict[str, np.ndarray]]:  # fmt: skip
         extra: dict[str, Any] = {}
-        if self._random() and self.generator is not None:
+        if self.attack.draws_random_start and self.generator is not None:
             start = draw_random_start(self.attack, inputs.shape, inputs.dtype, self.generator)
             extra["delta_init"] = start.to(inputs.device)
         if not self.use_boxes:
