@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_data_options(parser: argparse.ArgumentParser, output: str) -> None:
+    """The options of the commands that prepare the real data themselves (demo, reproduce)."""
+    parser.add_argument("--data-dir", default=os.environ.get("MONAI_SMIA_DATA"), help="raw data folder (default: $MONAI_SMIA_DATA)")
+    parser.add_argument("--output", default=output, help=f"output folder (default: ./{output})")
+    parser.add_argument("--cache", default=None, help="where prepared data is kept (default: $MONAI_SMIA_CACHE or ~/.cache/monai_smia)")
+
+
 def _add_reproduce(sub: Any) -> None:
     rep = sub.add_parser(
         "reproduce",
@@ -67,9 +74,7 @@ def _add_reproduce(sub: Any) -> None:
         "the paper's Tables 2-4, under a projected budget and the paper's per-step eps; write reproduce.md, reproduce.json "
         "and figures (each claim: holds / does not hold by a paired bootstrap interval). Resumes an interrupted run.",
     )
-    rep.add_argument("--data-dir", default=os.environ.get("MONAI_SMIA_DATA"), help="raw data folder (default: $MONAI_SMIA_DATA)")
-    rep.add_argument("--output", default="monai_smia_reproduce", help="output folder (default: ./monai_smia_reproduce)")
-    rep.add_argument("--cache", default=None, help="where prepared data is kept (default: $MONAI_SMIA_CACHE or ~/.cache/monai_smia)")
+    _add_data_options(rep, "monai_smia_reproduce")
     rep.add_argument("--quick", action="store_true", help="fewer cases and sweep points: under 10 minutes on 2 CPU cores")
     rep.add_argument("--bundles", nargs="+", default=None, help="bundles (default: lung_ct_seg retina_dr_cls mnist_cls)")
     rep.add_argument("--protocols", nargs="+", default=None, help="projected and/or paper (default: both)")
@@ -85,9 +90,7 @@ def _add_demo(sub: Any) -> None:
         "Data: --data-dir or $MONAI_SMIA_DATA (a folder laid out like ../shared/data), else the public sample "
         "(downloaded once), else a synthetic CT phantom, announced as such.",
     )
-    demo.add_argument("--data-dir", default=os.environ.get("MONAI_SMIA_DATA"), help="raw data folder (default: $MONAI_SMIA_DATA)")
-    demo.add_argument("--output", default="monai_smia_demo", help="output folder (default: ./monai_smia_demo)")
-    demo.add_argument("--cache", default=None, help="where prepared data is kept (default: $MONAI_SMIA_CACHE or ~/.cache/monai_smia)")
+    _add_data_options(demo, "monai_smia_demo")
     demo.add_argument("--bundles", nargs="+", default=None, help="bundles to run (default: lung_ct_seg retina_dr_cls)")
     demo.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N test cases")
     demo.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
