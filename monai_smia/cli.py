@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_eps_unit(parser: argparse.ArgumentParser) -> None:
+    from monai_smia.io.units import EPS_UNITS
+
+    parser.add_argument(
+        "--eps-unit",
+        default=None,
+        choices=EPS_UNITS,
+        help="unit of --eps: HU (a CT bundle: through its ScaleIntensityRange window), /255, or '' / input for "
+        "network-input units (default: the bundle's own unit)",
+    )
+
+
 def _add_data_options(parser: argparse.ArgumentParser, output: str) -> None:
     """The options of the commands that prepare the real data themselves (demo, reproduce)."""
     parser.add_argument("--data-dir", default=os.environ.get("MONAI_SMIA_DATA"), help="raw data folder (default: $MONAI_SMIA_DATA)")
@@ -113,7 +125,7 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
     ev.add_argument("--output", required=True, help="output folder")
     ev.add_argument("--attacks", nargs="+", default=None, metavar="NAME", help=f"attacks to run (default all): {ATTACK_HELP}")
     ev.add_argument("--eps", nargs="+", type=_positive_float, default=None, help="budget(s) in the bundle's unit (several: an eps sweep); required for a bundle that declares none")
-    ev.add_argument("--eps-unit", default=None, help="unit of --eps: HU (converted through the bundle's ScaleIntensityRange window), /255, or none for network-input units")
+    _add_eps_unit(ev)
     ev.add_argument("--num-iter", type=_positive_int, default=None, help="iterations of PGD, DEV and SMIA (default 10)")
     ev.add_argument("--split", default=None, choices=("training", "validation", "test"), help="datalist split (default test)")
     ev.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N cases")
@@ -142,7 +154,7 @@ def _add_attack(sub: Any, bundles: str) -> None:
     at.add_argument("--output", required=True, help="output folder")
     at.add_argument("--attack", default="SMIA", choices=ATTACKS, help="attack (default SMIA)")
     at.add_argument("--eps", type=_positive_float, default=None, help="budget in the bundle's unit (default: the bundle's; required for a bundle that declares none)")
-    at.add_argument("--eps-unit", default=None, help="unit of --eps: HU (through the bundle's ScaleIntensityRange window), /255, or none for network-input units")
+    _add_eps_unit(at)
     at.add_argument("--num-iter", type=_positive_int, default=None, help="iterations (default 10)")
     at.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     at.add_argument(
@@ -246,13 +258,19 @@ def _check_device(device: str | None) -> None:
         raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
 
 
-def _check_output(output: str | None) -> None:
-    """The output folder can be written (checked before any case is computed; nothing is left behind)."""
+def _check_output(args: argparse.Namespace) -> None:
+    """The output folder can be written and lies outside every input folder (checked before any case is
+    computed; nothing is left behind)."""
+    output = getattr(args, "output", None)
     if output is None:
         return
     import tempfile
-    from pathlib import Path
 
+    from monai_smia.io.paths import check_output_outside
+
+    for option in ("dataset_dir", "input", "data_dir"):
+        if getattr(args, option, None) is not None:
+            check_output_outside(output, getattr(args, option), "--output", "--" + option.replace("_", "-"))
     path = Path(output).absolute()
     parent = next((p for p in [path, *path.parents] if p.exists()), None)
     if parent is None or not parent.is_dir():
@@ -305,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
     try:
         _check_device(getattr(args, "device", None))
-        _check_output(getattr(args, "output", None))
+        _check_output(args)
         _run(args)
     except Exception as err:
         if args.debug:

@@ -41,6 +41,17 @@ def _records(out: Path, attack: str = "SMIA") -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((out / "cases" / attack).glob("*/*.json"))}
 
 
+def _close(a: object, b: object) -> bool:
+    """Equal records up to float32 rounding (1e-5 relative); everything that is not a float exactly equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-5, abs=1e-6, nan_ok=True)
+    return a == b
+
+
 def test_one_condition_through_monai_bundle_run(mnist, tmp_path):
     out = tmp_path / "run"
     proc = _bundle_run(mnist, out)
@@ -69,7 +80,11 @@ def test_one_condition_through_monai_bundle_run(mnist, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (out / "cases").rglob("*.json") if p not in dropped} == {
         p: t for p, t in stamps.items() if p not in dropped
     }
-    assert _records(out) == records
+    # recomputed cases run in a smaller batch: float32 kernels may round differently (DESIGN: float32 batch
+    # independence is judged on values, not bits); the finished cases are the same files, untouched
+    resumed = _records(out)
+    assert resumed.keys() == records.keys() and all(_close(resumed[k], records[k]) for k in records)
+    records = resumed
 
     # other settings into the same folder: refused, nothing written
     proc = _bundle_run(mnist, out, "--num_iter", "3")
@@ -81,7 +96,8 @@ def test_one_condition_through_monai_bundle_run(mnist, tmp_path):
     cli = tmp_path / "cli"
     args = ["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(mnist), "--output", str(cli), "--attacks", "SMIA"]
     assert main([*args, "--eps", "0.1", "--max-cases", "6", "--num-iter", "2", "--device", "cpu"]) == 0
-    assert _records(cli) == records
+    cli_records = _records(cli)
+    assert cli_records.keys() == records.keys() and all(_close(cli_records[k], records[k]) for k in records)
 
 
 @pytest.mark.parametrize("name", OWN)
@@ -109,7 +125,7 @@ def test_shipped_evaluate_json_is_the_train_override_zoo_bundles_get(name):
 @pytest.mark.parametrize(("bundle", "attack"), [("mnist_cls", "DAG"), ("lung_ct_seg", "DeepFool")])
 def test_attack_that_does_not_fit_the_task_is_refused(bundle, attack, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["evaluate", "--bundle", bundle, "--dataset-dir", str(tmp_path), "--output", str(out), "--attacks", "FGSM", attack]
+    args = ["evaluate", "--bundle", bundle, "--dataset-dir", str(tmp_path / "data"), "--output", str(out), "--attacks", "FGSM", attack]
     assert main([*args, "--device", "cpu"]) == 2
     err = capsys.readouterr().err  # a first import in this process may add MONAI's own notices before it
     errors = [line for line in err.splitlines() if line.startswith("monai-smia evaluate: error:")]

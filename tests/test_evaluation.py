@@ -141,15 +141,16 @@ def test_cli_help_and_errors(capsys, tmp_path):
             main([cmd, "--help"])
         assert e.value.code == 0
     assert "--dataset-dir" in capsys.readouterr().out
-    assert main(["evaluate", "--bundle", "no_such_bundle", "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    (tmp_path / "data").mkdir()
+    assert main(["evaluate", "--bundle", "no_such_bundle", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o")]) == 2
     assert "bundle 'no_such_bundle' not found" in capsys.readouterr().err
-    assert main(["evaluate", "--bundle", str(tmp_path), "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert main(["evaluate", "--bundle", str(tmp_path), "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o")]) == 2
     assert "is not a MONAI bundle" in capsys.readouterr().err
-    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o"), "--attacks", "CW"]) == 2
+    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o"), "--attacks", "CW"]) == 2
     assert "unknown attack(s) 'CW'" in capsys.readouterr().err
-    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o")]) == 2
     assert "datalist.json not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path), "--output", str(tmp_path), "--eps", "-0.1"])
+        main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path), "--eps", "-0.1"])
     assert e.value.code == 2
     assert "budgets must be > 0" in capsys.readouterr().err

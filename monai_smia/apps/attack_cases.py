@@ -20,6 +20,7 @@ from monai_smia.attacks.registry import ATTACKS
 from monai_smia.bundle.victim import Victim, is_train_override, resolve_bundle
 from monai_smia.io import LoadSeriesImage
 from monai_smia.io.datalist import DATALIST, SPLITS, load_datalist
+from monai_smia.io.paths import check_output_outside
 from monai_smia.io.units import flat_transforms, resolve_eps_scale
 
 #: NIfTI output types
@@ -238,7 +239,7 @@ def bundle_loads_labels(bundle: str | os.PathLike) -> bool:
 
 def default_eps_scale(victim: Victim, eps_unit: str) -> float:
     """Network-input units per ``eps`` unit (:func:`monai_smia.io.units.resolve_eps_scale`)."""
-    return resolve_eps_scale(eps_unit, victim.preprocessing, victim.config, bundle=victim.name)[0]
+    return resolve_eps_scale(eps_unit, victim.preprocessing, victim.config, bundle=victim.name, metadata=victim.metadata)[0]
 
 
 def use_series_loader(preprocessing: Any) -> None:
@@ -290,9 +291,4 @@ def check_paths(input: Path, output_dir: Path) -> None:
             f"input {str(input)!r} does not exist: pass a data_prep folder, a folder of NIfTI/PNG files or "
             "DICOM series, one NIfTI/PNG file, or one DICOM series folder."
         )
-    inp, out = input.resolve(), output_dir.resolve()
-    if out == inp or (input.is_dir() and inp in out.parents):
-        raise ValueError(
-            f"output_dir {str(output_dir)!r} lies inside the input {str(input)!r}; inputs are never "
-            "written to: choose an output_dir outside it."
-        )
+    check_output_outside(output_dir, input, "output_dir", "input")

@@ -61,7 +61,7 @@ from monai_smia.attacks.volume import slice_progress
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import Victim, load_victim, resolve_bundle
 from monai_smia.io.atomic import write_json_atomic
-from monai_smia.io.units import parse_bounds, resolve_bounds, source_intensity_scale, warn_whole_range
+from monai_smia.io.units import check_eps_unit, parse_bounds, resolve_bounds, source_intensity_scale, warn_whole_range
 from monai_smia.losses import hard_prediction, prepare_labels
 from monai_smia.metrics import case_success
 from monai_smia.reports import (
@@ -178,7 +178,7 @@ class AdversarialWriter:
             if eps_scale is None:
                 eps_scale = defaults.get("eps_scale")
         self.eps = float(eps)
-        self.eps_unit = "" if eps_unit is None else str(eps_unit)
+        self.eps_unit = check_eps_unit(eps_unit)
         self.eps_scale_arg = None if eps_scale is None else float(eps_scale)
         self.grid = grid if grid is not None else defaults.get("grid", "source")
         if self.grid not in GRIDS:
@@ -250,6 +250,7 @@ class AdversarialWriter:
             victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)
             spec = input_spec(victim.metadata, victim.preprocessing, victim.inferer)
             check_case_files([c.source for c in pending], spec)
+            self._resolve_budget(victim)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         sha = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
         check_run_settings(self.output_dir, {**settings, "checkpoint_sha256": sha})
@@ -283,20 +284,23 @@ class AdversarialWriter:
         return summary
 
     # ------------------------------------------------------------------ one case
+    def _resolve_budget(self, victim: Victim) -> None:
+        """The budget in network and source units and the bounds, from the bundle (before anything is written)."""
+        self.eps_scale = self.eps_scale_arg if self.eps_scale_arg is not None else default_eps_scale(victim, self.eps_unit)
+        self.eps_network = self.eps * self.eps_scale
+        self.source_scale = (
+            self.source_scale_arg if self.source_scale_arg is not None else source_intensity_scale(victim.preprocessing)
+        )
+        self.eps_source = self.eps_network / self.source_scale
+        self.bounds, self.bounds_note = resolve_bounds(self.bounds_arg, victim.preprocessing)
+        warn_whole_range(self.eps, self.eps_scale, self.eps_unit, self.bounds, self.root.name)
+
     def _prepare(self, victim: Victim, label_free: bool) -> None:
         self.preprocessing = victim.preprocessing
         use_series_loader(self.preprocessing)
         if self.grid == "source":
             self.loading, self.rest = split_preprocessing(self.preprocessing)
         self.missing_ok = label_free and victim.has_labels
-        self.eps_scale = self.eps_scale_arg if self.eps_scale_arg is not None else default_eps_scale(victim, self.eps_unit)
-        self.eps_network = self.eps * self.eps_scale
-        self.source_scale = (
-            self.source_scale_arg if self.source_scale_arg is not None else source_intensity_scale(self.preprocessing)
-        )
-        self.eps_source = self.eps_network / self.source_scale
-        self.bounds, self.bounds_note = resolve_bounds(self.bounds_arg, self.preprocessing)
-        warn_whole_range(self.eps, self.eps_scale, self.eps_unit, self.bounds, self.root.name)
 
     def _preprocess(self, item: dict[str, Any]) -> dict[str, Any]:
         ctx = allow_missing_keys_mode(self.preprocessing) if self.missing_ok else contextlib.nullcontext()

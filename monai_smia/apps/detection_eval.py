@@ -31,6 +31,7 @@ from monai_smia.detection.engine import detection_record
 from monai_smia.detection.metrics import METRIC_NAMES, DetectionSetMetrics
 from monai_smia.reports import CaseStore, write_provenance, write_reports
 from monai_smia.reports.figures import _pyplot, save_figure
+from monai_smia.io.paths import check_output_outside
 
 __all__ = ["DEFAULT_ATTACKS", "detection_defaults", "load_detection_bundle", "main", "run_detection_condition", "run_detection_evaluation"]
 
@@ -135,6 +136,7 @@ def run_detection_evaluation(
     unknown = [a for a in attacks if a not in DETECTION_ATTACKS]
     if unknown:
         raise ValueError(f"attacks: {unknown} are not detection attacks; choose from {sorted(DETECTION_ATTACKS)}.")
+    check_output_outside(output_dir, dataset_dir, "output_dir", "dataset_dir")
     _, defaults = load_detection_bundle(bundle, device)  # a checkpoint that does not load fails here, before any output
     eps = defaults["eps"] if eps is None else float(eps)
     num_iter = defaults["num_iter"] if num_iter is None else int(num_iter)

@@ -27,7 +27,8 @@ from monai_smia.apps.evaluation_config import SETTINGS, EvaluationCondition, bun
 from monai_smia.apps.evaluation_reports import write_evaluation_reports
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.bundle.victim import load_victim, resolve_bundle
-from monai_smia.io.units import parse_bounds
+from monai_smia.io.units import check_eps_unit, parse_bounds
+from monai_smia.io.paths import check_output_outside
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "make_attack", "check_attacks", "RobustnessEvaluation", "evaluation_from_bundle"]
 
@@ -102,7 +103,8 @@ class RobustnessEvaluation:
             raise ValueError(f"eps must be one or more budgets > 0, got {eps!r}")
         self.eps = [float(e) for e in eps_list]
         self.bundle, self.dataset_dir, self.output_dir = bundle, Path(dataset_dir), Path(output_dir)
-        self.eps_unit, self.eps_scale = eps_unit or "", eps_scale
+        check_output_outside(self.output_dir, self.dataset_dir, "output_dir", "dataset_dir")
+        self.eps_unit, self.eps_scale = check_eps_unit(eps_unit), eps_scale
         self.num_iter, self.alpha, self.sigma = int(num_iter), float(alpha), float(sigma)
         self.bounds = parse_bounds(bounds)
         self.data_split, self.max_cases, self.seed = data_split, max_cases, int(seed)
@@ -221,6 +223,8 @@ def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> Robus
     root = resolve_bundle(bundle)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     defaults = bundle_evaluation_defaults(root)
+    if "eps_unit" in overrides and "eps_scale" not in overrides:
+        defaults.pop("eps_scale", None)  # the bundle's scale belongs to the bundle's unit, not to the one given
     unknown = sorted(set(overrides) - set(inspect.signature(RobustnessEvaluation).parameters))
     if unknown:
         raise ValueError(f"unknown evaluation setting(s) {', '.join(map(repr, unknown))}")

@@ -36,7 +36,9 @@ from monai_smia.bundle.data import bundle_cases, find_case_error, root_cause
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.handlers.seeding import seed_key
+from monai_smia.io.paths import check_output_outside
 from monai_smia.io.units import (
+    check_eps_unit,
     parse_bounds,
     resolve_bounds,
     resolve_eps_scale,
@@ -131,6 +133,7 @@ class EvaluationCondition:
             raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}.")
         self.grid = str(grid)
         self.root, self.dataset_dir, self.output_dir = Path(bundle_root).resolve(), Path(dataset_dir), Path(output_dir)
+        check_output_outside(self.output_dir, self.dataset_dir, "output_dir", "dataset_dir")
         self.metadata = json.loads((self.root / "configs" / "metadata.json").read_text())
         self.task, self.num_classes = task_from_metadata(self.metadata)
         self.attack = str(attack)
@@ -160,8 +163,8 @@ class EvaluationCondition:
 
     def _eps_scale(self, eps_scale: float | None) -> tuple[float, dict[str, Any]]:
         if eps_scale is not None:
-            return float(eps_scale), {"eps_unit": self.eps_unit, "eps_scale": "given"}
-        return resolve_eps_scale(self.eps_unit, self.preprocessing, None, bundle=self.root.name)
+            return float(eps_scale), {"eps_unit": check_eps_unit(self.eps_unit), "eps_scale": "given"}
+        return resolve_eps_scale(self.eps_unit, self.preprocessing, None, bundle=self.root.name, metadata=self.metadata)
 
     def _cases(self) -> tuple[list[dict[str, Any]], str]:
         items, source = bundle_cases(self.root, self.dataset_dir, self.data_split)

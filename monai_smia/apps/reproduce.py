@@ -29,6 +29,7 @@ from monai_smia.apps.reproduce_plan import bundle_claims, bundle_conditions
 from monai_smia.apps.reproduce_run import PROTOCOLS, READINGS, run_clean, run_condition
 from monai_smia.bundle.victim import load_victim
 from monai_smia.io.units import resolve_bounds, resolve_eps_scale
+from monai_smia.io.paths import check_output_outside
 from monai_smia.reports.claims import write_claims
 from monai_smia.reports.provenance import file_sha256
 from monai_smia.reports.store import CaseStore, check_run_settings
@@ -104,7 +105,7 @@ class ReproduceSettings:
 
 def _bundle_eps(bundle: str, victim: Any) -> tuple[float, dict[str, Any]]:
     value, unit = BUNDLE_EPS[bundle]
-    scale, how = resolve_eps_scale(unit, victim.preprocessing, victim.config, bundle)
+    scale, how = resolve_eps_scale(unit, victim.preprocessing, victim.config, bundle, metadata=victim.metadata)
     return value * scale, {"eps": value, "eps_unit": unit or "input", "eps_network": value * scale, **how}
 
 
@@ -150,10 +151,12 @@ def run_reproduce(
     settings = settings or ReproduceSettings()
     settings.check()
     out = Path(output_dir)
+    data_dir = data_dir if data_dir is not None else os.environ.get("MONAI_SMIA_DATA")
+    if data_dir is not None:
+        check_output_outside(out, data_dir, "output_dir", "data_dir")
     out.mkdir(parents=True, exist_ok=True)
     check_run_settings(out, {"reproduce": asdict(settings)})
     cache = Path(cache) if cache is not None else default_cache()
-    data_dir = data_dir if data_dir is not None else os.environ.get("MONAI_SMIA_DATA")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     bundles = {b: _run_bundle(b, settings, out, data_dir, cache, device) for b in settings.bundles}

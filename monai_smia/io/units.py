@@ -1,11 +1,14 @@
 """The one place where a budget's unit becomes network-input units, and where the valid input range
 comes from: both are read off the bundle's own preprocessing.
 
-- ``HU`` (or any source intensity unit): the ``ScaleIntensityRange(d)`` window on the image,
-  ``(b_max - b_min) / (a_max - a_min)`` network units per source unit (a zoo CT bundle's
-  ``a_min=-57, a_max=164, b_min=0, b_max=1`` gives 1/221), else a ``hu_window`` in the bundle config.
+- ``HU``: the ``ScaleIntensityRange(d)`` window on the image, ``(b_max - b_min) / (a_max - a_min)``
+  network units per HU (a zoo CT bundle's ``a_min=-57, a_max=164, b_min=0, b_max=1`` gives 1/221),
+  else a ``hu_window`` in the bundle config; only for a bundle whose input is in Hounsfield units
+  (:func:`hounsfield_input`).
 - ``/255``: 1/255 (8-bit images scaled to [0, 1]).
 - ``""`` or ``"input"``: network-input units.
+
+:data:`EPS_UNITS` is the one list of units; anything else is refused.
 
 Bounds: a clipping ``ScaleIntensityRange(d)`` gives ``[b_min, b_max]``; a final ``ScaleIntensity(d)``
 with ``minv``/``maxv`` gives that range; otherwise the attack is left unclamped (``None``) and the
@@ -18,11 +21,14 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from monai.transforms import Compose, ScaleIntensityRange, ScaleIntensityRanged, ScaleIntensityd
+from monai.transforms import Compose, ScaleIntensityd, ScaleIntensityRange, ScaleIntensityRanged
 
 __all__ = [
+    "EPS_UNITS",
     "bounds_from_preprocessing",
+    "check_eps_unit",
     "flat_transforms",
+    "hounsfield_input",
     "intensity_window",
     "parse_bounds",
     "resolve_bounds",
@@ -32,6 +38,28 @@ __all__ = [
 ]
 
 INPUT_UNITS = ("", "input")
+#: every unit a budget may be given in (the CLI's ``--eps-unit`` choices)
+EPS_UNITS = (*INPUT_UNITS, "/255", "HU")
+
+
+def check_eps_unit(eps_unit: Any, option: str = "--eps-unit") -> str:
+    """``eps_unit`` as one of :data:`EPS_UNITS` (``None`` is network-input units).
+
+    Raises:
+        ValueError: any other unit, named with ``option``.
+    """
+    unit = "" if eps_unit is None else eps_unit
+    if not isinstance(unit, str) or unit.strip() not in EPS_UNITS:
+        choices = ", ".join(repr(u) for u in EPS_UNITS)
+        raise ValueError(f"{option} {eps_unit!r} is not a unit: choose one of {choices} ('' or 'input': network units).")
+    return unit.strip()
+
+
+def _image_format(metadata: Mapping[str, Any] | None, image_key: str) -> tuple[str, str]:
+    inputs = ((metadata or {}).get("network_data_format") or {}).get("inputs") or {}
+    spec = inputs.get(image_key) or (next(iter(inputs.values())) if len(inputs) == 1 else {})
+    spec = spec if isinstance(spec, Mapping) else {}
+    return str(spec.get("format", "")).lower(), str(spec.get("modality", "")).upper()
 
 
 def flat_transforms(transform: Any) -> list[Any]:
@@ -62,29 +90,57 @@ def intensity_window(preprocessing: Any, image_key: str = "image") -> dict[str, 
     return None
 
 
+def hounsfield_input(
+    metadata: Mapping[str, Any] | None, window: Mapping[str, Any] | None, image_key: str = "image"
+) -> bool:
+    """Whether a bundle's image input is in Hounsfield units: its metadata says so (MONAI's
+    ``network_data_format.inputs.image``: ``format`` ``"hounsfield"`` or ``modality`` ``"CT"``); where the
+    metadata names neither, a ``ScaleIntensityRange(d)`` window starting below 0 (air is -1000 HU; an
+    8-bit or [0, 1] image never is)."""
+    fmt, modality = _image_format(metadata, image_key)
+    if fmt == "hounsfield" or modality == "CT":
+        return True
+    if fmt or modality:
+        return False
+    return window is not None and window["a_min"] < 0
+
+
 def resolve_eps_scale(
-    eps_unit: str, preprocessing: Any = None, config: Mapping[str, Any] | None = None, bundle: str = "the bundle"
+    eps_unit: str,
+    preprocessing: Any = None,
+    config: Mapping[str, Any] | None = None,
+    bundle: str = "the bundle",
+    metadata: Mapping[str, Any] | None = None,
 ) -> tuple[float, dict[str, Any]]:
-    """Network-input units per ``eps_unit``, and how that was decided (for the provenance).
+    """Network-input units per ``eps_unit`` (one of :data:`EPS_UNITS`), and how that was decided (for the provenance).
 
     Raises:
-        ValueError: ``HU`` on a bundle with no intensity window, or an unknown unit.
+        ValueError: an unknown unit; ``HU`` on a bundle whose input is not in Hounsfield units
+            (:func:`hounsfield_input`) or that has no window to convert HU with.
     """
-    unit = (eps_unit or "").strip()
+    unit = check_eps_unit(eps_unit)
     if unit in INPUT_UNITS:
         return 1.0, {"eps_unit": "network input"}
     if unit == "/255":
         return 1.0 / 255.0, {"eps_unit": "/255"}
     window = intensity_window(preprocessing) if preprocessing is not None else None
+    hu = (config or {}).get("hu_window")
+    hu = list(hu) if isinstance(hu, (list, tuple)) and len(hu) == 2 else None
+    if not hounsfield_input(metadata, window) and not (hu and metadata is None):
+        fmt, modality = _image_format(metadata, "image")
+        said = f"format {fmt!r}" if fmt else f"modality {modality!r}" if modality else "no CT window"
+        raise ValueError(
+            f"--eps-unit 'HU': {bundle}'s input is not in Hounsfield units ({said} in its metadata/preprocessing); "
+            "give eps in network-input units (no --eps-unit) or with --eps-unit /255."
+        )
     if window is not None:
         scale = (window["b_max"] - window["b_min"]) / (window["a_max"] - window["a_min"])
         return abs(scale), {"eps_unit": unit, "window": window}
-    hu = (config or {}).get("hu_window")
-    if unit.upper() == "HU" and isinstance(hu, (list, tuple)) and len(hu) == 2:
-        return 1.0 / (float(hu[1]) - float(hu[0])), {"eps_unit": unit, "hu_window": list(hu)}
+    if hu is not None:
+        return 1.0 / (float(hu[1]) - float(hu[0])), {"eps_unit": unit, "hu_window": hu}
     raise ValueError(
-        f"--eps-unit {unit!r}: {bundle}'s preprocessing has no ScaleIntensityRange(d) window on the image to convert "
-        "it to network units; give eps in network-input units (no --eps-unit) or pass eps_scale."
+        f"--eps-unit 'HU': {bundle}'s preprocessing has no ScaleIntensityRange(d) window on the image to convert "
+        "HU to network units; give eps in network-input units (no --eps-unit) or pass eps_scale."
     )
 
 

@@ -1,0 +1,27 @@
+"""The one rule on where results may go: an output folder never lies inside (or is) an input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["check_output_outside"]
+
+
+def check_output_outside(
+    output: str | os.PathLike, source: str | os.PathLike, output_name: str = "--output", source_name: str = "--input"
+) -> None:
+    """Refuse an ``output`` folder that is ``source`` or lies inside it (inputs are never written to).
+
+    Both paths are compared after resolving symbolic links; ``source`` may be a file or a folder,
+    and neither needs to exist yet.
+
+    Raises:
+        ValueError: one line naming both options and what to do.
+    """
+    out, src = Path(output).resolve(), Path(source).resolve()
+    if out == src or src in out.parents:
+        raise ValueError(
+            f"{output_name} {str(output)!r} lies inside the input {source_name} {str(source)!r}; inputs are never "
+            f"written to: choose an {output_name} outside it."
+        )

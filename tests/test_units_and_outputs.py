@@ -1,0 +1,107 @@
+"""The two silent failures of the bad-input sweep: a budget unit is one of a fixed list and HU only
+fits a bundle whose input is in Hounsfield units (else the budget silently became the whole input
+range), and no command writes into its input folder. Through the CLI, on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from monai_smia.cli import main
+from monai_smia.io.units import EPS_UNITS, check_eps_unit, hounsfield_input, resolve_eps_scale
+
+MNIST = REPO_ROOT / "bundles" / "mnist_cls"
+
+
+def _one_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"monai-smia {command}: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "attack"])
+def test_hu_is_refused_for_a_bundle_without_hounsfield_input(command, mnist, tmp_path, capsys):
+    out = tmp_path / "out"
+    data = ["--dataset-dir", str(mnist)] if command == "evaluate" else ["--input", str(mnist)]
+    argv = [command, "--bundle", "mnist_cls", *data, "--output", str(out), "--eps", "20", "--eps-unit", "HU"]
+    assert main([*argv, "--num-iter", "1", "--device", "cpu"]) == 2
+    line = _one_error(capsys, command)
+    assert "--eps-unit 'HU'" in line and "mnist_cls" in line and "Hounsfield" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("unit", ["bogus", "furlongs", "hu"])
+@pytest.mark.parametrize("command", ["evaluate", "attack"])
+def test_unknown_units_are_refused_by_the_parser(command, unit, mnist, tmp_path, capsys):
+    out = tmp_path / "out"
+    data = ["--dataset-dir", str(mnist)] if command == "evaluate" else ["--input", str(mnist)]
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--bundle", "mnist_cls", *data, "--output", str(out), "--eps", "2", "--eps-unit", unit])
+    assert stop.value.code == 2 and "--eps-unit" in capsys.readouterr().err and not out.exists()
+
+
+def test_unknown_units_are_refused_by_the_library():
+    for unit in ("bogus", "Hounsfield", 1.0):
+        with pytest.raises(ValueError, match="is not a unit"):
+            check_eps_unit(unit)
+    with pytest.raises(ValueError, match="is not a unit"):
+        resolve_eps_scale("furlongs")
+    assert [check_eps_unit(u) for u in EPS_UNITS] == list(EPS_UNITS) and check_eps_unit(None) == ""
+
+
+def test_hounsfield_input_reads_the_metadata_then_the_window():
+    ct = {"network_data_format": {"inputs": {"image": {"format": "hounsfield", "modality": "CT"}}}}
+    grey = json.loads((MNIST / "configs" / "metadata.json").read_text())
+    window_ct = {"a_min": -1000.0, "a_max": 500.0, "b_min": 0.0, "b_max": 1.0}
+    window_8bit = {"a_min": 0.0, "a_max": 255.0, "b_min": 0.0, "b_max": 1.0}
+    assert hounsfield_input(ct, window_8bit) and not hounsfield_input(grey, window_ct)
+    assert hounsfield_input({}, window_ct) and not hounsfield_input({}, window_8bit) and not hounsfield_input({}, None)
+
+
+def test_both_commands_give_the_same_budget_for_a_unit(mnist, tmp_path):
+    """``--eps-unit /255`` on mnist_cls: 8/255 in both commands; evaluate drops the bundle's own eps_scale (1.0,
+    which belongs to its default unit) instead of keeping it for the unit given."""
+    from monai_smia.apps.attack_run import run_attack
+    from monai_smia.apps.evaluation import evaluation_from_bundle
+
+    ev = evaluation_from_bundle("mnist_cls", dataset_dir=mnist, output_dir=tmp_path / "ev", attacks=["FGSM"], eps=[8.0],
+                                eps_unit="/255", max_cases=2, device="cpu")  # fmt: skip
+    assert ev.eps_scale is None
+    ev.run()
+    settings = json.loads((tmp_path / "ev" / "settings.json").read_text())
+    run_attack("mnist_cls", mnist, tmp_path / "at", attack="FGSM", eps=8.0, eps_unit="/255", max_cases=2, device="cpu")
+    provenance = json.loads((tmp_path / "at" / "provenance.json").read_text())["attack_settings"]
+    assert settings["eps_scale"] == pytest.approx(1 / 255) and provenance["eps_network"] == pytest.approx(8 / 255)
+    linf = [json.loads(p.read_text())["linf"] for p in (tmp_path / "ev" / "cases").rglob("*.json") if "FGSM" in p.parts]
+    assert linf and max(linf) == pytest.approx(8.0, rel=1e-4)  # in the user's unit: 8 (/255), not 8 network units
+
+
+@pytest.mark.parametrize("command", ["evaluate", "attack", "reproduce"])
+def test_output_inside_the_input_is_refused(command, mnist, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.symlink_to(mnist, target_is_directory=True)
+    before = sorted(p.name for p in mnist.rglob("*"))
+    out = data / "out"
+    option = {"evaluate": "--dataset-dir", "attack": "--input", "reproduce": "--data-dir"}[command]
+    argv = [command, option, str(data), "--output", str(out)] + ([] if command == "reproduce" else ["--bundle", "mnist_cls"])
+    assert main([*argv, "--device", "cpu"]) == 2
+    line = _one_error(capsys, command)
+    assert f"--output {str(out)!r} lies inside the input {option}" in line
+    assert sorted(p.name for p in mnist.rglob("*")) == before and not (mnist / "out").exists()
+
+
+def test_bundle_run_output_inside_the_dataset_is_refused(mnist, tmp_path):
+    """The evaluator config path (``python -m monai.bundle run``) keeps the same rule, before anything is written."""
+    from monai_smia.apps.evaluation import RobustnessEvaluation
+    from monai_smia.apps.evaluation_config import EvaluationCondition
+
+    with pytest.raises(ValueError, match="output_dir .* lies inside the input dataset_dir"):
+        RobustnessEvaluation(MNIST, mnist, mnist / "eval", eps=[0.1])
+    with pytest.raises(ValueError, match="output_dir .* lies inside the input dataset_dir"):
+        EvaluationCondition(MNIST, mnist, mnist, preprocessing=None, attack="FGSM", eps=0.1)
+    assert not (mnist / "eval").exists()
