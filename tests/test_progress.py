@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from monai_smia import FGSM
-from monai_smia.attacks import volume
+from monai_smia.attacks import progress, volume
 
 
 class _Bar:
@@ -26,8 +26,8 @@ class _Bar:
 
 
 def test_slice_progress_counts_every_slice(monkeypatch):
-    monkeypatch.setattr(volume, "tqdm", _Bar)
-    monkeypatch.setattr(volume, "_has_tqdm", True)
+    monkeypatch.setattr(progress, "tqdm", _Bar)
+    monkeypatch.setattr(progress, "_has_tqdm", True)
     net = torch.nn.Conv2d(1, 2, 3, padding=1)
     x = torch.rand(2, 1, 8, 8, 7)
     attack = FGSM(net, eps=0.01)

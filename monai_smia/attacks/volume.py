@@ -11,44 +11,20 @@ per-slice diagnostics are merged into one sample per volume (:meth:`AttackTrace.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from monai.utils import convert_to_dst_type, optional_import
+from monai.utils import convert_to_dst_type
 
 from monai_smia.attacks.base import Attack, frozen_network
 from monai_smia.attacks.minimal import MinimalNormAttack, MinimalNormResult
+from monai_smia.attacks.progress import slice_bar, slice_progress
 from monai_smia.attacks.trace import AttackTrace
 from monai_smia.losses import hard_prediction, prepare_labels
 
-tqdm, _has_tqdm = optional_import("tqdm", name="tqdm")
-
 __all__ = ["VolumeAttackResult", "attack_volumes", "draw_random_start", "network_device", "slice_progress"]
-
-_SLICE_PROGRESS: ContextVar[str | None] = ContextVar("monai_smia_slice_progress", default=None)
-
-
-@contextlib.contextmanager
-def slice_progress(description: str = "slices") -> Iterator[None]:
-    """Within this context, a slice-wise attack shows a tqdm bar over each volume's slices (a long CT
-    case then shows progress inside the case, not 0% for minutes); a no-op without tqdm."""
-    token = _SLICE_PROGRESS.set(description)
-    try:
-        yield
-    finally:
-        _SLICE_PROGRESS.reset(token)
-
-
-def _slice_bar(n_slices: int) -> Any:
-    desc = _SLICE_PROGRESS.get()
-    if desc is None or not _has_tqdm:
-        return contextlib.nullcontext(None)
-    return tqdm(total=n_slices, desc=desc, unit="slice", leave=False, dynamic_ncols=True)
 
 
 @dataclass
@@ -284,7 +260,7 @@ def _attack_slices(
         # (1, C, *sp) -> (S, C, *sp without slice_dim)
         return None if t is None else t.narrow(axis, start, stop - start).movedim(axis, 0)[:, 0]
 
-    with _slice_bar(n_slices) as bar:
+    with slice_bar(n_slices) as bar:
         for start in range(0, n_slices, slice_batch_size):
             stop = min(start + slice_batch_size, n_slices)
             adv, unc = run(b, *(slices(t, start, stop) for t in tensors))
