@@ -29,6 +29,7 @@ from monai.utils import ensure_tuple, optional_import
 
 from monai_smia.attacks import Attack
 from monai_smia.attacks.volume import VolumeAttackResult, attack_volumes
+from monai_smia.sliding_window import windowwise_applies, windowwise_sliding_window
 from monai_smia.transforms.array import attack_diagnostics
 
 IterationEvents, _ = optional_import("monai.engines.utils", name="IterationEvents")
@@ -38,14 +39,23 @@ __all__ = ["AdversarialImageHandler", "AttackInferer", "InfererNetwork"]
 
 class InfererNetwork(torch.nn.Module):
     """``inferer(x, network)`` as a module, so an attack sees the network the way the inferer runs it
-    (e.g. sliding windows with blending); MONAI's inferers let gradients reach the input."""
+    (e.g. sliding windows with blending); MONAI's inferers let gradients reach the input.
 
-    def __init__(self, inferer: Inferer, network: torch.nn.Module) -> None:
+    Through a ``SlidingWindowInferer`` the input gradient is taken window batch by window batch
+    (:func:`~monai_smia.sliding_window.windowwise_sliding_window`: the same output and gradient in the
+    memory of one window batch) whenever the network's parameters are frozen, as during an attack;
+    ``windowwise=False`` differentiates the whole sliding-window call instead.
+    """
+
+    def __init__(self, inferer: Inferer, network: torch.nn.Module, windowwise: bool = True) -> None:
         super().__init__()
         self.inferer = inferer
         self.network = network
+        self.windowwise = bool(windowwise)
 
     def forward(self, x: torch.Tensor) -> Any:
+        if self.windowwise and windowwise_applies(self.inferer, self.network, x):
+            return windowwise_sliding_window(x, self.inferer, self.network)  # type: ignore[arg-type]
         return self.inferer(x, self.network)
 
 
@@ -70,13 +80,18 @@ class AttackInferer(Inferer):
             network (through sliding windows over each slice when ``roi_size`` is smaller than it),
             ``slice_batch_size`` slices per call; the result equals attacking the whole volume
             through the ``SliceInferer``. Other inferers: the attack differentiates through
-            ``inferer(x, network)`` on the whole input (use a 3D attack for 3D inputs).
+            ``inferer(x, network)`` on the whole input (use a 3D attack for 3D inputs), window-wise
+            through a ``SlidingWindowInferer`` (see ``windowwise``).
         slice_batch_size: slices per network call for ``SliceInferer``; default its ``sw_batch_size``.
         use_labels: use ``labels`` when given (ground-truth mode); ``False``: always label-free.
         compute_success: compute clean/adversarial error rates for :attr:`last_diagnostics` (default,
             as the transforms; one extra forward of each input).
         seed: seed of the CPU generator for random starts (one draw per volume); ``None``: torch's
             global generator.
+        windowwise: through sliding windows (a ``SlidingWindowInferer``, or a ``SliceInferer`` whose roi
+            is smaller than the slice), take the input gradient window batch by window batch (default:
+            memory of one window batch, result equal to the full graph); ``False``: differentiate the whole
+            sliding-window call (memory grows with the number of windows).
 
     After each call, :attr:`last_adversarial` holds the adversarial batch, :attr:`last_result` the
     :class:`~monai_smia.attacks.volume.VolumeAttackResult` and :attr:`last_diagnostics` one dict per volume.
@@ -93,6 +108,7 @@ class AttackInferer(Inferer):
         use_labels: bool = True,
         compute_success: bool = True,
         seed: int | None = None,
+        windowwise: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(attack, Attack) and not callable(attack):
@@ -113,6 +129,7 @@ class AttackInferer(Inferer):
         self.use_labels = use_labels
         self.compute_success = compute_success
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.windowwise = bool(windowwise)
         self._bound: dict[tuple[int, int], Attack] = {}
         self.last_adversarial: torch.Tensor | None = None
         self.last_result: VolumeAttackResult | None = None
@@ -155,10 +172,10 @@ class AttackInferer(Inferer):
                 padding_mode=inf.padding_mode,
                 cval=inf.cval,
             )
-            return InfererNetwork(window, network), dim
+            return InfererNetwork(window, network, self.windowwise), dim
         if isinstance(inf, SimpleInferer):
             return network, None
-        return InfererNetwork(inf, network), None
+        return InfererNetwork(inf, network, self.windowwise), None
 
     def clean_is_inferer_output(self, inputs: torch.Tensor, attack: Attack, attack_net: torch.nn.Module) -> bool:
         """Whether the clean logits of the success computation equal ``inferer(inputs, network)`` bit for bit:

@@ -88,7 +88,9 @@ def test_output_inside_the_input_is_refused(command, mnist, tmp_path, capsys):
     before = sorted(p.name for p in mnist.rglob("*"))
     out = data / "out"
     option = {"evaluate": "--dataset-dir", "attack": "--input", "reproduce": "--data-dir"}[command]
-    argv = [command, option, str(data), "--output", str(out)] + ([] if command == "reproduce" else ["--bundle", "mnist_cls"])
+    argv = [command, option, str(data), "--output", str(out)] + (
+        [] if command == "reproduce" else ["--bundle", "mnist_cls"]
+    )
     assert main([*argv, "--device", "cpu"]) == 2
     line = _one_error(capsys, command)
     assert f"--output {str(out)!r} lies inside the input {option}" in line

@@ -1,0 +1,175 @@
+"""Window-wise gradients through MONAI's sliding-window inference equal the full graph's: the output is
+MONAI's own, the input gradient matches autograd through ``sliding_window_inference`` (float64 to 1e-10
+relative) across blend modes, overlaps, padding modes, window batch sizes, volumes smaller than the roi,
+multi-channel and list/dict outputs; attacks through ``AttackInferer`` give the same images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
+from monai.networks.nets import UNet
+
+from monai_smia import FGSM, PGD, SMIA
+from monai_smia.attacks import frozen_network
+from monai_smia.inferers import AttackInferer, InfererNetwork
+from monai_smia.sliding_window import window_geometry, windowwise_applies, windowwise_sliding_window
+
+
+def _net(dims: int = 3, cin: int = 1, cout: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return UNet(dims, cin, cout, (4, 8), (2,), num_res_units=1).double().eval()
+
+
+class _Outputs(torch.nn.Module):
+    """A network returning a list (deep-supervision style) or a dict of two heads."""
+
+    def __init__(self, net: torch.nn.Module, kind: str) -> None:
+        super().__init__()
+        self.net, self.kind = net, kind
+
+    def forward(self, x: torch.Tensor) -> object:
+        out = self.net(x)
+        heads = [out, torch.tanh(out[:, :1]) * 3]
+        return heads if self.kind == "list" else {"seg": heads[0], "aux": heads[1]}
+
+
+def _gradients(net, inferer, x, pick=lambda o: o):
+    """(full-graph output, full-graph gradient, window-wise output, window-wise gradient) of a random linear loss."""
+    with frozen_network(net):
+        xa = x.clone().requires_grad_(True)
+        full = inferer(xa, net)
+        torch.manual_seed(1)
+        weights = [
+            torch.randn_like(t)
+            for t in (full if isinstance(full, (list, tuple)) else full.values() if isinstance(full, dict) else [full])
+        ]
+
+        def loss(out):
+            outs = out if isinstance(out, (list, tuple)) else list(out.values()) if isinstance(out, dict) else [out]
+            return sum((o * w).sum() for o, w in zip(outs, weights))
+
+        (g_full,) = torch.autograd.grad(loss(full), xa)
+        xb = x.clone().requires_grad_(True)
+        ww = windowwise_sliding_window(xb, inferer, net)
+        (g_ww,) = torch.autograd.grad(loss(ww), xb)
+    return full, g_full, ww, g_ww
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("padding_mode", ["constant", "replicate", "reflect"])
+def test_gradient_equals_the_full_graph_float64(mode, overlap, padding_mode):
+    net = _net()
+    x = torch.rand(2, 1, 28, 13, 20, dtype=torch.float64)  # 13 < roi 16 on one axis: padded there
+    inferer = SlidingWindowInferer(
+        (16, 16, 16),
+        sw_batch_size=3,
+        overlap=overlap,
+        mode=mode,
+        padding_mode=padding_mode,
+        cval=0.3 if padding_mode == "constant" else 0.0,
+    )  # torch takes a value for constant only
+    full, g_full, ww, g_ww = _gradients(net, inferer, x)
+    assert torch.equal(ww, full.as_tensor() if hasattr(full, "as_tensor") else full)  # MONAI's own forward
+    assert g_full.abs().max() > 0 and _rel(g_ww, g_full) < 1e-10
+
+
+@pytest.mark.parametrize("sw_batch_size", [1, 2, 5, 64])
+def test_window_batch_size_does_not_change_the_result(sw_batch_size):
+    net = _net()
+    x = torch.rand(1, 1, 30, 30, 18, dtype=torch.float64)
+    ref = SlidingWindowInferer((16, 16, 16), sw_batch_size=4, overlap=0.5, mode="gaussian")
+    inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=sw_batch_size, overlap=0.5, mode="gaussian")
+    _, g_full, _, g_ww = _gradients(net, inferer, x)
+    _, _, _, g_ref = _gradients(net, ref, x)
+    assert _rel(g_ww, g_full) < 1e-10 and _rel(g_ww, g_ref) < 1e-10
+    with frozen_network(net):
+        attack = lambda b: FGSM(
+            InfererNetwork(SlidingWindowInferer((16, 16, 16), b, overlap=0.5, mode="gaussian"), net), eps=0.05
+        )
+        assert torch.equal(attack(sw_batch_size)(x), attack(4)(x))
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_multi_channel_and_structured_outputs(kind):
+    net = _Outputs(_net(3, cin=2, cout=4), kind)
+    x = torch.rand(1, 2, 20, 24, 17, dtype=torch.float64)
+    inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    full, g_full, ww, g_ww = _gradients(net, inferer, x)
+    assert type(ww) is type(full) and _rel(g_ww, g_full) < 1e-10
+
+
+def test_volume_smaller_than_the_roi_and_2d():
+    net = _net(2)
+    x = torch.rand(3, 1, 11, 40, dtype=torch.float64)
+    inferer = SlidingWindowInferer((16, 16), sw_batch_size=4, overlap=0.5, padding_mode="replicate")
+    _, g_full, _, g_ww = _gradients(net, inferer, x)
+    assert window_geometry(x, inferer, x.device).pad[2:] == (2, 3) and _rel(g_ww, g_full) < 1e-10
+
+
+def test_attacks_through_attack_inferer_equal_the_full_graph():
+    """FGSM, PGD and SMIA (both stabilization targets) through a SlidingWindowInferer: window-wise (the default)
+    and the full graph give the same adversarial volume in float64; FGSM agrees on >= 99.9% of voxels in float32."""
+    net = _net(3, cout=2)
+    x = torch.rand(1, 1, 32, 24, 20, dtype=torch.float64)
+    inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=2, overlap=0.5, mode="gaussian")
+    attacks = [FGSM(net, eps=0.03), PGD(net, eps=0.03, num_iter=3), SMIA(net, eps=0.03, num_iter=3, spatial_dims=3),
+               SMIA(net, eps=0.03, num_iter=3, spatial_dims=3, stabilization_target="differentiable")]  # fmt: skip
+    for attack in attacks:
+        ww = AttackInferer(attack, inferer)(x, net)
+        full = AttackInferer(attack, inferer, windowwise=False)(x, net)
+        assert torch.equal(ww, full), type(attack).__name__
+        assert AttackInferer(attack, inferer).attack_network(x, net)[0].windowwise
+    net32, x32 = net.float(), x.float()
+    ww = AttackInferer(FGSM(net32, eps=0.03), inferer)
+    full = AttackInferer(FGSM(net32, eps=0.03), inferer, windowwise=False)
+    ww(x32, net32), full(x32, net32)
+    assert float((ww.last_adversarial == full.last_adversarial).double().mean()) >= 0.999
+
+
+def test_slice_inferer_with_a_roi_smaller_than_the_slice_is_window_wise():
+    net = _net(2, cout=2)
+    x = torch.rand(1, 1, 40, 36, 5, dtype=torch.float64)
+    inferer = SliceInferer(roi_size=(16, 16), spatial_dim=2, sw_batch_size=3, overlap=0.25, mode="gaussian")
+    module, dim = AttackInferer(FGSM(net, eps=0.02), inferer).attack_network(x, net)
+    assert dim == 2 and isinstance(module, InfererNetwork) and module.windowwise
+    ww = AttackInferer(SMIA(net, eps=0.02, num_iter=2), inferer)(x, net)
+    assert torch.equal(ww, AttackInferer(SMIA(net, eps=0.02, num_iter=2), inferer, windowwise=False)(x, net))
+
+
+def test_when_it_applies():
+    net = _net()
+    sw = SlidingWindowInferer((16, 16, 16))
+    x = torch.rand(1, 1, 16, 16, 16, dtype=torch.float64, requires_grad=True)
+    assert not windowwise_applies(sw, net, x)  # parameters need gradients (training): the full graph
+    with frozen_network(net):
+        assert windowwise_applies(sw, net, x) and not windowwise_applies(SimpleInferer(), net, x)
+        assert not windowwise_applies(sw, net, x.detach())
+        with torch.no_grad():
+            assert not windowwise_applies(sw, net, x)
+    out = InfererNetwork(sw, net)(x)
+    out.sum().backward()  # training through the inferer still reaches the parameters
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_outputs_the_inferer_cannot_blend_are_named():
+    class Half(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool3d(x, 2)
+
+    x = torch.rand(1, 1, 32, 32, 32, requires_grad=True)
+    with pytest.raises(
+        ValueError, match=r"SlidingWindowInferer\(roi_size=\(16, 16, 16\).* returned an output of spatial size"
+    ):
+        windowwise_sliding_window(x, SlidingWindowInferer((16, 16, 16)), Half())
+    classifier = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
+    with (
+        frozen_network(classifier),
+        pytest.raises(ValueError, match=r"SlidingWindowInferer\(.*cannot blend the network's output"),
+    ):
+        windowwise_sliding_window(x, SlidingWindowInferer((16, 16, 16)), classifier)
