@@ -44,18 +44,27 @@ class InfererNetwork(torch.nn.Module):
     Through a ``SlidingWindowInferer`` the input gradient is taken window batch by window batch
     (:func:`~monai_smia.sliding_window.windowwise_sliding_window`: the same output and gradient in the
     memory of one window batch) whenever the network's parameters are frozen, as during an attack;
-    ``windowwise=False`` differentiates the whole sliding-window call instead.
+    ``windowwise=False`` differentiates the whole sliding-window call instead; ``grad_batch_size`` windows
+    are recomputed at a time (default: the inferer's ``sw_batch_size``).
     """
 
-    def __init__(self, inferer: Inferer, network: torch.nn.Module, windowwise: bool = True) -> None:
+    def __init__(
+        self, inferer: Inferer, network: torch.nn.Module, windowwise: bool = True, grad_batch_size: int | None = None
+    ) -> None:
         super().__init__()
         self.inferer = inferer
         self.network = network
         self.windowwise = bool(windowwise)
+        if grad_batch_size is not None and (
+            isinstance(grad_batch_size, bool) or not isinstance(grad_batch_size, int) or grad_batch_size < 1
+        ):
+            raise ValueError(f"grad_batch_size must be an integer >= 1 or None, got {grad_batch_size!r}.")
+        self.grad_batch_size = grad_batch_size
+        self.grad_batch_size = grad_batch_size
 
     def forward(self, x: torch.Tensor) -> Any:
         if self.windowwise and windowwise_applies(self.inferer, self.network, x):
-            return windowwise_sliding_window(x, self.inferer, self.network)  # type: ignore[arg-type]
+            return windowwise_sliding_window(x, self.inferer, self.network, self.grad_batch_size)  # type: ignore[arg-type]
         return self.inferer(x, self.network)
 
 
@@ -92,6 +101,8 @@ class AttackInferer(Inferer):
             is smaller than the slice), take the input gradient window batch by window batch (default:
             memory of one window batch, result equal to the full graph); ``False``: differentiate the whole
             sliding-window call (memory grows with the number of windows).
+        grad_batch_size: windows recomputed per batch in the window-wise backward pass (default: the
+            inferer's ``sw_batch_size``); lower it to lower the peak memory, the result is the same.
 
     After each call, :attr:`last_adversarial` holds the adversarial batch, :attr:`last_result` the
     :class:`~monai_smia.attacks.volume.VolumeAttackResult` and :attr:`last_diagnostics` one dict per volume.
@@ -109,6 +120,7 @@ class AttackInferer(Inferer):
         compute_success: bool = True,
         seed: int | None = None,
         windowwise: bool = True,
+        grad_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(attack, Attack) and not callable(attack):
@@ -130,6 +142,11 @@ class AttackInferer(Inferer):
         self.compute_success = compute_success
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.windowwise = bool(windowwise)
+        if grad_batch_size is not None and (
+            isinstance(grad_batch_size, bool) or not isinstance(grad_batch_size, int) or grad_batch_size < 1
+        ):
+            raise ValueError(f"grad_batch_size must be an integer >= 1 or None, got {grad_batch_size!r}.")
+        self.grad_batch_size = grad_batch_size
         self._bound: dict[tuple[int, int], Attack] = {}
         self.last_adversarial: torch.Tensor | None = None
         self.last_result: VolumeAttackResult | None = None
@@ -172,10 +189,10 @@ class AttackInferer(Inferer):
                 padding_mode=inf.padding_mode,
                 cval=inf.cval,
             )
-            return InfererNetwork(window, network, self.windowwise), dim
+            return InfererNetwork(window, network, self.windowwise, self.grad_batch_size), dim
         if isinstance(inf, SimpleInferer):
             return network, None
-        return InfererNetwork(inf, network, self.windowwise), None
+        return InfererNetwork(inf, network, self.windowwise, self.grad_batch_size), None
 
     def clean_is_inferer_output(self, inputs: torch.Tensor, attack: Attack, attack_net: torch.nn.Module) -> bool:
         """Whether the clean logits of the success computation equal ``inferer(inputs, network)`` bit for bit:

@@ -6,7 +6,8 @@ attacked. :func:`windowwise_sliding_window` gives the same output and the same i
 memory of one window batch:
 
 - pass 1 is MONAI's own sliding-window forward without gradient (exactly what inference computes);
-- pass 2, in the backward pass, recomputes the windows ``sw_batch_size`` at a time with gradient and
+- pass 2, in the backward pass, recomputes the windows ``sw_batch_size`` at a time (or ``grad_batch_size``)
+  with gradient and
   pushes each window's share of the output gradient back through the network. With ``m`` the blending
   (importance) map, ``c = sum_w place_w(m)`` the overlap normalisation and ``g`` the output gradient
   on the padded grid: ``dL/dx_w = J_f(x_w)^T (m * crop_w(g / c))``, accumulated into the padded input
@@ -131,6 +132,7 @@ def windowwise_input_gradient(
     grads: Sequence[torch.Tensor | None],
     inferer: SlidingWindowInferer,
     network: torch.nn.Module,
+    grad_batch_size: int | None = None,
 ) -> torch.Tensor:
     """``d(sum_k <grads[k], out_k>)/d inputs`` for ``out = inferer(inputs, network)``, window batch by window batch.
 
@@ -139,6 +141,7 @@ def windowwise_input_gradient(
         grads: the gradient of each (flattened) output, ``None`` for outputs that got none.
         inferer: the ``SlidingWindowInferer`` of the forward pass.
         network: its network (any module; called as MONAI calls it, with window coordinates under ``with_coord``).
+        grad_batch_size: windows recomputed per batch; ``None``: the inferer's ``sw_batch_size``.
     """
     sw_device, _ = _devices(inputs, inferer)
     geo = window_geometry(inputs, inferer, sw_device)
@@ -147,7 +150,7 @@ def windowwise_input_gradient(
     x_pad = F.pad(inputs, list(geo.pad), mode=padding, value=inferer.cval) if any(geo.pad) else inputs
     grad_pad = torch.zeros_like(x_pad)
     windows = [(b, w) for b in range(inputs.shape[0]) for w in range(len(geo.slices))]
-    step = int(inferer.sw_batch_size)
+    step = int(grad_batch_size or inferer.sw_batch_size)
     with window_bar(len(windows)) as bar:
         for start in range(0, len(windows), step):
             win, coords = _window_batch(x_pad, geo, windows[start : start + step], sw_device)
@@ -220,7 +223,7 @@ class _WindowwiseSlidingWindow(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, inputs: torch.Tensor, inferer: SlidingWindowInferer, network: torch.nn.Module, keys: list
+        ctx: Any, inputs: torch.Tensor, inferer: SlidingWindowInferer, network: torch.nn.Module, keys: list, batch: Any
     ) -> Any:
         with torch.no_grad():
             try:
@@ -243,14 +246,14 @@ class _WindowwiseSlidingWindow(torch.autograd.Function):
                     "(pass windowwise=False to differentiate the whole sliding-window call)."
                 )
         ctx.save_for_backward(inputs)
-        ctx.inferer, ctx.network = inferer, network
+        ctx.inferer, ctx.network, ctx.batch = inferer, network, batch
         return tuple(tensors)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> Any:
         (inputs,) = ctx.saved_tensors
-        grad = windowwise_input_gradient(inputs.detach(), grads, ctx.inferer, ctx.network)
-        return grad, None, None, None
+        grad = windowwise_input_gradient(inputs.detach(), grads, ctx.inferer, ctx.network, ctx.batch)
+        return grad, None, None, None, None
 
 
 def windowwise_applies(inferer: Any, network: torch.nn.Module, inputs: torch.Tensor) -> bool:
@@ -264,13 +267,17 @@ def windowwise_applies(inferer: Any, network: torch.nn.Module, inputs: torch.Ten
     return not any(p.requires_grad for p in network.parameters())
 
 
-def windowwise_sliding_window(inputs: torch.Tensor, inferer: SlidingWindowInferer, network: torch.nn.Module) -> Any:
+def windowwise_sliding_window(
+    inputs: torch.Tensor, inferer: SlidingWindowInferer, network: torch.nn.Module, grad_batch_size: int | None = None
+) -> Any:
     """``inferer(inputs, network)`` with the input gradient taken window batch by window batch (module docstring).
 
     The output (tensor, tuple or dict, as the network returns) equals MONAI's sliding-window inference
-    exactly; its gradient with respect to ``inputs`` equals that of the full graph.
+    exactly; its gradient with respect to ``inputs`` equals that of the full graph. ``grad_batch_size``
+    windows are recomputed at a time in the backward pass (default: the inferer's ``sw_batch_size``); fewer
+    lower the peak memory (one batch's graph), and the result does not depend on it.
     """
     x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
     keys: list = []
-    tensors = _WindowwiseSlidingWindow.apply(x, inferer, network, keys)
+    tensors = _WindowwiseSlidingWindow.apply(x, inferer, network, keys, grad_batch_size)
     return _pack(keys[0], tensors)
