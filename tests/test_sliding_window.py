@@ -174,3 +174,31 @@ def test_outputs_the_inferer_cannot_blend_are_named():
         pytest.raises(ValueError, match=r"SlidingWindowInferer\(.*cannot blend the network's output"),
     ):
         windowwise_sliding_window(x, SlidingWindowInferer((16, 16, 16)), classifier)
+
+
+def test_source_grid_gradient_through_the_preprocessing_is_window_wise():
+    """The source-grid model (the bundle's preprocessing inside the attack, then the inferer's network):
+    its gradient on the source voxels is the full graph's, with the sliding-window part window-wise."""
+    from monai.data import MetaTensor
+    from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
+
+    from monai_smia.apps.attack_source import SourceGridNetwork
+    from monai_smia.transforms.differentiable import DifferentiablePreprocessing
+
+    affine = torch.tensor([[-0.7, 0, 0, 10.0], [0, -0.7, 0, 20.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]], dtype=torch.float64)
+    src = MetaTensor(torch.zeros(1, 30, 26, 9), affine=affine)
+    chain = [Orientationd("image", axcodes="RAS"), Spacingd("image", pixdim=(1.0, 1.0, 1.5), mode="bilinear"),
+             ScaleIntensityRanged("image", a_min=-1000, a_max=500, b_min=0.0, b_max=1.0, clip=True)]  # fmt: skip
+    net = _net(3, cout=2).float()
+    inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    u = torch.rand(1, 1, 30, 26, 9, generator=torch.Generator().manual_seed(0)) * 1400 - 1000
+    grads = []
+    for windowwise in (True, False):
+        model = SourceGridNetwork(DifferentiablePreprocessing(chain, src.meta), InfererNetwork(inferer, net, windowwise))
+        with frozen_network(model):
+            ug = u.clone().requires_grad_(True)
+            out = model(ug)
+            assert out.shape[2:] == (21, 18, 14)  # resampled to the network grid: 2 x 2 x 1 windows
+            (g,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum(), ug)
+        grads.append(g)
+    assert grads[1].abs().max() > 0 and _rel(grads[0], grads[1]) < 1e-5

@@ -12,7 +12,8 @@ stored steps, the step size is rounded to a whole step (at least one) and a rand
 rounded, so ``source + perturbation`` is exactly representable in the source's integer type and the
 file written carries exactly the perturbation that was optimised. Memory stays bounded by one
 slice batch of the network (its activations are recomputed per batch in the backward pass,
-``torch.utils.checkpoint``) plus the resampling of one volume.
+``torch.utils.checkpoint``; through sliding windows, window batch by window batch:
+:mod:`monai_smia.sliding_window`) plus the resampling of one volume.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from monai_smia.attacks.base import Attack
 from monai_smia.attacks.noise import RandomSignNoise
 from monai_smia.attacks.volume import draw_random_start
+from monai_smia.inferers import InfererNetwork
 from monai_smia.transforms.differentiable import DifferentiablePreprocessing
 
 __all__ = ["SliceWiseNetwork", "SourceGridNetwork", "SourceLattice", "attack_source", "source_sigma"]
@@ -59,12 +61,18 @@ class SliceWiseNetwork(torch.nn.Module):
             parts = []
             for start in range(0, vol.shape[0], self.slice_batch_size):
                 chunk = vol[start : start + self.slice_batch_size]
-                if torch.is_grad_enabled() and chunk.requires_grad:
+                if torch.is_grad_enabled() and chunk.requires_grad and not _windowwise(self.network):
                     parts.append(checkpoint(self.network, chunk, use_reentrant=False))
                 else:
                     parts.append(self.network(chunk))
             outputs.append(torch.cat(parts).unsqueeze(0).movedim(1, axis))
         return torch.cat(outputs)
+
+
+def _windowwise(network: torch.nn.Module) -> bool:
+    """Whether ``network`` takes its gradient window batch by window batch already (then checkpointing it
+    again would only repeat its no-grad pass)."""
+    return isinstance(network, InfererNetwork) and network.windowwise
 
 
 class SourceGridNetwork(torch.nn.Module):
