@@ -202,3 +202,31 @@ def test_source_grid_gradient_through_the_preprocessing_is_window_wise():
             (g,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum(), ug)
         grads.append(g)
     assert grads[1].abs().max() > 0 and _rel(grads[0], grads[1]) < 1e-5
+
+
+@pytest.mark.parametrize("command", ["evaluate", "attack"])
+def test_a_case_that_runs_out_of_memory_is_named(command, data_dir, tmp_path, monkeypatch, capsys):
+    """Out of memory inside the window-wise backward pass of a zoo-shaped bundle's SlidingWindowInferer: one
+    line naming the case, its shape and what to lower, exit 2, and no record of the case."""
+    import json
+
+    from zoo_fixtures import decathlon_spleen, zoo_bundle
+
+    from monai_smia import sliding_window
+    from monai_smia.cli import main
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(sliding_window, "windowwise_input_gradient", no_memory)
+    task = decathlon_spleen(data_dir, tmp_path / "Task09_Spleen")
+    bundle, out = zoo_bundle(tmp_path / "spleen_ct_segmentation"), tmp_path / "out"
+    data = ["--dataset-dir", str(task)] if command == "evaluate" else ["--input", str(task / "imagesTs" / "spleen_3.nii.gz")]
+    extra = ["--attacks", "FGSM"] if command == "evaluate" else ["--attack", "FGSM"]
+    argv = [command, "--bundle", str(bundle), *data, "--output", str(out), "--eps", "20", "--eps-unit", "HU", *extra]
+    assert main([*argv, "--device", "cpu"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"monai-smia {command}: error:")]
+    assert len(errors) == 1 and "out of memory on cpu for a volume of shape" in errors[0], errors
+    assert "spleen_" in errors[0] and "sw_batch_size" in errors[0]
+    stored = [json.loads(p.read_text()) for p in (out / "cases").rglob("*.json")] if (out / "cases").is_dir() else []
+    assert not any(r.get("attack") == "FGSM" for r in stored)

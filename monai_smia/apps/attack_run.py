@@ -58,6 +58,7 @@ from monai_smia.apps.attack_grids import network_grid_case, source_grid_case
 from monai_smia.apps.attack_outputs import loaded_png, write_png, write_volume
 from monai_smia.apps.attack_survival import case_record, read_back_survival, summarize_cases
 from monai_smia.attacks.volume import slice_progress
+from monai_smia.bundle.data import out_of_memory, out_of_memory_message
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import Victim, load_victim, resolve_bundle
 from monai_smia.io.atomic import write_json_atomic
@@ -262,7 +263,7 @@ class AdversarialWriter:
             show = self.progress and _has_tqdm
             for case in tqdm(pending, desc=f"{self.root.name} {self.attack}", disable=not show) if _has_tqdm else pending:
                 with slice_progress(f"{case.case_id} slices") if show else contextlib.nullcontext():
-                    self.store.save(self.attack_case(victim, case, label_free))
+                    self.store.save(self._attack_named(victim, case, label_free))
         summary = self.write_summary(cases)
         if not pending and (self.output_dir / "provenance.json").is_file():
             return summary  # nothing new: keep the provenance of the run that wrote the outputs
@@ -327,12 +328,23 @@ class AdversarialWriter:
             lab = lab[None].to(self.device) if lab.ndim > 0 else lab.reshape(1).to(self.device)
         return data, x, lab
 
+    def _attack_named(self, victim: Victim, case: SourceCase, label_free: bool) -> dict[str, Any]:
+        """:meth:`attack_case`, with a case that runs out of memory named with its shape and what to lower."""
+        try:
+            return self.attack_case(victim, case, label_free)
+        except (RuntimeError, MemoryError) as err:
+            if not out_of_memory(err):
+                raise
+            shape = tuple(getattr(self, "last_shape", ()) or ()) or None
+            raise ValueError(out_of_memory_message(str(case.source), shape, self.device)) from err
+
     def attack_case(self, victim: Victim, case: SourceCase, label_free: bool) -> dict[str, Any]:
         """Attack one case, write its outputs and return its record (not yet stored)."""
         item: dict[str, Any] = {"image": str(case.source)}
         if not label_free:
             item["label"] = case.label
         data, x, lab = self._load_batch(item)
+        self.last_shape = tuple(x.shape[2:])
         logits_clean = self.predict(victim, x)
         if self.grid == "source":
             res = source_grid_case(self, victim, case, x, lab)

@@ -32,7 +32,7 @@ from monai.inferers import SliceInferer
 from monai_smia.apps.attack_cases import GRIDS
 from monai_smia.apps.evaluation_source import source_grid_overrides
 from monai_smia.attacks.registry import check_attacks, make_attack
-from monai_smia.bundle.data import bundle_cases, find_case_error, root_cause
+from monai_smia.bundle.data import bundle_cases, find_case_error, out_of_memory, out_of_memory_message, root_cause
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.handlers.seeding import seed_key
@@ -253,8 +253,12 @@ class CaseErrorNamer:
         if loading is not None:
             raise ValueError(str(loading)) from err
         batch = engine.state.batch if isinstance(engine.state.batch, dict) else {}
-        meta = getattr(batch.get("image"), "meta", {}) or {}
+        image = batch.get("image")
+        meta = getattr(image, "meta", {}) or {}
         files = [str(f) for f in ensure_tuple(meta.get("filename_or_obj", ()))] or list(batch.get("case_id", []))
+        if out_of_memory(err):
+            shape = tuple(image.shape[1:]) if isinstance(image, torch.Tensor) else None
+            raise ValueError(out_of_memory_message(", ".join(files) or "a case", shape, getattr(engine.state, "device", "the device"))) from err
         raise ValueError(f"{', '.join(files) or 'a case'}: {root_cause(err)}") from err
 
 

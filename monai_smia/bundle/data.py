@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 
 from monai_smia.io.datalist import DATALIST, load_datalist
 
-__all__ = ["CaseError", "CaseErrors", "bundle_cases", "find_case_error", "root_cause"]
+__all__ = ["CaseError", "CaseErrors", "bundle_cases", "find_case_error", "out_of_memory", "out_of_memory_message", "root_cause"]
 
 DECATHLON = "dataset.json"
 
@@ -54,6 +54,24 @@ def root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
         err = err.__cause__ or err.__context__  # type: ignore[assignment]
     return err
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err``'s root cause is a device (CUDA) or host allocator running out of memory."""
+    cause = root_cause(err)
+    text = str(cause)
+    oom = type(cause).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (CUDA), without importing torch here
+    return oom or isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def out_of_memory_message(case: str, shape: Any, device: Any) -> str:
+    """One line for a case that ran out of memory: the case, its shape and what to lower."""
+    dims = "x".join(str(int(s)) for s in shape) if shape is not None else "unknown"
+    return (
+        f"{case}: out of memory on {device} for a volume of shape {dims}: lower the sw_batch_size of the bundle's "
+        "inferer (fewer windows per batch; the attack's result does not change) or run on a device with more memory "
+        "(--device); finished cases are kept, rerun the same command to resume."
+    )
 
 
 def _decathlon(dataset_dir: Path, split: str) -> list[Any] | None:
