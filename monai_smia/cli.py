@@ -316,7 +316,8 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; every error is one line on stderr with exit code 2 (the traceback only with --debug)."""
+    """Run the CLI; every error is one line on stderr with exit code 2 (the traceback only with --debug);
+    Ctrl-C is one line and exit code 130, keeping every finished case."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.debug:
@@ -325,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_device(getattr(args, "device", None))
         _check_output(args)
         _run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"monai-smia {args.command}: interrupted; rerun the same command to resume (finished cases are kept).", file=sys.stderr)
+        return 130
     except Exception as err:
         if args.debug:
             raise

@@ -107,3 +107,43 @@ def test_bundle_run_output_inside_the_dataset_is_refused(mnist, tmp_path):
     with pytest.raises(ValueError, match="output_dir .* lies inside the input dataset_dir"):
         EvaluationCondition(MNIST, mnist, mnist, preprocessing=None, attack="FGSM", eps=0.1)
     assert not (mnist / "eval").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "attack"])
+def test_ctrl_c_keeps_finished_cases_and_a_rerun_resumes(command, mnist, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of a run: one line saying how to resume, exit 130, no traceback, the finished
+    cases kept (evaluate: the clean condition; attack: the first case); the same command then finishes."""
+    from monai_smia.apps import attack_run
+    from monai_smia.attacks import FGSM
+
+    calls = {"n": 0, "stop": 1 if command == "evaluate" else 2}
+    perturb = FGSM.perturb
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["stop"]:
+            raise KeyboardInterrupt
+        return perturb(self, *args, **kwargs)
+
+    def three_cases(self):
+        found, source = cases(self)
+        return found[:3], source
+
+    cases = attack_run.AdversarialWriter.cases
+    monkeypatch.setattr(attack_run.AdversarialWriter, "cases", three_cases)
+    monkeypatch.setattr(FGSM, "perturb", interrupted)
+    out = tmp_path / "out"
+    data = (
+        ["--dataset-dir", str(mnist), "--attacks", "FGSM", "--max-cases", "3"]
+        if command == "evaluate"
+        else ["--input", str(mnist), "--attack", "FGSM"]
+    )
+    argv = [command, "--bundle", "mnist_cls", *data, "--output", str(out), "--eps", "0.1", "--device", "cpu"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; rerun the same command to resume" in err and "Traceback" not in err and "error:" not in err
+    done = {p.relative_to(out) for p in (out / "cases").rglob("*.json")}
+    assert len(done) == (3 if command == "evaluate" else 1)  # what finished is kept
+    calls["stop"] = -1
+    assert main(argv) == 0
+    assert done < {p.relative_to(out) for p in (out / "cases").rglob("*.json")}

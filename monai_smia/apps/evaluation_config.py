@@ -249,6 +249,8 @@ class CaseErrorNamer:
     def __call__(self, engine: Any, err: Exception) -> None:
         from monai.utils import ensure_tuple
 
+        if isinstance(err, KeyboardInterrupt):
+            raise err  # Ctrl-C is not the case's fault: the CLI says so and keeps the finished cases
         loading = find_case_error(err)
         if loading is not None:
             raise ValueError(str(loading)) from err
