@@ -147,3 +147,33 @@ def test_ctrl_c_keeps_finished_cases_and_a_rerun_resumes(command, mnist, tmp_pat
     calls["stop"] = -1
     assert main(argv) == 0
     assert done < {p.relative_to(out) for p in (out / "cases").rglob("*.json")}
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["demo", "--data-dir", "{tmp}/missing", "--bundles", "retina_dr_cls"],
+            "--data-dir '{tmp}/missing' does not exist",
+        ),
+        (["reproduce", "--data-dir", "{tmp}/missing", "--quick"], "--data-dir '{tmp}/missing' does not exist"),
+        (
+            ["reproduce", "--data-dir", "{data}", "--cache", "{tmp}/a_file", "--quick"],
+            "--cache '{tmp}/a_file' is a file",
+        ),
+        (["demo", "--data-dir", "{data}", "--cache", "{tmp}/a_file"], "--cache '{tmp}/a_file' is a file"),
+        (
+            ["evaluate", "--bundle", "mnist_cls", "--dataset-dir", "{tmp}/a_file", "--eps", "0.1"],
+            "--dataset-dir '{tmp}/a_file' is a file",
+        ),
+    ],
+)
+def test_data_and_cache_folders_are_checked_before_anything_is_written(argv, said, data_dir, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "out"
+    fill = {"tmp": str(tmp_path), "data": str(data_dir)}
+    argv = [a.format(**fill) for a in argv]
+    assert main([*argv, "--output", str(out)]) == 2
+    line = _one_error(capsys, argv[0])
+    assert said.format(**fill) in line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
