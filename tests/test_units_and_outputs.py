@@ -177,3 +177,20 @@ def test_data_and_cache_folders_are_checked_before_anything_is_written(argv, sai
     line = _one_error(capsys, argv[0])
     assert said.format(**fill) in line
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_written_files_follow_the_umask(mnist, tmp_path):
+    """Files and folders the attack writes get the user's umask, not the private mode of temporary files."""
+    import os
+
+    png = next(mnist.rglob("*.png"))
+    old = os.umask(0o022)
+    try:
+        assert main(["attack", "--bundle", "mnist_cls", "--input", str(png), "--output", str(tmp_path / "out"),
+                     "--attack", "FGSM", "--device", "cpu"]) == 0  # fmt: skip
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "out").rglob("*")]
+    assert any(p.suffix == ".png" for p in written) and any(p.name == "settings.json" for p in written)
+    modes = {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in written}
+    assert all(m == ("0o755" if (tmp_path / p).is_dir() else "0o644") for p, m in modes.items()), modes
