@@ -184,6 +184,11 @@ class CaseStore:
         path = self.path(rec["attack"], rec["eps"], rec["case_id"])
         return write_json_atomic(path, to_jsonable(rec, strict=False), trailing_newline=True)
 
+    def has_records(self, attack: str, eps: float | None) -> bool:
+        """Whether any record of ``attack`` at ``eps`` is stored (a folder holding at least one record file)."""
+        folder = self.path(attack, eps, "_").parent
+        return folder.is_dir() and any(not p.name.startswith(".") for p in folder.glob("*.json"))
+
     def records(self, attack: str | None = None, eps: float | None | str = "any") -> list[dict[str, Any]]:
         """All valid stored records (optionally of one attack and/or one eps), sorted by attack, eps, case."""
         out = []
