@@ -3,6 +3,8 @@ rerun): an attack that does not fit the bundle's task, through ``monai-smia atta
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import shared_data_dir
 
@@ -87,3 +89,54 @@ def test_a_box_that_is_not_a_number_is_named():
         check_boxes([["a", 1, 2, 3]], [0], (48, 48), case="case_7")
     with pytest.raises(ValueError, match=r"case_7: field 'label' must hold one integer class per box"):
         check_boxes([[1, 1, 2, 3]], ["x", {}], (48, 48), case="case_7")
+
+
+def _datalist(folder, item, fill):
+    import json
+    import shutil
+
+    folder.mkdir()
+    entry = {}
+    for key, value in item.items():
+        if isinstance(value, str):  # the datalist's files live inside the dataset folder: copy them there
+            value = shutil.copy(value.format(**fill), folder / f"{key}_{Path(value.format(**fill)).name}")
+            value = Path(value).name
+        entry[key] = value
+    (folder / "datalist.json").write_text(json.dumps({"test": [entry]}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("bundle", "item", "said"),
+    [
+        ("mnist_cls", {"image": "{mnist_png}", "label": 12}, "its label 12 is outside the bundle's classes 0..9"),
+        ("mnist_cls", {"image": "{mnist_png}", "label": 7.5}, "its label 7.5 is not a class index"),
+        (
+            "lung_ct_seg",
+            {"image": "{ts}/example_ct_sm.nii.gz", "label": "{ts}/example_seg.nii.gz"},
+            "outside the bundle's classes 0..1",
+        ),
+        (
+            "lung_ct_seg",
+            {"image": "{ts}/example_ct_sm.nii.gz", "label": "{ts}/example_seg_v1.nii.gz"},
+            "has shape (122, 101, 112), its image",
+        ),
+        (
+            "lung_ct_seg",
+            {"image": "{cxr}", "label": "{ts}/example_seg.nii.gz"},
+            "is a 2D image of size (512, 512); the bundle takes 3D volumes",
+        ),
+    ],
+)
+def test_labels_and_images_that_do_not_fit_the_bundle_are_refused(
+    bundle, item, said, mnist, data_dir, tmp_path, capsys
+):
+    fill = {"mnist_png": str(next(mnist.rglob("*.png"))), "ts": str(data_dir / "ct" / "totalsegmentator"),
+            "cxr": str(data_dir / "xray" / "nih_cxr" / "00000001_000.png")}  # fmt: skip
+    data = _datalist(tmp_path / "data", item, fill)
+    out = tmp_path / "out"
+    argv = ["evaluate", "--bundle", bundle, "--dataset-dir", str(data), "--output", str(out), "--attacks", "FGSM"]
+    assert main([*argv, "--eps", "0.1", "--device", "cpu"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("monai-smia evaluate: error:")]
+    assert len(errors) == 1 and said in errors[0], errors
+    assert not out.exists()
