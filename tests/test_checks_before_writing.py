@@ -140,3 +140,22 @@ def test_labels_and_images_that_do_not_fit_the_bundle_are_refused(
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("monai-smia evaluate: error:")]
     assert len(errors) == 1 and said in errors[0], errors
     assert not out.exists()
+
+
+def test_a_run_that_fails_before_any_case_leaves_no_settings(mnist, tmp_path, monkeypatch, capsys):
+    """A failure that can only show at run time (here: the first attack call fails): exit 2, no folder left that
+    would refuse the corrected rerun with other settings as 'results of other settings'."""
+    from monai_smia.attacks import FGSM
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a failure only the run can show")
+
+    png = next(mnist.rglob("*.png"))
+    out = tmp_path / "out"
+    argv = ["attack", "--bundle", "mnist_cls", "--input", str(png), "--output", str(out), "--device", "cpu"]
+    with monkeypatch.context() as m:
+        m.setattr(FGSM, "perturb", broken)
+        assert main([*argv, "--attack", "FGSM"]) == 2
+    assert "a failure only the run can show" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--attack", "PGD", "--num-iter", "2"]) == 0
+    assert (out / "settings.json").is_file() and any((out / "cases").rglob("*.json"))

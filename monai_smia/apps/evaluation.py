@@ -27,8 +27,9 @@ from monai_smia.apps.evaluation_config import SETTINGS, EvaluationCondition, bun
 from monai_smia.apps.evaluation_reports import write_evaluation_reports
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.bundle.victim import load_victim, resolve_bundle
-from monai_smia.io.units import check_eps_unit, parse_bounds
 from monai_smia.io.paths import check_output_outside
+from monai_smia.io.units import check_eps_unit, parse_bounds
+from monai_smia.reports import provisional_settings
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "make_attack", "check_attacks", "RobustnessEvaluation", "evaluation_from_bundle"]
 
@@ -170,7 +171,12 @@ class RobustnessEvaluation:
         raise inner
 
     def run(self) -> dict[str, Any]:
-        """Evaluate every pending (condition, case), then (rank 0) write the reports; returns the summary of the first eps."""
+        """Evaluate every pending (condition, case), then (rank 0) write the reports; returns the summary of the
+        first eps. A run that fails before storing any case leaves no ``settings.json`` behind."""
+        with provisional_settings(self.output_dir):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         device = self._setup_distributed()
         victim = load_victim(self.bundle, self.dataset_dir, device)  # a bundle that cannot load fails here, naming its file
         try:

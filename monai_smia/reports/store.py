@@ -7,13 +7,14 @@ A *record* is one case scored under one condition, a flat dict
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,23 @@ def check_run_settings(output_dir: str | Path, settings: Mapping[str, Any], writ
         )
     if write:
         write_json_atomic(path, new, trailing_newline=True)
+
+
+@contextlib.contextmanager
+def provisional_settings(output_dir: str | Path) -> Iterator[None]:
+    """Within this context a run records its settings; if it fails before any case result is stored, the
+    ``settings.json`` it wrote (and the folder, if the run made it and left it empty) is removed, so a
+    corrected rerun with other settings is not refused by a run that produced nothing."""
+    out = Path(output_dir)
+    existed, had_settings = out.exists(), (out / RUN_SETTINGS).is_file()
+    try:
+        yield
+    except BaseException:
+        if not had_settings and not any((out / "cases").rglob("*.json")):
+            (out / RUN_SETTINGS).unlink(missing_ok=True)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 class CaseStore:
