@@ -29,9 +29,9 @@ from monai_smia.detection import DETECTION_ATTACKS, centre_box_baseline, load_de
 from monai_smia.detection.data import DetectionSet
 from monai_smia.detection.engine import detection_record
 from monai_smia.detection.metrics import METRIC_NAMES, DetectionSetMetrics
+from monai_smia.io.paths import check_output_outside
 from monai_smia.reports import CaseStore, write_provenance, write_reports
 from monai_smia.reports.figures import _pyplot, save_figure
-from monai_smia.io.paths import check_output_outside
 
 __all__ = ["DEFAULT_ATTACKS", "detection_defaults", "load_detection_bundle", "main", "run_detection_condition", "run_detection_evaluation"]
 
