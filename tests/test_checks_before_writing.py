@@ -159,3 +159,33 @@ def test_a_run_that_fails_before_any_case_leaves_no_settings(mnist, tmp_path, mo
     assert "a failure only the run can show" in capsys.readouterr().err and not out.exists()
     assert main([*argv, "--attack", "PGD", "--num-iter", "2"]) == 0
     assert (out / "settings.json").is_file() and any((out / "cases").rglob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("command", "grid"), [("attack", "source"), ("attack", "network"), ("evaluate", "network"), ("evaluate", "source")]
+)
+def test_a_cut_short_dicom_slice_is_named_on_every_path(command, grid, data_dir, tmp_path, capsys):
+    """A real chest CT series with one slice cut short: every path names the slice, before any bundle
+    preprocessing runs and before anything is written (it used to say 'applying transform LoadImaged')."""
+    import json
+    import shutil
+
+    src = data_dir / "ct" / "chest" / "lung_pet_ct_dx_A0002"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent")
+    data = tmp_path / "data"
+    series = data / "series"
+    series.mkdir(parents=True)
+    for f in sorted(src.glob("*.dcm"))[10:16]:
+        shutil.copy(f, series / f.name)
+    broken = sorted(series.glob("*.dcm"))[3]
+    broken.write_bytes(broken.read_bytes()[:-4000])
+    label = shutil.copy(data_dir / "ct" / "totalsegmentator" / "example_seg.nii.gz", data / "label.nii.gz")
+    (data / "datalist.json").write_text(json.dumps({"test": [{"image": "series", "label": Path(label).name}]}))
+    out = tmp_path / "out"
+    source = ["--input", str(series)] if command == "attack" else ["--dataset-dir", str(data), "--attacks", "FGSM"]
+    argv = [command, "--bundle", "lung_ct_seg", *source, "--output", str(out), "--grid", grid, "--device", "cpu"]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"monai-smia {command}: error:")]
+    assert len(errors) == 1 and broken.name in errors[0] and "cut short" in errors[0], errors
+    assert not out.exists()

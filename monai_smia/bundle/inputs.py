@@ -177,13 +177,17 @@ def _check_png(path: Path, spec: InputSpec) -> None:
 def check_image_file(path: str | os.PathLike, spec: InputSpec) -> None:
     """Raise :class:`CaseError` naming ``path`` if it cannot be what ``spec`` takes (headers only).
 
-    DICOM series folders are checked by :func:`monai_smia.io.dicom_read.check_dicom_series`; other
-    suffixes are left to the bundle's reader. A file that passed is not read again while its size
+    A folder is a DICOM series: every file is decoded and the slice spacing checked
+    (:func:`monai_smia.io.dicom_read.find_dicom_series`: a cut-short slice or a gap is named) before any
+    bundle preprocessing runs; other suffixes are left to the bundle's reader. A file that passed is not read again while its size
     and modification time stay the same.
     """
     p = Path(path)
     if not p.exists():
         raise CaseError(f"{str(p)!r} does not exist; fix the datalist or the --input path.")
+    if p.is_dir():  # a folder's own mtime misses a slice rewritten in place: the series check keeps its own cache
+        _check_series(p, spec)
+        return
     st = p.stat()
     _check_cached(str(p.resolve()), st.st_size, st.st_mtime_ns, spec)
 
@@ -196,6 +200,17 @@ def _check_cached(path: str, size: int, mtime_ns: int, spec: InputSpec) -> None:
         _check_nifti(p, spec)
     elif p.is_file() and name.endswith(PNG_SUFFIXES):
         _check_png(p, spec)
+
+
+def _check_series(path: Path, spec: InputSpec) -> None:
+    from monai_smia.io.dicom_read import find_dicom_series
+
+    try:
+        find_dicom_series(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise CaseError(str(e)) from e
+    if spec.spatial_ndim is not None and spec.spatial_ndim != 3:
+        raise CaseError(f"{str(path)!r} is a DICOM series (a 3D volume); the bundle takes {spec.spatial_ndim}D images.")
 
 
 def check_case_files(
