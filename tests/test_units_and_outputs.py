@@ -206,3 +206,14 @@ def test_summary_lists_every_condition_stored(mnist, tmp_path):
     assert list(summary) == ["clean", "noise", "FGSM"]
     text = (out / "summary.md").read_text()
     assert "FGSM" in text and "noise" in text
+
+
+def test_attack_takes_max_cases_and_ends_with_what_it_wrote(mnist, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["attack", "--bundle", "mnist_cls", "--input", str(mnist), "--output", str(out), "--attack", "FGSM"]
+    assert main([*argv, "--max-cases", "2", "--device", "cpu"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(
+        f"wrote 2 adversarial case(s) to {out}; FGSM eps=0.1 on the source grid; prediction changed on"
+    )
+    assert "read back: " in last and len(list((out / "cases").rglob("*.json"))) == 2
