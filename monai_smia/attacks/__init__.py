@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monai_smia.attacks.apgd import APGD
 from monai_smia.attacks.base import Attack, IterativeAttack, frozen_network
 from monai_smia.attacks.dag import DAG, shift_labels
 from monai_smia.attacks.deepfool import DeepFool
@@ -23,6 +24,7 @@ __all__ = [
     "SMIA",
     "DeepFool",
     "DAG",
+    "APGD",
     "shift_labels",
     "RandomSignNoise",
     "PerturbationSmoother",
