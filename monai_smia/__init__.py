@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from monai_smia.attacks import APGD, DAG, FGSM, PGD, SMIA, Attack, AttackTrace, DeepFool, IterativeAttack, RandomSignNoise
+from monai_smia.attacks import (
+    APGD,
+    DAG,
+    FGSM,
+    PGD,
+    SMIA,
+    Attack,
+    AttackTrace,
+    CosPGD,
+    DeepFool,
+    IterativeAttack,
+    RandomSignNoise,
+    SegPGD,
+    Square,
+)
 
 __version__ = "0.1.0"
-__all__ = ["SMIA", "PGD", "FGSM", "DeepFool", "DAG", "APGD", "RandomSignNoise", "Attack", "IterativeAttack", "AttackTrace", "__version__"]
+__all__ = ["SMIA", "PGD", "FGSM", "DeepFool", "DAG", "APGD", "SegPGD", "CosPGD", "Square", "RandomSignNoise", "Attack", "IterativeAttack", "AttackTrace", "__version__"]

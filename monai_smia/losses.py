@@ -19,6 +19,7 @@ import torch.nn.functional as F
 __all__ = [
     "prepare_labels",
     "deviation_loss",
+    "pixel_loss",
     "stabilization_loss",
     "stabilization_kl",
     "soft_prediction",
@@ -85,12 +86,17 @@ def prepare_labels(labels: torch.Tensor, logits: torch.Tensor, name: str = "labe
     return idx
 
 
-def deviation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Task loss per sample: cross-entropy (K > 1) or BCE with logits (K == 1), mean over pixels."""
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Unreduced task loss: cross-entropy ``(B[, *spatial])`` (K > 1) or BCE with logits ``(B, 1[, *spatial])`` (K == 1)."""
     logits = _wide(logits)
     if logits.shape[1] == 1:
-        return per_sample_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
-    return per_sample_mean(F.cross_entropy(logits, target, reduction="none"))
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def deviation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Task loss per sample: cross-entropy (K > 1) or BCE with logits (K == 1), mean over pixels."""
+    return per_sample_mean(pixel_loss(logits, target))
 
 
 def soft_prediction(logits: torch.Tensor) -> torch.Tensor:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from monai_smia.attacks.apgd import APGD
 from monai_smia.attacks.base import Attack, IterativeAttack, frozen_network
+from monai_smia.attacks.cospgd import CosPGD
 from monai_smia.attacks.dag import DAG, shift_labels
 from monai_smia.attacks.deepfool import DeepFool
 from monai_smia.attacks.fgsm import FGSM
 from monai_smia.attacks.minimal import MinimalNormAttack, MinimalNormResult
 from monai_smia.attacks.noise import RandomSignNoise
 from monai_smia.attacks.pgd import PGD
+from monai_smia.attacks.segpgd import SegPGD
 from monai_smia.attacks.smia import SMIA, PerturbationSmoother
+from monai_smia.attacks.square import Square
 from monai_smia.attacks.trace import COSINE_KINDS, AttackTrace
 
 __all__ = [
@@ -25,6 +28,9 @@ __all__ = [
     "DeepFool",
     "DAG",
     "APGD",
+    "SegPGD",
+    "CosPGD",
+    "Square",
     "shift_labels",
     "RandomSignNoise",
     "PerturbationSmoother",
