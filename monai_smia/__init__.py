@@ -16,7 +16,24 @@ from monai_smia.attacks import (
     RandomSignNoise,
     SegPGD,
     Square,
+    WorstCase,
 )
 
 __version__ = "0.1.0"
-__all__ = ["SMIA", "PGD", "FGSM", "DeepFool", "DAG", "APGD", "SegPGD", "CosPGD", "Square", "RandomSignNoise", "Attack", "IterativeAttack", "AttackTrace", "__version__"]
+__all__ = [
+    "SMIA",
+    "PGD",
+    "FGSM",
+    "DeepFool",
+    "DAG",
+    "APGD",
+    "SegPGD",
+    "CosPGD",
+    "Square",
+    "WorstCase",
+    "RandomSignNoise",
+    "Attack",
+    "IterativeAttack",
+    "AttackTrace",
+    "__version__",
+]

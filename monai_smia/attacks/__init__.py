@@ -15,6 +15,7 @@ from monai_smia.attacks.segpgd import SegPGD
 from monai_smia.attacks.smia import SMIA, PerturbationSmoother
 from monai_smia.attacks.square import Square
 from monai_smia.attacks.trace import COSINE_KINDS, AttackTrace
+from monai_smia.attacks.worstcase import WorstCase
 
 __all__ = [
     "Attack",
@@ -31,6 +32,7 @@ __all__ = [
     "SegPGD",
     "CosPGD",
     "Square",
+    "WorstCase",
     "shift_labels",
     "RandomSignNoise",
     "PerturbationSmoother",
