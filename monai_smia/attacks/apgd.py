@@ -110,7 +110,7 @@ class APGD(Attack):
 
     @property
     def draws_random_start(self) -> bool:
-        return self.random_start or self.restarts > 1
+        return self.random_start or self.restarts > 1 or self.targeted  # later runs start from noise
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """As :meth:`Attack.__call__`; with ``targeted=True``, ``labels=None`` means the clean prediction."""

@@ -18,14 +18,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from monai_smia.attacks.apgd import APGD
+from monai_smia.attacks.apgd import APGD, misclassified_share
 from monai_smia.attacks.base import Attack
 from monai_smia.attacks.cospgd import CosPGD
 from monai_smia.attacks.pgd import PGD
+from monai_smia.attacks.seeding import per_sample_uniform, sample_generators
 from monai_smia.attacks.segpgd import SegPGD
 from monai_smia.attacks.smia import SMIA
 from monai_smia.attacks.square import Square
-from monai_smia.losses import hard_prediction, prepare_labels
+from monai_smia.losses import prepare_labels
 from monai_smia.metrics.task import segmentation_case_metrics
 
 __all__ = ["WorstCase", "MEMBERS", "default_members"]
@@ -138,9 +139,9 @@ class WorstCase(Attack):
             clean = self.logits(x)
         ref = prepare_labels(labels, clean)
         members = self.members(clean, x.ndim - 2)
-        run = _Runner(x, labels, mask, delta_init, generator)
+        run = _Runner(x, labels, mask, delta_init, generator, self.eps)
         if clean.ndim == 2:
-            return self._cascade(run, members, hard_prediction(clean) != ref, ref)
+            return self._cascade(run, members, misclassified_share(clean, ref) > 0, ref)
         return self._lowest_metric(run, members, ref)
 
     def _cascade(self, run: _Runner, members: list[tuple[str, Attack]], broken: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -155,7 +156,7 @@ class WorstCase(Attack):
             if active.numel():
                 delta = run(attack, active)
                 with torch.no_grad():
-                    hit = hard_prediction(self.logits(run.x[active] + delta)) != ref[active]
+                    hit = misclassified_share(self.logits(run.x[active] + delta), ref[active]) > 0
                 keep = hit | torch.tensor(i == 0, device=hit.device)
                 best[active[keep]] = delta[keep]
                 broken[active[hit]] = True
@@ -198,8 +199,12 @@ class _Runner:
         mask: torch.Tensor | None,
         delta_init: torch.Tensor | None,
         generator: torch.Generator | None,
+        eps: float,
     ) -> None:
-        self.x, self.labels, self.mask, self.delta_init, self.generator = x, labels, mask, delta_init, generator
+        self.x, self.labels, self.mask, self.generator = x, labels, mask, generator
+        if delta_init is None:  # one start per case for every member that draws one, whatever the batch
+            delta_init = per_sample_uniform(sample_generators(x, None, generator), x, eps)
+        self.delta_init = delta_init
 
     def __call__(self, attack: Attack, idx: torch.Tensor) -> torch.Tensor:
         m = None if self.mask is None else (self.mask if self.mask.shape[0] == 1 else self.mask[idx])
