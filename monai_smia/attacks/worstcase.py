@@ -118,12 +118,14 @@ class WorstCase(Attack):
         """The members as ``(name, attack)`` for a network with output ``logits``."""
         task = "classification" if logits.ndim == 2 else "segmentation"
         names = self.attacks if self.attacks is not None else default_members(task, logits.shape[1])
-        out = []
-        for a in names:
-            if isinstance(a, Attack):
-                out.append((type(a).__name__, a))
-            else:
-                out.append((a, MEMBERS[a](self.network, self.eps, self.bounds, self.num_iter, self.num_queries, spatial_dims)))
+        out: list[tuple[str, Attack]] = []
+        for i, a in enumerate(names):
+            name = type(a).__name__ if isinstance(a, Attack) else a
+            if any(name == n for n, _ in out):
+                name = f"{name}#{i}"  # a second member of the same kind gets its position
+            if not isinstance(a, Attack):
+                a = MEMBERS[a](self.network, self.eps, self.bounds, self.num_iter, self.num_queries, spatial_dims)
+            out.append((name, a))
         return out
 
     def perturb(
