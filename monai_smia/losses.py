@@ -87,7 +87,7 @@ def prepare_labels(labels: torch.Tensor, logits: torch.Tensor, name: str = "labe
 
 
 def pixel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Unreduced task loss: cross-entropy ``(B[, *spatial])`` (K > 1) or BCE with logits ``(B, 1[, *spatial])`` (K == 1)."""
+    """Unreduced task loss: cross-entropy ``(B[, *spatial])`` (K > 1) or BCE with logits ``(B, 1[, *spatial])``."""
     logits = _wide(logits)
     if logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none")

@@ -93,7 +93,8 @@ ROBUSTNESS_ATTACKS = ["apgd", "apgd_t", "segpgd", "cospgd", "square", "worstcase
 @settings(deadline=None, max_examples=60)
 @given(
     name=st.sampled_from(
-        ["smia", "pgd", "fgsm", "noise", "smia_readings", "smia_paper", "deepfool", "dag", "overshoot", *ROBUSTNESS_ATTACKS]
+        ["smia", "pgd", "fgsm", "noise", "smia_readings", "smia_paper", "deepfool", "dag", "overshoot"]
+        + ROBUSTNESS_ATTACKS
     ),
     spatial_dims=st.sampled_from([2, 3]),
     task=st.sampled_from(["seg", "cls"]),

@@ -203,8 +203,10 @@ def test_square_is_seeded_per_sample_and_lowers_the_margin():
     assert set(((a - x).abs() - 0.05).abs().flatten().gt(1e-12).tolist()) == {False}  # every pixel at +-eps
     with torch.no_grad():
         z, z0 = net(a), net(x)
+
     def margin(v):
         return v.gather(1, y[:, None])[:, 0] - v.scatter(1, y[:, None], float("-inf")).amax(1)
+
     assert bool((margin(z) < margin(z0)).all())
 
 
@@ -253,7 +255,9 @@ def test_worstcase_segmentation_keeps_the_lowest_dice_per_case():
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         y = net(x).argmax(1, keepdim=True)
-    attack = WorstCase(net, eps=0.05, attacks=["PGD", "SegPGD", "CosPGD", "APGD-CE", "Square"], num_iter=3, num_queries=5)
+    attack = WorstCase(
+        net, eps=0.05, attacks=["PGD", "SegPGD", "CosPGD", "APGD-CE", "Square"], num_iter=3, num_queries=5
+    )
     adv = attack(x, y)
     from monai_smia.metrics import segmentation_case_metrics
 
@@ -285,7 +289,9 @@ def test_registry_builds_the_new_attacks_by_name():
     net = linear(5)
     for name in ("APGD", "APGD-T", "SegPGD", "CosPGD", "Square", "worst-case"):
         assert name in ATTACKS
-    assert isinstance(make_attack("APGD", net, 0.1, num_iter=7), APGD) and make_attack("APGD", net, 0.1, 7).num_iter == 7
+    assert (
+        isinstance(make_attack("APGD", net, 0.1, num_iter=7), APGD) and make_attack("APGD", net, 0.1, 7).num_iter == 7
+    )
     t = make_attack("APGD-T", net, 0.1, num_targets=3)
     assert t.targeted and t.loss_name == "dlr" and t.num_targets == 3
     assert make_attack("Square", net, 0.1, num_queries=9).num_queries == 9

@@ -15,11 +15,11 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 from monai_smia import APGD, PGD, CosPGD, SegPGD, WorstCase
 from monai_smia.bundle.victim import load_victim
 from monai_smia.metrics import segmentation_case_metrics
-from conftest import REPO_ROOT
 
 N, EPS, T = 128, 0.05, 20
 TOLERANCE = 3 / N

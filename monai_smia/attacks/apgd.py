@@ -29,6 +29,7 @@ from monai_smia.losses import deviation_loss, dlr_loss, hard_prediction, per_sam
 
 __all__ = ["APGD", "apgd_checkpoints"]
 
+
 def apgd_checkpoints(num_iter: int) -> list[int]:
     """The iterations ``w_j = ceil(p_j * num_iter)``, ``j >= 1``, where APGD may halve its step (Sec. 3.2)."""
     p = [0.0, 0.22]
@@ -98,7 +99,9 @@ class APGD(Attack):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if loss not in ("ce", "dlr"):
             raise ValueError(f"loss must be 'ce' or 'dlr', got {loss!r}.")
-        if num_targets is not None and (isinstance(num_targets, bool) or not isinstance(num_targets, int) or num_targets < 1):
+        if num_targets is not None and (
+            isinstance(num_targets, bool) or not isinstance(num_targets, int) or num_targets < 1
+        ):
             raise ValueError(f"num_targets must be an integer >= 1 or None, got {num_targets!r}.")
         if not 0 < rho <= 1 or not 0 < momentum <= 1:
             raise ValueError(f"rho and momentum must lie in (0, 1], got {rho!r} and {momentum!r}.")

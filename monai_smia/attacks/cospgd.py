@@ -62,7 +62,9 @@ class CosPGD(IterativeAttack):
         random_start: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, bounds=bounds, **kwargs)
+        super().__init__(
+            network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, bounds=bounds, **kwargs
+        )
         if self.loss is not None:
             raise ValueError("CosPGD defines its own loss (cosine-scaled cross-entropy); drop loss=.")
 

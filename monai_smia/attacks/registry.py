@@ -24,7 +24,10 @@ from monai_smia.attacks.worstcase import WorstCase
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "TASK_ATTACKS", "ROBUSTNESS", "make_attack", "check_attacks"]
 
 #: attack names understood by :func:`make_attack`, in the paper's order
-ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA", "DeepFool", "DAG", "APGD", "APGD-T", "SegPGD", "CosPGD", "Square", "worst-case")
+ATTACKS = (
+    "noise", "FGSM", "PGD", "DEV", "SMIA", "DeepFool", "DAG",
+    "APGD", "APGD-T", "SegPGD", "CosPGD", "Square", "worst-case",
+)
 #: the attacks of a default evaluation (every task)
 DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA")
 #: attacks that only fit one task, and that task
@@ -128,9 +131,14 @@ def make_attack(
 
 
 def _robustness_attack(
-    name: str, network: torch.nn.Module, eps: float, num_iter: int, bounds: Sequence[float] | None, options: dict[str, Any]
+    name: str,
+    network: torch.nn.Module,
+    eps: float,
+    num_iter: int,
+    bounds: Sequence[float] | None,
+    options: dict[str, Any],
 ) -> Attack:
-    """APGD (CE), APGD-T (targeted DLR), SegPGD, CosPGD (random start, as PGD), Square, worst-case (:class:`WorstCase`)."""
+    """APGD (CE), APGD-T (targeted DLR), SegPGD, CosPGD (random start, as PGD), Square, worst-case (WorstCase)."""
     unknown = sorted(set(options) - set(ROBUSTNESS[name]))
     if unknown:
         allowed = ", ".join(ROBUSTNESS[name]) or "none"

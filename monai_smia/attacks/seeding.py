@@ -31,7 +31,9 @@ def sample_generators(
     else:
         seed = generator.initial_seed() if generator is not None else torch.initial_seed()
         src, base = x.detach().double().cpu(), int(seed).to_bytes(8, "little", signed=False)
-    return [torch.Generator().manual_seed(_digest(base, src[b].contiguous().numpy().tobytes())) for b in range(x.shape[0])]
+    return [
+        torch.Generator().manual_seed(_digest(base, src[b].contiguous().numpy().tobytes())) for b in range(x.shape[0])
+    ]
 
 
 def per_sample_uniform(generators: list[torch.Generator], x: torch.Tensor, scale: float) -> torch.Tensor:

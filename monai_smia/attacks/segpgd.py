@@ -52,7 +52,9 @@ class SegPGD(IterativeAttack):
         random_start: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, bounds=bounds, **kwargs)
+        super().__init__(
+            network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, bounds=bounds, **kwargs
+        )
         if self.loss is not None:
             raise ValueError("SegPGD defines its own loss (the paper's Eq. 4); drop loss=.")
         self._t = 0

@@ -83,11 +83,14 @@ class Square(Attack):
         if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0 < p_init <= 1:
             raise ValueError(f"p_init must lie in (0, 1], got {p_init!r}.")
         if self.targeted or self.loss is not None:
-            raise ValueError("Square is untargeted with its own loss (margin / share of voxels kept); drop targeted/loss.")
+            raise ValueError(
+                "Square is untargeted with its own loss (margin / share of voxels kept); drop targeted/loss."
+            )
         self.num_queries, self.p_init = num_queries, float(p_init)
 
     def score(self, logits: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per sample ``(primary, tie-break)`` to minimise: the margin (classifier) or the share of voxels kept and the mean margin."""
+        """Per sample ``(primary, tie-break)`` to minimise: the margin (classifier), or the share of voxels
+        kept and the mean margin (segmentation)."""
         m = margin(logits, ref)
         if m.ndim == 1:
             return m, torch.zeros_like(m)
@@ -111,7 +114,9 @@ class Square(Attack):
         count = c * spatial[-1] + self.num_queries * (len(spatial) + c)
         draws = torch.stack([torch.rand(count, generator=g, dtype=torch.float64) for g in gens]).to(x.device)
         stripes = (draws[:, : c * spatial[-1]] < 0.5).to(x.dtype) * 2 - 1
-        delta = self.project(x, self.eps * stripes.reshape(b, c, *([1] * (len(spatial) - 1)), spatial[-1]).expand_as(x), mask)
+        delta = self.project(
+            x, self.eps * stripes.reshape(b, c, *([1] * (len(spatial) - 1)), spatial[-1]).expand_as(x), mask
+        )
         with torch.no_grad():
             best, tie = self.score(self.logits(x + delta), ref)
         queries = draws[:, c * spatial[-1] :].reshape(b, self.num_queries, len(spatial) + c)

@@ -57,7 +57,11 @@ def default_members(task: str, num_classes: int) -> list[str]:
         return ["APGD-CE", "APGD-T", "Square"]
     swap = "APGD-DLR" if num_classes == 3 else None
     note = "uses APGD-DLR instead" if swap else "drops it (DLR needs at least 3 classes)"
-    warnings.warn(f"WorstCase: APGD-T needs at least 4 classes, the network has {num_classes}; it {note}.", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"WorstCase: APGD-T needs at least 4 classes, the network has {num_classes}; it {note}.",
+        UserWarning,
+        stacklevel=3,
+    )
     return ["APGD-CE", *([swap] if swap else []), "Square"]
 
 
@@ -83,7 +87,8 @@ class WorstCase(Attack):
     ``nan`` not attacked; segmentation: the metric). ``trace`` is ``None``.
 
     Raises:
-        ValueError: an unknown member name, or a member that does not fit the network (e.g. DLR with fewer than 3 classes).
+        ValueError: an unknown member name, or a member that does not fit the network (e.g. DLR with
+            fewer than 3 classes).
     """
 
     def __init__(
@@ -104,7 +109,9 @@ class WorstCase(Attack):
                 raise ValueError(f"attacks must be a non-empty list of member names or attacks, got {attacks!r}.")
             unknown = [a for a in attacks if not isinstance(a, Attack) and a not in MEMBERS]
             if unknown:
-                raise ValueError(f"unknown WorstCase member(s) {unknown}; choose from {', '.join(MEMBERS)} or pass Attack instances.")
+                raise ValueError(
+                    f"unknown WorstCase member(s) {unknown}; choose from {', '.join(MEMBERS)} or pass Attack instances."
+                )
         self.attacks = None if attacks is None else list(attacks)
         self.num_iter, self.num_queries = num_iter, num_queries
         self.winners: list[str | None] = []
@@ -146,7 +153,9 @@ class WorstCase(Attack):
             return self._cascade(run, members, misclassified_share(clean, ref) > 0, ref)
         return self._lowest_metric(run, members, ref)
 
-    def _cascade(self, run: _Runner, members: list[tuple[str, Attack]], broken: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    def _cascade(
+        self, run: _Runner, members: list[tuple[str, Attack]], broken: torch.Tensor, ref: torch.Tensor
+    ) -> torch.Tensor:
         """Classification: each member on the cases still unbroken; the first breaking result is kept."""
         b = broken.shape[0]
         winners: list[str | None] = ["clean" if bool(v) else None for v in broken]
