@@ -125,3 +125,36 @@ def test_segmentation_attacks_at_least_as_strong_as_pgd(lung_slices):
     adv = worst(x, y)
     assert np.allclose(dice(adv), np.stack(list(worst.scores.values())).min(0))
     assert dice(adv).mean() <= min(v.mean() for v in results.values()) + 0.002
+
+
+def test_evaluate_cli_accepts_the_new_attacks(mnist, tmp_path):
+    """``monai-smia evaluate --attacks APGD worst-case`` through the registry, on 4 prepared digits."""
+    import csv
+
+    from monai_smia.cli import main
+
+    if not (REPO_ROOT / "bundles" / "mnist_cls" / "models" / "model.pt").is_file():
+        pytest.skip("bundles/mnist_cls/models/model.pt is absent (train the bundle first)")
+    out = tmp_path / "ev"
+    args = ["--bundle", "mnist_cls", "--attacks", "APGD", "worst-case", "--eps", "0.1", "--num-iter", "2"]
+    assert (
+        main(
+            [
+                "evaluate",
+                *args,
+                "--max-cases",
+                "4",
+                "--dataset-dir",
+                str(mnist),
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["attack"] for r in rows}) == ["APGD", "clean", "worst-case"]
+    assert all(float(r["linf"]) <= 0.1 + 1e-6 for r in rows if r["attack"] != "clean")
