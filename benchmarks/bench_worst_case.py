@@ -2,8 +2,9 @@
 committed mnist_cls victim and the first MNIST test digits (issue 19).
 
 Both run on the same digits, at the same budgets, on the same device and thread count, one after the
-other. AutoAttack "standard": APGD-CE (100 iterations), APGD-T (9 targets, 100 iterations), FAB-T
-(9 targets) and Square (5000 queries), each on the digits still unbroken. WorstCase's default members
+other. torchattacks' AutoAttack "standard": APGD-CE, APGD-T (9 targets), FAB-T (9 targets), each with
+torchattacks' default of 10 steps (the official AutoAttack runs 100), and Square (5000 queries), each on
+the digits still unbroken. WorstCase's default members
 for a classifier: APGD-CE, APGD-T (100 iterations each) and Square (5000 queries), no FAB-T.
 
 Usage: ``python benchmarks/bench_worst_case.py --data-dir ../shared/data [--num 300] [--eps 0.05 0.1] [--threads 1]``
@@ -45,18 +46,20 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=300)
     parser.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--num-iter", type=int, default=100, help="iterations of WorstCase's gradient members")
     parser.add_argument("--skip-autoattack", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net = load_victim("mnist_cls", device="cpu").network.eval()
     x, y = load_digits(args.data_dir, args.num)
-    print(f"mnist_cls, {args.num} digits, clean top-1 {accuracy(net, x, y):.3f}, {args.threads} thread(s)")
+    top1 = accuracy(net, x, y)
+    print(f"mnist_cls, {args.num} digits, clean top-1 {top1:.3f}, {args.threads} thread(s), WorstCase T={args.num_iter}")
     print("| eps | PGD-10 | WorstCase | time | AutoAttack (standard) | time | winners |")
     print("|---|---|---|---|---|---|---|")
     for eps in args.eps:
         torch.manual_seed(0)
         pgd = accuracy(net, PGD(net, eps=eps, num_iter=10, random_start=True)(x, y), y)
-        worst = WorstCase(net, eps=eps)
+        worst = WorstCase(net, eps=eps, num_iter=args.num_iter)
         t = time.perf_counter()
         adv = worst(x, y)
         t_worst = time.perf_counter() - t
