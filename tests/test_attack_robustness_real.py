@@ -3,9 +3,12 @@ torchattacks' APGD/APGD-T on MNIST digits, and at least as strong as PGD at equa
 
 Tolerances are in cases: two implementations of the same attack draw different random starts, so a
 few cases that sit near the decision boundary at the budget fall either way. Measured with these
-settings (128 digits, eps 0.05, 20 iterations): robust accuracy APGD-CE 0.453 (torchattacks 0.453),
-APGD-T 0.445 (torchattacks 0.445), PGD 0.492; the tolerance of 3 cases of 128 (0.023) covers that
-noise and is smaller than the gap to PGD (5 cases here).
+settings (128 digits, eps 0.05, 20 iterations, APGD-T over the 3 most likely other classes), robust
+digits over seeds 0-3: APGD-CE ours 58/60/57/59, torchattacks 58/59/59/58; APGD-T ours 58/58/58/59,
+torchattacks 58/59/57/57; PGD 63 (seed 0). The tolerance of 3 cases of 128 covers that spread and is
+smaller than the gap to PGD. With 10 iterations ours APGD-T left 1.5 digits more than torchattacks on
+average (62 vs 60.5): at so few iterations the paper's checkpoints ceil(p_j T) halve the step less
+often than torchattacks' integer rounding of the same schedule.
 """
 
 from __future__ import annotations
@@ -54,12 +57,16 @@ def test_apgd_at_least_as_strong_as_torchattacks_and_pgd(mnist_victim):
     torch.manual_seed(0)
     ours = {
         "APGD-CE": robust_accuracy(net, APGD(net, eps=EPS, num_iter=T)(x, y), y),
-        "APGD-T": robust_accuracy(net, APGD(net, eps=EPS, num_iter=T, loss="dlr", targeted=True)(x, y), y),
+        "APGD-T": robust_accuracy(
+            net, APGD(net, eps=EPS, num_iter=T, loss="dlr", targeted=True, num_targets=3)(x, y), y
+        ),
         "PGD": robust_accuracy(net, PGD(net, eps=EPS, num_iter=T, random_start=True)(x, y), y),
     }
+    apgdt = torchattacks.APGDT(net, eps=EPS, steps=T, seed=0, n_classes=10)
+    apgdt.n_target_classes = 3  # the 3 most likely other classes, as ours (it has no argument for it)
     theirs = {
         "APGD-CE": robust_accuracy(net, torchattacks.APGD(net, eps=EPS, steps=T, seed=0)(x, y), y),
-        "APGD-T": robust_accuracy(net, torchattacks.APGDT(net, eps=EPS, steps=T, seed=0, n_classes=10)(x, y), y),
+        "APGD-T": robust_accuracy(net, apgdt(x, y), y),
     }
     print(f"\nmnist_cls robust accuracy at eps {EPS}, {T} iterations, {N} digits: ours {ours}, torchattacks {theirs}")
     for name in theirs:
