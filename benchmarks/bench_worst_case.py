@@ -53,7 +53,7 @@ def main() -> None:
     net = load_victim("mnist_cls", device="cpu").network.eval()
     x, y = load_digits(args.data_dir, args.num)
     top1 = accuracy(net, x, y)
-    print(f"mnist_cls, {args.num} digits, clean top-1 {top1:.3f}, {args.threads} thread(s), WorstCase T={args.num_iter}")
+    print(f"mnist_cls, {args.num} digits, clean top-1 {top1:.3f}, {args.threads} thread(s), T={args.num_iter}")
     print("| eps | PGD-10 | WorstCase | time | AutoAttack (standard) | time | winners |")
     print("|---|---|---|---|---|---|---|")
     for eps in args.eps:
@@ -65,6 +65,7 @@ def main() -> None:
         t_worst = time.perf_counter() - t
         acc_worst = accuracy(net, adv, y)
         wins = {w: worst.winners.count(w) for w in dict.fromkeys(worst.winners)}
+        print(f"eps {eps:g}: WorstCase member seconds {({k: round(v) for k, v in worst.seconds.items()})}", flush=True)
         aa, t_aa = float("nan"), float("nan")
         if not args.skip_autoattack:
             import torchattacks

@@ -246,6 +246,7 @@ def test_worstcase_cascade_attacks_only_unbroken_cases_and_names_winners():
     attack(x, y)
     assert log == [3, 2, 1]  # 3 correct cases, then those left unbroken
     assert attack.winners == ["Counting", "clean", "Counting#1", None]  # None: no member broke it
+    assert sorted(attack.seconds) == ["Counting", "Counting#1", "Counting#2"]
     assert np.array_equal(attack.scores["Counting"], np.array([1.0, np.nan, 0.0, 0.0]), equal_nan=True)
     assert np.array_equal(attack.scores["Counting#2"], np.array([np.nan, np.nan, np.nan, 0.0]), equal_nan=True)
 

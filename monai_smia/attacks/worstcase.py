@@ -11,6 +11,7 @@ member whose result was kept.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -84,7 +85,8 @@ class WorstCase(Attack):
     After a call, ``winners`` holds per case the name of the member whose result was kept (``"clean"``:
     a classifier case already wrong; ``None``: a case no member broke, which keeps the first member's
     result) and ``scores`` per member name the per-case outcome (classification: 1.0 broken, 0.0 not,
-    ``nan`` not attacked; segmentation: the metric). ``trace`` is ``None``.
+    ``nan`` not attacked; segmentation: the metric), ``seconds`` per member name its wall time (0 when it
+    had no case left). ``trace`` is ``None``.
 
     Raises:
         ValueError: an unknown member name, or a member that does not fit the network (e.g. DLR with
@@ -116,6 +118,7 @@ class WorstCase(Attack):
         self.num_iter, self.num_queries = num_iter, num_queries
         self.winners: list[str | None] = []
         self.scores: dict[str, np.ndarray] = {}
+        self.seconds: dict[str, float] = {}
 
     @property
     def draws_random_start(self) -> bool:
@@ -143,7 +146,7 @@ class WorstCase(Attack):
         delta_init: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        self.trace = None
+        self.trace, self.seconds = None, {}
         with torch.no_grad():
             clean = self.logits(x)
         ref = prepare_labels(labels, clean)
@@ -175,6 +178,7 @@ class WorstCase(Attack):
                 for j in active[hit].tolist():
                     winners[j] = name
             self.scores[name] = score
+            self.seconds[name] = run.seconds[-1] if active.numel() else 0.0
         self.winners = winners
         return best
 
@@ -191,6 +195,7 @@ class WorstCase(Attack):
                 metrics = segmentation_case_metrics(self.logits(run.x + delta), ref)
             metric = np.where(np.isnan(metrics["dice"]), metrics["pixel_accuracy"], metrics["dice"])
             self.scores[name] = metric
+            self.seconds[name] = run.seconds[-1]
             lower = torch.as_tensor(metric < best_metric, device=run.x.device)
             best[lower] = delta[lower]
             for j in np.flatnonzero(metric < best_metric):
@@ -213,13 +218,17 @@ class _Runner:
         eps: float,
     ) -> None:
         self.x, self.labels, self.mask, self.generator = x, labels, mask, generator
+        self.seconds: list[float] = []  # wall time of each member call
         if delta_init is None:  # one start per case for every member that draws one, whatever the batch
             delta_init = per_sample_uniform(sample_generators(x, None, generator), x, eps)
         self.delta_init = delta_init
 
     def __call__(self, attack: Attack, idx: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
         m = None if self.mask is None else (self.mask if self.mask.shape[0] == 1 else self.mask[idx])
         d0 = None if self.delta_init is None else self.delta_init[idx.to(self.delta_init.device)]
         labels = self.labels[idx.to(self.labels.device)]
         x_adv = attack(self.x[idx], labels, mask=m, delta_init=d0, generator=self.generator)
-        return (x_adv - self.x[idx]).detach()
+        delta = (x_adv - self.x[idx]).detach()
+        self.seconds.append(time.perf_counter() - start)
+        return delta
