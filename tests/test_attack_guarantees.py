@@ -14,8 +14,9 @@ from monai_smia import APGD, DAG, FGSM, PGD, SMIA, Attack, CosPGD, DeepFool, Ran
 
 #: attacks that fit one task only (DeepFool: classifiers, DAG, SegPGD, CosPGD: segmentation)
 TASK_OF = {"deepfool": "cls", "dag": "seg", "segpgd": "seg", "cospgd": "seg"}
-#: attacks that leave a case already misclassified alone: they attack the clean prediction
-LABEL_FREE = {"deepfool", "dag", "worstcase"}
+#: attacks that may return a case unchanged when no iterate beats it (a case already misclassified, or
+#: with APGD's best-iterate rule against random labels): they attack the clean prediction here
+LABEL_FREE = {"deepfool", "dag", "worstcase", "apgd", "apgd_t"}
 
 
 def make_net(spatial_dims: int, in_ch: int, out_ch: int, task: str, seed: int) -> torch.nn.Module:
