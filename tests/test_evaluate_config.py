@@ -127,6 +127,7 @@ def test_shipped_evaluate_json_is_the_train_override_zoo_bundles_get(name):
 @pytest.mark.parametrize(("bundle", "attack"), [("mnist_cls", "DAG"), ("lung_ct_seg", "DeepFool")])
 def test_attack_that_does_not_fit_the_task_is_refused(bundle, attack, tmp_path, capsys):
     out = tmp_path / "out"
+    (tmp_path / "data").mkdir()  # an existing (empty) dataset folder: the attack/task check comes first
     args = ["evaluate", "--bundle", bundle, "--dataset-dir", str(tmp_path / "data"), "--output", str(out), "--attacks", "FGSM", attack]
     assert main([*args, "--device", "cpu"]) == 2
     err = capsys.readouterr().err  # a first import in this process may add MONAI's own notices before it
