@@ -32,7 +32,7 @@ def _data_dir() -> Path:
 
 
 def run_one(source: Path, grid: str, dtype: str, device: str | None, num_iter: int, work: Path) -> dict:
-    from monai_smia.apps.attack_run import run_attack
+    from monai_smia.apps.attack.run import run_attack
 
     out = work / f"{source.name}_{grid}_{dtype}"
     t0 = time.perf_counter()

@@ -140,7 +140,7 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
 
 
 def _add_attack(sub: Any, bundles: str) -> None:
-    from monai_smia.apps.evaluation import ATTACKS
+    from monai_smia.apps.evaluate.evaluation import ATTACKS
 
     at = sub.add_parser(
         "attack",
@@ -188,7 +188,7 @@ def _run(args: argparse.Namespace) -> None:
 
         run_demo(args.data_dir, args.output, args.cache, tuple(args.bundles or DEMO_BUNDLES), args.max_cases, args.device)
     elif args.command == "evaluate" and _is_detection(args.bundle):
-        from monai_smia.apps.detection_eval import run_detection_evaluation
+        from monai_smia.apps.detection.evaluate import run_detection_evaluation
         from monai_smia.bundle.victim import resolve_bundle
 
         kwargs = {"attacks": args.attacks, "data_split": args.split, "eps": args.eps[0] if args.eps else None}
@@ -206,7 +206,7 @@ def _run(args: argparse.Namespace) -> None:
             **{k: v for k, v in kwargs.items() if v is not None},
         )
     elif args.command == "evaluate":
-        from monai_smia.apps.evaluation import check_attacks, evaluation_from_bundle
+        from monai_smia.apps.evaluate.evaluation import check_attacks, evaluation_from_bundle
 
         if args.attacks is not None:
             check_attacks(args.attacks)
@@ -224,7 +224,7 @@ def _run(args: argparse.Namespace) -> None:
             grid=args.grid,
         ).run()
     elif args.command == "attack":
-        from monai_smia.apps.attack_run import run_attack
+        from monai_smia.apps.attack.run import run_attack
 
         extra: dict = {"num_iter": args.num_iter} if args.num_iter is not None else {}
         extra["save_dtype"] = args.dtype

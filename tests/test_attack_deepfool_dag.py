@@ -236,6 +236,6 @@ def test_registry_names_tasks_and_options():
         make_attack("SMIA", net, 0.1, overshoot=0.1)
     with pytest.raises(ValueError, match="smooth"):
         make_attack("PGD", net, 0.1, smooth="step")
-    from monai_smia.apps import evaluation
+    from monai_smia.apps.evaluate import evaluation
 
     assert evaluation.make_attack is make_attack and evaluation.ATTACKS is ATTACKS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from monai_smia.quick_victim import baseline_attacks, load_retinamnist, top1_accuracy, train_quick_classifier
+from quick_victim import baseline_attacks, load_retinamnist, top1_accuracy, train_quick_classifier
 
 
 def test_attacks_lower_top1_accuracy_on_retinamnist(data_dir):

@@ -250,7 +250,15 @@ def test_attack_inferer_simple_and_sliding_window(ct_item):
     x = ct_item["image"].as_tensor()[None, :, :32, :32, :14]
     net3d = _unet(dims=3)
     attack = PGD(net3d, eps=EPS, num_iter=2, bounds=None)
+    simple = AttackInferer(attack, SimpleInferer())
     with torch.no_grad():
-        pred = AttackInferer(attack, SimpleInferer())(x, net3d)
+        pred = simple(x, net3d)
         pred_sw = AttackInferer(attack, SlidingWindowInferer(roi_size=(32, 32, 14)))(x, net3d)
+        clean = net3d(x)
     assert pred.shape == (1, 2, 32, 32, 14) and torch.allclose(pred, pred_sw, atol=1e-5)
+    # the prediction is the attacked one: the input moved by up to eps, and so did the output
+    d = simple.last_adversarial - x
+    assert 0.5 * EPS < float(d.abs().max()) <= EPS + 1e-3
+    assert not torch.allclose(pred, clean, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(pred, net3d(simple.last_adversarial), atol=1e-5)

@@ -17,8 +17,8 @@ pytest.importorskip("ignite")
 from monai.bundle import ConfigParser  # noqa: E402
 
 from monai_smia.apps.data_prep import lung_ct  # noqa: E402
-from monai_smia.training import evaluate_segmentation_bundle  # noqa: E402
-from monai_smia.training.evaluate import load_checkpoint  # noqa: E402
+from monai_smia.bundle.evaluate import evaluate_segmentation_bundle  # noqa: E402
+from monai_smia.bundle.evaluate import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MONAI_SMIA_DATA", ROOT / ".." / "shared" / "data"))

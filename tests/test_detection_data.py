@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from monai_smia.apps.data_prep.msd_lung_det import mask_to_boxes, prepare_msd_lung_det
-from monai_smia.detection.data import check_boxes, load_detection_split
+from monai_smia.apps.detection.data import check_boxes, load_detection_split
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "lung_tumour_det"
@@ -88,7 +88,7 @@ def test_ead2019_detection_layout(tmp_path):
 def test_committed_checkpoint_matches_eval_metrics(det_dataset, tmp_path):
     import torch
 
-    from monai_smia.apps.detection_eval import run_detection_evaluation
+    from monai_smia.apps.detection.evaluate import run_detection_evaluation
 
     _, out = det_dataset
     model = BUNDLE / "models" / "model.pt"
@@ -136,9 +136,9 @@ def test_evaluate_json_is_an_evaluator_override(det_dataset, tmp_path):
     seeded per case (the same records at another batch size, and from two torchrun processes); a rerun resumes."""
     import torch
 
-    from monai_smia.apps.detection_eval import load_detection_bundle
-    from monai_smia.detection import detect, make_detection_attack
-    from monai_smia.detection.engine import detection_record
+    from monai_smia.apps.detection.evaluate import load_detection_bundle
+    from monai_smia.apps.detection import detect, make_detection_attack
+    from monai_smia.apps.detection.engine import detection_record
 
     _, dataset = det_dataset
     fgsm = _bundle_run(dataset, tmp_path / "a", "FGSM", 5, 2)

@@ -11,7 +11,7 @@ import csv
 import numpy as np
 import torch
 
-from monai_smia.apps.attack_run import run_attack
+from monai_smia.apps.attack.run import run_attack
 from monai_smia.attacks import volume
 from monai_smia.cli import main
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, subprocess_env
 
-from monai_smia.apps.evaluation_config import SETTINGS, distributed_overrides, evaluation_overrides
+from monai_smia.apps.evaluate.config import SETTINGS, distributed_overrides, evaluation_overrides
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.cli import main
 

@@ -45,7 +45,7 @@ def test_evaluate_on_the_source_grid(ct_data, tmp_path, capsys, monkeypatch):
     """Records and reports say grid source; the source-grid perturbation stays within eps HU on the int16
     lattice; the network input is the bundle's preprocessing of the attacked source; a rerun with
     --grid network into the same folder is refused naming grid."""
-    from monai_smia.apps import evaluation_source
+    from monai_smia.apps.evaluate import source as evaluation_source
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = evaluation_source.source_grid_case

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO_ROOT, subprocess_env
 
 from monai_smia.cli import main
-from monai_smia.apps.evaluation import evaluation_from_bundle
+from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
 
 
 

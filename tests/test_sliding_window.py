@@ -182,7 +182,7 @@ def test_source_grid_gradient_through_the_preprocessing_is_window_wise():
     from monai.data import MetaTensor
     from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
 
-    from monai_smia.apps.attack_source import SourceGridNetwork
+    from monai_smia.apps.attack.source import SourceGridNetwork
     from monai_smia.transforms.differentiable import DifferentiablePreprocessing
 
     affine = torch.tensor([[-0.7, 0, 0, 10.0], [0, -0.7, 0, 20.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]], dtype=torch.float64)

@@ -21,7 +21,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from monai_smia.apps.attack_source import (
+from monai_smia.apps.attack.source import (
     SliceWiseNetwork,
     SourceGridNetwork,
     SourceLattice,
@@ -143,8 +143,8 @@ def test_scaled_integer_nifti_keeps_a_lattice_perturbation_exactly(tmp_path):
     source-grid attack makes it) is written in the source's type and scaling without losing a step."""
     import nibabel as nib
 
-    from monai_smia.apps.attack_cases import SourceCase
-    from monai_smia.apps.attack_outputs import source_lattice
+    from monai_smia.apps.attack.cases import SourceCase
+    from monai_smia.apps.attack.outputs import source_lattice
     from monai_smia.io import save_adversarial_nifti
 
     rng = np.random.default_rng(0)

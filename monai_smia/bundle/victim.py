@@ -136,9 +136,7 @@ def load_victim(
     parser["device"] = f"$torch.device('{torch.device(device)}')"
     if use_train and "validate" in parser.config and "preprocessing" in parser["validate"]:
         pre_key, inf_key, has_labels = "validate#preprocessing", "validate#inferer", True
-    else:
-        if not use_train:
-            parser.read_config(str(configs / "inference.json"))
+    else:  # inference.json (already read, with the overrides above) or a train.json without validate#preprocessing
         pre_key, inf_key, has_labels = "preprocessing", "inferer", False
     network = parser.get_parsed_content("network_def", instantiate=True)
     ckpt = Path(checkpoint) if checkpoint is not None else root / "models" / "model.pt"

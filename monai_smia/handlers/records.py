@@ -108,7 +108,7 @@ class CaseRecordHandler:
         inferer: the evaluator's inferer; an ``AttackInferer`` supplies ``last_adversarial``,
             ``last_diagnostics`` and ``last_clean`` (the label-free success reference; without it, one
             more forward through its ``inferer``); an inferer with ``last_record_extras`` (one dict per case, e.g.
-            :class:`~monai_smia.apps.evaluation_source.SourceGridAttackInferer`) adds its entries to the records.
+            :class:`~monai_smia.apps.evaluate.source.SourceGridAttackInferer`) adds its entries to the records.
         bounds: valid input range (PSNR/SSIM data range); ``None``: each clean image's range.
         eps_scale: network-input units per ``eps`` unit.
         figure_cases: case ids whose arrays are kept for the example figures.

@@ -31,6 +31,7 @@ itk, _has_itk = optional_import("itk")
 __all__ = [
     "LoadSeriesImage",
     "LoadSeriesImaged",
+    "SeriesFolderReader",
     "SingleSeriesITKReader",
     "check_dicom_series",
     "find_dicom_series",
@@ -170,6 +171,19 @@ class SingleSeriesITKReader(ITKReader):
         return super().read(data, **kwargs)
 
 
+class SeriesFolderReader(SingleSeriesITKReader):
+    """:class:`SingleSeriesITKReader` that claims folders only.
+
+    Registered on a ``LoadImage``/``LoadImaged`` through MONAI's public ``register``, it reads every folder
+    as one DICOM series ahead of the other readers (no fallback: its errors name the folder); files go to
+    the readers the loader had before.
+    """
+
+    def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
+        names = ensure_tuple(filename)
+        return bool(names) and all(isinstance(f, (str, os.PathLike)) and Path(f).is_dir() for f in names)
+
+
 class LoadSeriesImage(LoadImage):
     """MONAI's ``LoadImage``; a folder is read as one DICOM series by :class:`SingleSeriesITKReader`
     with no fallback to other readers (errors name the folder). Arguments as ``LoadImage``."""
@@ -191,6 +205,6 @@ class LoadSeriesImaged(LoadImaged):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._loader.__class__ = LoadSeriesImage  # same state as LoadImage; only __call__ differs
+        self.register(SeriesFolderReader())
 
 

@@ -1,6 +1,6 @@
 """Write ``source + perturbation`` as NIfTI on the source grid, and bring a network-grid perturbation back there.
 
-A source-grid attack (:mod:`monai_smia.apps.attack_source`, the default of ``monai-smia attack``)
+A source-grid attack (:mod:`monai_smia.apps.attack.source`, the default of ``monai-smia attack``)
 already holds its perturbation on the source voxels in source units: :func:`save_adversarial_nifti`
 writes it as it is (float32, or the source's integer type and scaling, where a perturbation of whole
 stored steps is kept exactly: :func:`lattice_steps`). An attack on the network's grid (reoriented,
@@ -77,10 +77,6 @@ def invert_perturbation(
             f"inverting {perturbation_key!r} did not give a MetaTensor; was {orig_key!r} produced by transform?"
         )
     return out
-
-
-def _is_dicom_source(source: str | os.PathLike) -> bool:
-    return Path(source).is_dir()
 
 
 def load_source_volume(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, Any]:

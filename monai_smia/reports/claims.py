@@ -18,7 +18,7 @@ import numpy as np
 
 from monai_smia.io.atomic import write_json_atomic
 from monai_smia.metrics.paired import HOLDS, compare_paired
-from monai_smia.reports.figures import _pyplot, save_figure
+from monai_smia.reports.figures import pyplot, save_figure
 from monai_smia.reports.store import atomic_write_text, to_jsonable
 
 __all__ = [
@@ -177,7 +177,7 @@ def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[
 
 def _forest(path: Path, title: str, rows: Sequence[Mapping[str, Any]]) -> Path:
     """One panel per metric (their scales differ): each claim's mean difference and paired interval."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     groups = [[r for r in rows if r["metric"] == m] for m in metrics]
     heights = [0.26 * len(g) + 0.9 for g in groups]

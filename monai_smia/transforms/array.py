@@ -38,7 +38,8 @@ def attack_diagnostics(
     ``positive_cosine_share``, ``final_variance``, ``zero_gradient_iterations``); and, when
     predictions were computed, ``error_clean``/``error_adversarial`` (share of outputs whose
     prediction differs from the reference: the labels, or the clean prediction when label-free),
-    ``changed_fraction`` and ``success`` (the attack raised the error rate).
+    ``changed_fraction`` and ``error_rate_rose`` (the adversarial error rate is above the clean one; attack
+    success as the reports count it is :func:`monai_smia.metrics.case_success`).
     """
     info: dict[str, Any] = {
         "attack": type(attack).__name__,
@@ -70,7 +71,7 @@ def attack_diagnostics(
         info["error_clean"] = result.error_clean[index]
         info["error_adversarial"] = result.error_adversarial[index]
         info["changed_fraction"] = result.changed[index]
-        info["success"] = bool(result.error_adversarial[index] > result.error_clean[index])
+        info["error_rate_rose"] = bool(result.error_adversarial[index] > result.error_clean[index])
     return info
 
 

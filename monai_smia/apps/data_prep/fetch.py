@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monai.utils import optional_import
 
-__all__ = ["DownloadUnavailableError", "MANUAL", "default_cache", "fetch"]
+__all__ = ["DownloadUnavailableError", "MANUAL", "fetch"]
 
 Image, _has_pil = optional_import("PIL.Image")
 nib, _has_nib = optional_import("nibabel")
@@ -89,9 +89,5 @@ def fetch(url: str, filepath: str | os.PathLike, md5: str | None, dataset: str) 
     if not filepath.is_file():
         raise DownloadUnavailableError(f"download of {url} produced no file. Manual alternative: {MANUAL[dataset]}")
     return filepath
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("MONAI_SMIA_CACHE", Path.home() / ".cache" / "monai-smia"))
 
 

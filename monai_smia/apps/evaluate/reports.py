@@ -76,8 +76,8 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
     provenance and figures; returns the summary of the first budget.
 
     Args:
-        evaluation: the :class:`~monai_smia.apps.evaluation.RobustnessEvaluation` (attacks, eps, settings).
-        condition: one :class:`~monai_smia.apps.evaluation_config.EvaluationCondition` of the run (cases,
+        evaluation: the :class:`~monai_smia.apps.evaluate.evaluation.RobustnessEvaluation` (attacks, eps, settings).
+        condition: one :class:`~monai_smia.apps.evaluate.config.EvaluationCondition` of the run (cases,
             store, resolved budget scale and bounds).
     """
     out, task, unit = Path(evaluation.output_dir), condition.task, evaluation.eps_unit

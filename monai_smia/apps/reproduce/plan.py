@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from monai_smia.apps.reproduce_run import Condition
+from monai_smia.apps.reproduce.run import Condition
 from monai_smia.reports.claims import ClaimSpec
 
 __all__ = ["SCORE_NAMES", "bundle_claims", "bundle_conditions"]

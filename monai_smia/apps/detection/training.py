@@ -2,7 +2,7 @@
 (Qi et al., "Stabilized Medical Image Attacks", ICLR 2021, arXiv 2103.05232).
 
 The datasets are small 2D patches held in memory; each epoch draws a random flip/transpose per
-image (boxes follow, :func:`~monai_smia.detection.data.dihedral`), and the checkpoint with the best
+image (boxes follow, :func:`~monai_smia.apps.detection.data.dihedral`), and the checkpoint with the best
 validation AP at IoU 0.5 is kept (the network's state dict, loadable with ``weights_only=True``).
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from monai_smia.detection.data import DetectionSet, dihedral, load_detection_split
-from monai_smia.detection.metrics import detect, detection_metrics
+from monai_smia.apps.detection.data import DetectionSet, dihedral, load_detection_split
+from monai_smia.apps.detection.metrics import detect, detection_metrics
 from monai_smia.io.atomic import atomic_file
 
 __all__ = ["train_detector", "augmented_batch"]

@@ -46,7 +46,8 @@ def prepare_bundle_data(bundle: str, data_dir: str | os.PathLike | None, cache: 
     Raises:
         FileNotFoundError: ``data_dir`` lacks the bundle's raw data.
     """
-    from monai_smia.apps.demo import _key, prepare_demo_data
+    from monai_smia.apps.demo import prepare_demo_data
+    from monai_smia.io.cache import source_key
 
     cache = Path(cache)
     if bundle != "mnist_cls":
@@ -62,7 +63,7 @@ def prepare_bundle_data(bundle: str, data_dir: str | os.PathLike | None, cache: 
 
     raw = Path(data_dir)
     find_mnist_files(raw)  # names the missing files before anything is written
-    out = cache / f"mnist_{_key(raw)}"
+    out = cache / f"mnist_{source_key(raw)}"
     if not (out / "datalist.json").is_file():
         prepare_mnist(raw, out)
     return out, f"MNIST test set from {raw} (monai_smia.apps.data_prep.mnist)"

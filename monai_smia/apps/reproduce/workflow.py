@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from monai_smia.apps.reproduce_data import REPRODUCE_BUNDLES, load_cases, prepare_bundle_data
-from monai_smia.apps.reproduce_plan import bundle_claims, bundle_conditions
-from monai_smia.apps.reproduce_run import PROTOCOLS, READINGS, run_clean, run_condition
+from monai_smia.apps.reproduce.data import REPRODUCE_BUNDLES, load_cases, prepare_bundle_data
+from monai_smia.apps.reproduce.plan import bundle_claims, bundle_conditions
+from monai_smia.apps.reproduce.run import PROTOCOLS, READINGS, run_clean, run_condition
 from monai_smia.bundle.victim import load_victim
+from monai_smia.io.cache import default_cache
 from monai_smia.io.units import resolve_bounds, resolve_eps_scale
 from monai_smia.io.paths import check_output_outside
 from monai_smia.reports.claims import write_claims
@@ -146,8 +147,6 @@ def run_reproduce(
     Raises:
         ValueError: ``output_dir`` holds results of other settings, or the settings are invalid.
     """
-    from monai_smia.apps.demo import default_cache
-
     settings = settings or ReproduceSettings()
     settings.check()
     out = Path(output_dir)

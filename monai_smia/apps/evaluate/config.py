@@ -29,8 +29,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
 
-from monai_smia.apps.attack_cases import GRIDS
-from monai_smia.apps.evaluation_source import source_grid_overrides
+from monai_smia.apps.attack.cases import GRIDS
+from monai_smia.apps.evaluate.source import source_grid_overrides
 from monai_smia.attacks.registry import check_attacks, make_attack
 from monai_smia.bundle.data import bundle_cases, find_case_error, out_of_memory, out_of_memory_message, root_cause
 from monai_smia.bundle.inputs import check_case_files, input_spec
@@ -103,7 +103,7 @@ class EvaluationCondition:
         eps: budget in ``eps_unit`` (ignored for ``"clean"``).
         checkpoint: the weights (default ``models/model.pt`` of the bundle).
         grid: ``"network"`` (default: attack the network input) or ``"source"``: attack the source
-            voxels through the preprocessing (:mod:`monai_smia.apps.evaluation_source`).
+            voxels through the preprocessing (:mod:`monai_smia.apps.evaluate.source`).
     """
 
     def __init__(
@@ -293,7 +293,7 @@ def evaluation_overrides(task: str, num_classes: int, labels: bool = True, secti
     store = {k: f"$@condition.{k}" for k in ("task", "attack", "eps")}
     return {
         "network": {"_target_": "monai_smia.bundle.loading.load_weights", "network": "$@network_def.to(@device)", "path": "$@condition.checkpoint", "map_location": "@device"},
-        "condition": {"_target_": "monai_smia.apps.evaluation_config.EvaluationCondition", "preprocessing": f"@{p}preprocessing", "inferer": f"@{p}inferer", "use_labels": labels}
+        "condition": {"_target_": "monai_smia.apps.evaluate.config.EvaluationCondition", "preprocessing": f"@{p}preprocessing", "inferer": f"@{p}inferer", "use_labels": labels}
         | {k: f"@{k}" for k in ("bundle_root", "dataset_dir", "output_dir", *[s for s in SETTINGS if s != "attacks"])},
         f"{p}dataset": {"_target_": "Dataset", "data": "$@condition.pending_items()", "transform": {"_target_": "monai_smia.bundle.data.CaseErrors", "transform": f"@{p}preprocessing"}},
         f"{p}dataloader": {"_target_": "DataLoader", "dataset": f"@{p}dataset", "batch_size": batch_size, "shuffle": False, "num_workers": 0, "collate_fn": "$monai.data.utils.list_data_collate"},
@@ -307,7 +307,7 @@ def evaluation_overrides(task: str, num_classes: int, labels: bool = True, secti
             "ssim": _metric({"_target_": "monai_smia.handlers.ImageQualityMetric", "name": "ssim", "bounds": "$@condition.bounds"}, ["image_adv", "image"], clean),
         },
         f"{p}handlers": [
-            {"_target_": "monai_smia.apps.evaluation_config.CaseErrorNamer"},
+            {"_target_": "monai_smia.apps.evaluate.config.CaseErrorNamer"},
             {"_target_": "monai_smia.handlers.CaseSeedHandler", "inferer": f"@{p}attack_inferer", "seed": "@seed", "attack": "$@condition.attack", "eps": "$@condition.eps"},
             {"_target_": "monai_smia.inferers.AdversarialImageHandler", "_disabled_": clean, "inferer": f"@{p}attack_inferer", "output_key": "image_adv"},
             {"_target_": "monai_smia.handlers.CaseRecordHandler", "store": "$@condition.store", **store, "inferer": f"@{p}attack_inferer", "bounds": "$@condition.bounds", "eps_scale": "$@condition.scale", "figure_cases": "$@condition.figure_cases"},

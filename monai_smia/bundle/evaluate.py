@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m monai_smia.training.evaluate --bundle_root bundles/lung_ct_seg --dataset_dir DIR [--split test]
+    python -m monai_smia.bundle.evaluate --bundle_root bundles/lung_ct_seg --dataset_dir DIR [--split test]
 
 The bundle's ``configs/train.json`` supplies the validation preprocessing (image and label on the
 network's grid), the network and the validation inferer, so the test split is measured exactly as
@@ -28,9 +28,8 @@ from monai.data.utils import list_data_collate
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 
-from monai_smia.bundle.loading import load_weights
+from monai_smia.bundle.loading import load_split, load_weights
 from monai_smia.io.atomic import write_json_atomic
-from monai_smia.training.datalists import load_split
 
 INDEPENDENT_SOURCES = ("cip_wholelung", "totalsegmentator_lobes")
 
@@ -112,7 +111,7 @@ def metrics_for_metadata(result: dict[str, Any]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: log the measured result as JSON; with ``--write_metadata`` merge it into the bundle's metadata."""
-    p = argparse.ArgumentParser(prog="python -m monai_smia.training.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m monai_smia.bundle.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle_root", required=True)
     p.add_argument("--dataset_dir", required=True)
     p.add_argument("--split", default="test")

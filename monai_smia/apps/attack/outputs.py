@@ -23,8 +23,8 @@ from monai.transforms import EnsureChannelFirstd, LoadImaged
 from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import optional_import
 
-from monai_smia.apps.attack_cases import SourceCase
-from monai_smia.apps.attack_source import SourceLattice
+from monai_smia.apps.attack.cases import SourceCase
+from monai_smia.apps.attack.source import SourceLattice
 from monai_smia.io import (
     load_source_volume,
     save_adversarial_nifti,

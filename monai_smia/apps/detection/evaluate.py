@@ -4,13 +4,13 @@ and a figure of clean and attacked boxes over the images.
 
 Detection is the third task of SMIA (Qi et al., "Stabilized Medical Image Attacks", ICLR 2021,
 arXiv 2103.05232). Attacks: ``noise`` (random sign noise, the floor), ``FGSM``, ``PGD`` (random
-start), ``DEV`` (SMIA with ``alpha = 0``), ``SMIA`` and ``DAG`` (:mod:`monai_smia.detection.attack`);
+start), ``DEV`` (SMIA with ``alpha = 0``), ``SMIA`` and ``DAG`` (:mod:`monai_smia.apps.detection.attack`);
 the deviation loss is the detector's own loss against the ground-truth boxes. A ``centre_box``
 row gives the trivial baseline (one box of the mean training size at the image centre).
 
 Usage::
 
-    python -m monai_smia.apps.detection_eval --bundle bundles/lung_tumour_det --dataset-dir DATA --output-dir OUT
+    python -m monai_smia.apps.detection.evaluate --bundle bundles/lung_tumour_det --dataset-dir DATA --output-dir OUT
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from monai_smia.apps.evaluation_config import bundle_configs
+from monai_smia.apps.evaluate.config import bundle_configs
 from monai_smia.bundle.loading import load_weights
-from monai_smia.detection import DETECTION_ATTACKS, centre_box_baseline, load_detection_split
-from monai_smia.detection.data import DetectionSet
-from monai_smia.detection.engine import detection_record
-from monai_smia.detection.metrics import METRIC_NAMES, DetectionSetMetrics
+from monai_smia.apps.detection import DETECTION_ATTACKS, centre_box_baseline, load_detection_split
+from monai_smia.apps.detection.data import DetectionSet
+from monai_smia.apps.detection.engine import detection_record
+from monai_smia.apps.detection.metrics import METRIC_NAMES, DetectionSetMetrics
 from monai_smia.reports import CaseStore, write_provenance, write_reports
-from monai_smia.reports.figures import _pyplot, save_figure
+from monai_smia.reports.figures import pyplot, save_figure
 from monai_smia.io.paths import check_output_outside
 
 __all__ = ["DEFAULT_ATTACKS", "detection_defaults", "load_detection_bundle", "main", "run_detection_condition", "run_detection_evaluation"]
@@ -77,7 +77,7 @@ def run_detection_condition(bundle: str | os.PathLike, settings: dict[str, Any])
 
 def detection_figure(path: str | Path, data: DetectionSet, records: Sequence[dict[str, Any]], cases: Sequence[str], score: float = 0.5) -> Path:
     """Each case (row) under each condition (column): ground truth in green, detections scoring at least ``score`` in red."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     conds = list(dict.fromkeys(r["attack"] for r in records))
@@ -123,7 +123,7 @@ def run_detection_evaluation(
         dataset_dir: folder written by :mod:`monai_smia.apps.data_prep.msd_lung_det`.
         output_dir: reports: ``summary.json``, ``summary.md``, ``per_case.csv``, ``provenance.json``,
             ``detection_examples.png``; per-case records under ``cases/`` (a rerun resumes).
-        attacks: names of :data:`monai_smia.detection.attack.DETECTION_ATTACKS`.
+        attacks: names of :data:`monai_smia.apps.detection.attack.DETECTION_ATTACKS`.
         eps, num_iter: budget (input units) and iterations; ``None``: the bundle's ``evaluate.json``.
         data_split, max_cases: which cases.
         batch_size, seed, device: how to run (``seed`` with each case's id seeds its noise and PGD random start: :func:`monai_smia.handlers.seeding.case_generators`).

@@ -1,7 +1,7 @@
 """One case of ``monai-smia attack`` on either grid.
 
 - ``grid="source"`` (default, issue 13): the perturbation lives on the source voxels in source
-  units; the bundle's preprocessing runs inside the attack (:mod:`monai_smia.apps.attack_source`),
+  units; the bundle's preprocessing runs inside the attack (:mod:`monai_smia.apps.attack.source`),
   and the written file carries exactly the perturbation that was optimised.
 - ``grid="network"`` (the former mode, kept for comparison): the attack runs on the network's input
   (:class:`monai_smia.inferers.AttackInferer`), and its perturbation is brought back to the source
@@ -19,9 +19,9 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms.utils import allow_missing_keys_mode
 
-from monai_smia.apps.attack_cases import GRIDS, SourceCase
-from monai_smia.apps.attack_outputs import source_lattice
-from monai_smia.apps.attack_source import (
+from monai_smia.apps.attack.cases import GRIDS, SourceCase
+from monai_smia.apps.attack.outputs import source_lattice
+from monai_smia.apps.attack.source import (
     SliceWiseNetwork,
     SourceGridNetwork,
     attack_source,

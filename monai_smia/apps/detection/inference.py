@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
-from monai_smia.detection.attack import make_detection_attack
-from monai_smia.detection.data import load_detection_split
-from monai_smia.detection.metrics import detect
+from monai_smia.apps.detection.attack import make_detection_attack
+from monai_smia.apps.detection.data import load_detection_split
+from monai_smia.apps.detection.metrics import detect
 from monai_smia.io.atomic import atomic_output_dir, write_json_atomic
 
 nib, _has_nib = optional_import("nibabel")

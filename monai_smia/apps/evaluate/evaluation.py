@@ -2,12 +2,12 @@
 budget and iteration count, with MONAI metrics side by side.
 
 Each condition (clean, then attack x eps) runs through the bundle's own evaluator config: its
-``train.json`` with its ``evaluate.json`` override merged (:mod:`monai_smia.apps.evaluation_config`;
+``train.json`` with its ``evaluate.json`` override merged (:mod:`monai_smia.apps.evaluate.config`;
 a model-zoo bundle gets the same evaluator entries this repository's bundles ship), with ``attack``
 and ``eps`` set. That config's record handler stores every case as it completes, so an interrupted
 run resumes; under ``torchrun`` each rank evaluates its share of the pending cases
 (``DistributedSampler(even_divisible=False)``: every case exactly once). Python keeps only the loop
-over the conditions and the reports (:mod:`monai_smia.apps.evaluation_reports`, rank 0).
+over the conditions and the reports (:mod:`monai_smia.apps.evaluate.reports`, rank 0).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from monai_smia.apps.attack_cases import GRIDS
-from monai_smia.apps.evaluation_config import SETTINGS, EvaluationCondition, bundle_configs, condition_parser
-from monai_smia.apps.evaluation_reports import write_evaluation_reports
+from monai_smia.apps.attack.cases import GRIDS
+from monai_smia.apps.evaluate.config import SETTINGS, EvaluationCondition, bundle_configs, condition_parser
+from monai_smia.apps.evaluate.reports import write_evaluation_reports
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.bundle.victim import load_victim, resolve_bundle
 from monai_smia.io.units import check_eps_unit, parse_bounds
@@ -67,7 +67,7 @@ class RobustnessEvaluation:
         batch_size: cases per evaluator iteration; ``None``: the bundle's evaluate.json (volumes of different sizes need 1).
         grid: ``"network"`` (default): attack the network input; ``"source"``: attack the source voxels
             (e.g. HU) through the bundle's preprocessing, as ``monai-smia attack`` does by default
-            (:mod:`monai_smia.apps.evaluation_source`; L-inf/L2/variance then measured on the source grid).
+            (:mod:`monai_smia.apps.evaluate.source`; L-inf/L2/variance then measured on the source grid).
     """
 
     def __init__(

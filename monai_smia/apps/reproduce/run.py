@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from monai.inferers import SliceInferer
 
-from monai_smia.apps.reproduce_data import BundleCases
+from monai_smia.apps.reproduce.data import BundleCases
 from monai_smia.attacks import PGD
 from monai_smia.attacks.base import Attack
 from monai_smia.attacks.registry import make_attack
 from monai_smia.attacks.trace import COSINE_KINDS
 from monai_smia.attacks.volume import VolumeAttackResult, draw_random_start
 from monai_smia.bundle.victim import Victim
-from monai_smia.handlers.seeding import case_seed
+from monai_smia.handlers.seeding import case_generators
 from monai_smia.inferers import AttackInferer
 from monai_smia.metrics import segmentation_case_metrics, top1_correct
 from monai_smia.reports.store import CaseStore
@@ -130,11 +130,8 @@ def _per_case_start(attack: Attack, key: str, eps: float, chunk: Sequence[str], 
     """Random starts drawn per case from its own seed, so results do not depend on batching."""
     if not getattr(attack, "random_start", False):
         return None
-    parts = []
-    for i, c in enumerate(chunk):
-        g = torch.Generator().manual_seed(case_seed(seed, key, eps, [c]))
-        parts.append(draw_random_start(attack, x[i : i + 1].shape, x.dtype, g))
-    return torch.cat(parts)
+    gens = case_generators(seed, key, eps, chunk)
+    return torch.cat([draw_random_start(attack, x[i : i + 1].shape, x.dtype, g) for i, g in enumerate(gens)])
 
 
 def _case_numbers(result: Any, b: int) -> dict[str, float]:

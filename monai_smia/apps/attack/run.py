@@ -4,16 +4,16 @@ This is what a bundle's ``configs/attack.json`` runs (``python -m monai.bundle r
 bundles/NAME/configs/attack.json --bundle_root bundles/NAME --input PATH --output_dir DIR``). The
 input is a data_prep folder (its ``test`` split by default; items with labels are attacked in
 ground-truth mode), a plain folder of NIfTI/PNG files and DICOM series folders, one NIfTI or PNG
-file, or one DICOM series folder (:func:`monai_smia.apps.attack_cases.discover_cases`).
+file, or one DICOM series folder (:func:`monai_smia.apps.attack.cases.discover_cases`).
 
 Each image is attacked through the bundle's own preprocessing (``train.json``'s ``validate``
 section when labels are used, otherwise ``inference.json``'s ``preprocessing``: see
 :func:`monai_smia.bundle.victim.load_victim`). By default (``grid="source"``, issue 13) the
 perturbation lives on the source voxels in source units (HU for CT, grey levels for PNG) and the
 preprocessing runs inside the attack, so what is written is exactly what was attacked
-(:mod:`monai_smia.apps.attack_grids`); ``grid="network"`` attacks the network input and maps the
+(:mod:`monai_smia.apps.attack.grids`); ``grid="network"`` attacks the network input and maps the
 perturbation back with a bilinear ``Invertd`` (the former mode, for comparison). Outputs per case
-``<case>`` in ``output_dir`` (:mod:`monai_smia.apps.attack_outputs`):
+``<case>`` in ``output_dir`` (:mod:`monai_smia.apps.attack.outputs`):
 
 - NIfTI and DICOM sources: ``<case>_adv.nii.gz`` and ``<case>_perturbation.nii.gz`` with the
   source's shape, affine, orientation and spacing; DICOM sources also ``<case>_adv_dicom/``, one
@@ -43,7 +43,7 @@ from monai.data import MetaTensor
 from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import optional_import
 
-from monai_smia.apps.attack_cases import (
+from monai_smia.apps.attack.cases import (
     GRIDS,
     SourceCase,
     bundle_attack_defaults,
@@ -54,9 +54,9 @@ from monai_smia.apps.attack_cases import (
     discover_cases,
     use_series_loader,
 )
-from monai_smia.apps.attack_grids import network_grid_case, source_grid_case
-from monai_smia.apps.attack_outputs import loaded_png, write_png, write_volume
-from monai_smia.apps.attack_survival import case_record, read_back_survival, summarize_cases
+from monai_smia.apps.attack.grids import network_grid_case, source_grid_case
+from monai_smia.apps.attack.outputs import loaded_png, write_png, write_volume
+from monai_smia.apps.attack.survival import case_record, read_back_survival, summarize_cases
 from monai_smia.attacks.volume import slice_progress
 from monai_smia.bundle.data import out_of_memory, out_of_memory_message
 from monai_smia.bundle.inputs import check_case_files, input_spec

@@ -23,9 +23,9 @@ from monai.inferers import Inferer
 from monai.utils import optional_import
 
 from monai_smia.attacks.volume import draw_random_start
-from monai_smia.detection.attack import make_detection_attack
-from monai_smia.detection.data import load_detection_split
-from monai_smia.detection.metrics import DetectionSetMetrics, detect, matched_ious
+from monai_smia.apps.detection.attack import make_detection_attack
+from monai_smia.apps.detection.data import load_detection_split
+from monai_smia.apps.detection.metrics import DetectionSetMetrics, detect, matched_ious
 
 Events, _ = optional_import("ignite.engine", name="Events")
 Metric, _ = optional_import("ignite.metrics", name="Metric", as_type="base")
@@ -106,7 +106,7 @@ class DetectionAttackInferer(Inferer):
     """Attack the images against their ground-truth boxes, then detect on the result with ``inferer``.
 
     Args:
-        attack: a detection attack (:func:`~monai_smia.detection.attack.make_detection_attack`).
+        attack: a detection attack (:func:`~monai_smia.apps.detection.attack.make_detection_attack`).
         inferer: the bundle's clean detection inferer.
         use_boxes: attack against the ground truth (``False``: the detector's own clean detections).
         generator: one CPU generator per image for random starts and noise
@@ -171,7 +171,7 @@ class DetectionRecordHandler:
 
 
 class DetectionAPMetric(Metric):  # type: ignore[misc, valid-type]
-    """One COCO-style metric (:data:`~monai_smia.detection.metrics.METRIC_NAMES`, default AP at IoU 0.1)
+    """One COCO-style metric (:data:`~monai_smia.apps.detection.metrics.METRIC_NAMES`, default AP at IoU 0.1)
     over the epoch's images, for ``key_val_metric``. ``output_transform`` gives ``(preds, targets)``."""
 
     def __init__(

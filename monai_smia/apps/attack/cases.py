@@ -18,14 +18,14 @@ from monai.transforms import LoadImaged
 
 from monai_smia.attacks.registry import ATTACKS
 from monai_smia.bundle.victim import Victim, is_train_override, resolve_bundle
-from monai_smia.io import LoadSeriesImage
+from monai_smia.io import SeriesFolderReader
 from monai_smia.io.datalist import DATALIST, SPLITS, load_datalist
 from monai_smia.io.paths import check_output_outside
 from monai_smia.io.units import flat_transforms, resolve_eps_scale
 
 #: NIfTI output types
 SAVE_DTYPES = ("float32", "source")
-#: where the perturbation lives (:mod:`monai_smia.apps.attack_grids`)
+#: where the perturbation lives (:mod:`monai_smia.apps.attack.grids`)
 GRIDS = ("source", "network")
 
 __all__ = [
@@ -245,8 +245,8 @@ def default_eps_scale(victim: Victim, eps_unit: str) -> float:
 def use_series_loader(preprocessing: Any) -> None:
     """Let the bundle's ``LoadImaged`` read DICOM series folders strictly (one series, no reader fallback)."""
     for t in flat_transforms(preprocessing):
-        if type(t) is LoadImaged and type(t._loader).__name__ == "LoadImage":
-            t._loader.__class__ = LoadSeriesImage
+        if type(t) is LoadImaged:
+            t.register(SeriesFolderReader())
 
 
 # ---------------------------------------------------------------------------------------------

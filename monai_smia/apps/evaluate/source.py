@@ -1,6 +1,6 @@
 """Source-grid attacks inside a robustness evaluation (``monai-smia evaluate --grid source``, issue 13).
 
-The evaluator config of one condition (:mod:`monai_smia.apps.evaluation_config`) gets three entries
+The evaluator config of one condition (:mod:`monai_smia.apps.evaluate.config`) gets three entries
 changed when ``grid == "source"`` (:func:`source_grid_overrides`):
 
 - the dataset's transform :class:`WithSource` keeps the image as the bundle's loading transforms give
@@ -8,7 +8,7 @@ changed when ``grid == "source"`` (:func:`source_grid_overrides`):
   beside the preprocessed batch;
 - ``PrepareBatchExtraInput`` hands ``source`` (and the labels) to the inferer;
 - :class:`SourceGridAttackInferer` attacks every case on its source voxels through the bundle's
-  preprocessing (:func:`monai_smia.apps.attack_grids.source_grid_case`, the same attack, lattice,
+  preprocessing (:func:`monai_smia.apps.attack.grids.source_grid_case`, the same attack, lattice,
   budget and random start as ``monai-smia attack --grid source``) and returns the network's output
   on ``preprocessing(x_adv)``.
 
@@ -31,8 +31,8 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import ensure_tuple
 
-from monai_smia.apps.attack_cases import SourceCase
-from monai_smia.apps.attack_grids import source_grid_case
+from monai_smia.apps.attack.cases import SourceCase
+from monai_smia.apps.attack.grids import source_grid_case
 from monai_smia.losses import hard_prediction
 from monai_smia.metrics.perturbation import perturbation_statistics
 from monai_smia.transforms.differentiable import split_preprocessing
@@ -81,7 +81,7 @@ class SourceGridAttackInferer(Inferer):
 
     SMIA (Qi et al., "Stabilized Medical Image Attacks", ICLR 2021, arXiv 2103.05232) and its baselines
     run on the source voxels through the bundle's deterministic preprocessing, as
-    ``monai-smia attack --grid source`` does (:func:`monai_smia.apps.attack_grids.source_grid_case`).
+    ``monai-smia attack --grid source`` does (:func:`monai_smia.apps.attack.grids.source_grid_case`).
 
     Args:
         attack: attack name (:data:`monai_smia.attacks.registry.ATTACKS`).
@@ -202,12 +202,12 @@ def source_grid_overrides(section: str = "validate", labels: bool = True) -> dic
     }
     return {
         f"{p}dataset#transform#transform": {
-            "_target_": "monai_smia.apps.evaluation_source.WithSource",
+            "_target_": "monai_smia.apps.evaluate.source.WithSource",
             "preprocessing": f"@{p}preprocessing",
         },
         f"{p}prepare_batch": {"_target_": "PrepareBatchExtraInput", "_disabled_": clean, "extra_keys": extra},
         f"{p}attack_inferer": {
-            "_target_": "monai_smia.apps.evaluation_source.SourceGridAttackInferer",
+            "_target_": "monai_smia.apps.evaluate.source.SourceGridAttackInferer",
             "_disabled_": clean,
             **settings,
             "preprocessing": f"@{p}preprocessing",
