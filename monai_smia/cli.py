@@ -281,6 +281,19 @@ def _check_output(args: argparse.Namespace) -> None:
         raise ValueError(f"--output {output!r}: cannot write in {str(parent)!r} ({e.strerror}); choose a writable folder.") from None
 
 
+def _check_folders(args: argparse.Namespace) -> None:
+    """The input folders a command names exist, and its cache is a folder (checked before anything is written)."""
+    from monai_smia.io.paths import check_folder
+
+    hint = "point it at a folder laid out like the data folder (ct/, fundus/, digits/, ...)"
+    if getattr(args, "data_dir", None) is not None:
+        check_folder(args.data_dir, "--data-dir", hint)
+    if getattr(args, "dataset_dir", None) is not None:
+        check_folder(args.dataset_dir, "--dataset-dir", "pass the folder that holds the cases")
+    if getattr(args, "cache", None) is not None:
+        check_folder(args.cache, "--cache", "pass a folder (made if missing) for prepared data", may_be_missing=True)
+
+
 def _message(err: BaseException) -> str:
     """One line: the error's own message, or its root cause's when MONAI/ignite wrapped it."""
     from monai_smia.bundle.data import root_cause
@@ -324,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
     try:
         _check_device(getattr(args, "device", None))
+        _check_folders(args)
         _check_output(args)
         _run(args)
     except KeyboardInterrupt:

@@ -147,3 +147,50 @@ def test_ctrl_c_keeps_finished_cases_and_a_rerun_resumes(command, mnist, tmp_pat
     calls["stop"] = -1
     assert main(argv) == 0
     assert done < {p.relative_to(out) for p in (out / "cases").rglob("*.json")}
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["demo", "--data-dir", "{tmp}/missing", "--bundles", "retina_dr_cls"],
+            "--data-dir '{tmp}/missing' does not exist",
+        ),
+        (["reproduce", "--data-dir", "{tmp}/missing", "--quick"], "--data-dir '{tmp}/missing' does not exist"),
+        (
+            ["reproduce", "--data-dir", "{data}", "--cache", "{tmp}/a_file", "--quick"],
+            "--cache '{tmp}/a_file' is a file",
+        ),
+        (["demo", "--data-dir", "{data}", "--cache", "{tmp}/a_file"], "--cache '{tmp}/a_file' is a file"),
+        (
+            ["evaluate", "--bundle", "mnist_cls", "--dataset-dir", "{tmp}/a_file", "--eps", "0.1"],
+            "--dataset-dir '{tmp}/a_file' is a file",
+        ),
+    ],
+)
+def test_data_and_cache_folders_are_checked_before_anything_is_written(argv, said, data_dir, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "out"
+    fill = {"tmp": str(tmp_path), "data": str(data_dir)}
+    argv = [a.format(**fill) for a in argv]
+    assert main([*argv, "--output", str(out)]) == 2
+    line = _one_error(capsys, argv[0])
+    assert said.format(**fill) in line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_written_files_follow_the_umask(mnist, tmp_path):
+    """Files and folders the attack writes get the user's umask, not the private mode of temporary files."""
+    import os
+
+    png = next(mnist.rglob("*.png"))
+    old = os.umask(0o022)
+    try:
+        assert main(["attack", "--bundle", "mnist_cls", "--input", str(png), "--output", str(tmp_path / "out"),
+                     "--attack", "FGSM", "--device", "cpu"]) == 0  # fmt: skip
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "out").rglob("*")]
+    assert any(p.suffix == ".png" for p in written) and any(p.name == "settings.json" for p in written)
+    modes = {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in written}
+    assert all(m == ("0o755" if (tmp_path / p).is_dir() else "0o644") for p, m in modes.items()), modes

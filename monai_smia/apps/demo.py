@@ -20,6 +20,7 @@ from typing import Any
 
 from monai_smia.io.cache import default_cache, source_key
 from monai_smia.io.datalist import load_datalist
+from monai_smia.io.paths import check_folder
 
 __all__ = ["DEMO_BUNDLES", "prepare_demo_data", "run_demo"]
 
@@ -97,7 +98,9 @@ def run_demo(
     """Evaluate each bundle on its demo data; print and return ``{bundle: summary}``."""
     from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
 
-    cache = Path(cache) if cache is not None else default_cache()
+    cache = check_folder(cache if cache is not None else default_cache(), "cache (--cache)", may_be_missing=True)
+    if data_dir is not None:  # an explicit folder that is not there is refused, never replaced by a download
+        check_folder(data_dir, "data_dir (--data-dir)", "point it at a folder laid out like the data folder")
     out = Path(output_dir)
     results: dict[str, Any] = {}
     for bundle in bundles:

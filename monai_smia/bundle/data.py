@@ -22,6 +22,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 
 from monai_smia.io.datalist import DATALIST, load_datalist
+from monai_smia.io.paths import check_folder
 
 __all__ = ["CaseError", "CaseErrors", "bundle_cases", "find_case_error", "out_of_memory", "out_of_memory_message", "root_cause"]
 
@@ -129,8 +130,7 @@ def bundle_cases(
         ValueError: a listed case has no image, or a path leaves ``dataset_dir``.
     """
     root, data = Path(bundle_root), Path(dataset_dir).absolute()
-    if not data.is_dir():
-        raise FileNotFoundError(f"dataset folder {str(data)!r} does not exist.")
+    check_folder(data, "dataset folder", "pass the folder that holds the cases (datalist.json, dataset.json or the bundle's data)")
     if (data / DATALIST).is_file():
         raw, where = load_datalist(data, split), f"{data / DATALIST} {split!r}"
     else:

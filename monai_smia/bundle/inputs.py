@@ -38,11 +38,14 @@ class InputSpec:
         num_channels: channels of the network input (``None``: not declared, not checked).
         spatial_ndim: spatial dims of a source volume/image (3 for slice-wise and 3D networks).
         max_value: the largest stored value the preprocessing expects (255 for 8-bit PNG bundles).
+        spatial_shape: the one image size the bundle takes (``None``: any): its metadata's numeric
+            ``spatial_shape`` where it is not patch data and its preprocessing neither resamples nor crops.
     """
 
     num_channels: int | None = None
     spatial_ndim: int | None = None
     max_value: float | None = None
+    spatial_shape: tuple[int, ...] | None = None
 
 
 def _png_window_max(preprocessing: Any) -> float | None:
@@ -53,6 +56,19 @@ def _png_window_max(preprocessing: Any) -> float | None:
     return 255.0 if window is not None and window["a_max"] <= 255 else None
 
 
+def _fixed_shape(image: Mapping[str, Any], preprocessing: Any) -> tuple[int, ...] | None:
+    """The metadata's ``spatial_shape`` when the bundle takes exactly that size (see :class:`InputSpec`)."""
+    from monai_smia.io.units import flat_transforms
+
+    shape = image.get("spatial_shape")
+    if image.get("is_patch_data", True) or not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
+        return None
+    resizing = ("monai.transforms.spatial", "monai.transforms.croppad")
+    if preprocessing is None or any(type(t).__module__.startswith(resizing) for t in flat_transforms(preprocessing)):
+        return None
+    return tuple(int(s) for s in shape)
+
+
 def input_spec(metadata: Mapping[str, Any], preprocessing: Any, inferer: Any = None) -> InputSpec:
     """The :class:`InputSpec` of a bundle from its ``metadata.json``, preprocessing and inferer."""
     from monai.inferers import SliceInferer
@@ -61,7 +77,17 @@ def input_spec(metadata: Mapping[str, Any], preprocessing: Any, inferer: Any = N
     channels = image.get("num_channels")
     shape = image.get("spatial_shape")
     ndim = 3 if isinstance(inferer, SliceInferer) else (len(shape) if isinstance(shape, list) else None)
-    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(preprocessing))
+    fixed = None if isinstance(inferer, SliceInferer) else _fixed_shape(image, preprocessing)
+    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(preprocessing), fixed)
+
+
+def _check_size(path: Path, size: tuple[int, ...], spec: InputSpec) -> None:
+    if spec.spatial_shape is not None and tuple(size) != spec.spatial_shape:
+        want, got = "x".join(map(str, spec.spatial_shape)), "x".join(map(str, size))
+        raise CaseError(
+            f"{str(path)!r} is {got}; the bundle takes {want} images (its metadata's spatial_shape, and its "
+            "preprocessing does not resize): resize it, or use a bundle made for this size."
+        )
 
 
 def _uncompressed_size(path: Path, expected: int) -> int:
@@ -110,6 +136,7 @@ def _check_nifti(path: Path, spec: InputSpec) -> None:
     if spec.spatial_ndim is not None and dims != spec.spatial_ndim:
         kind = "slice-wise (3D volumes)" if spec.spatial_ndim == 3 else f"{spec.spatial_ndim}D"
         raise CaseError(f"{str(path)!r} is {dims}D (shape {shape}); the bundle takes {kind} images, one channel each.")
+    _check_size(path, shape[:dims], spec)
     if np.issubdtype(img.get_data_dtype(), np.floating) and not np.isfinite(np.asarray(img.dataobj)).all():
         raise CaseError(f"{str(path)!r} holds NaN or Inf voxels; clean or mask them before attacking.")
 
@@ -132,6 +159,7 @@ def _check_png(path: Path, spec: InputSpec) -> None:
         raise CaseError(
             f"{str(path)!r} is a {PIL_CHANNELS[mode]}-channel {mode!r} image of size {size}; the bundle takes {want}."
         )
+    _check_size(path, tuple(size), spec)
     if spec.max_value is not None and mode not in ("L", "RGB"):
         raise CaseError(
             f"{str(path)!r} is a {mode!r} (more than 8-bit) image; the bundle takes 8-bit images (0-255): convert it."

@@ -10,6 +10,7 @@ bundles alike.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -55,7 +56,21 @@ def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path} is not a MONAI bundle: it has no configs/metadata.json")
     if not any((path / "configs" / f"{c}.json").is_file() for c in ("train", "inference")):
         raise FileNotFoundError(f"{path} is not a usable MONAI bundle: it has neither configs/train.json nor configs/inference.json")
+    for f in sorted((path / "configs").glob("*.json")):
+        st = f.stat()
+        _check_json(str(f.resolve()), st.st_size, st.st_mtime_ns)
     return path.resolve()
+
+
+@functools.lru_cache(maxsize=256)
+def _check_json(path: str, size: int, mtime_ns: int) -> None:
+    """A bundle's JSON file parses (checked once while its size and modification time stay the same)."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason}); fix this file of the bundle.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix this file of the bundle.") from None
 
 
 @dataclass

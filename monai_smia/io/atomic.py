@@ -31,6 +31,18 @@ __all__ = [
 OWNER_MARKER = ".monai_smia_output"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a temporary file (or folder) the mode a plain ``open`` (``mkdir``) would have: ``mkstemp`` and
+    ``mkdtemp`` make them private (0600/0700) whatever the user's umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file name beside ``path``; on success it replaces ``path`` in one rename.
@@ -42,6 +54,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    _as_created(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -158,6 +171,7 @@ def atomic_output_dir(
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    _as_created(tmp, folder=True)
     try:
         (tmp / OWNER_MARKER).write_text("written by monai-smia; a rerun may replace this folder\n")
         yield tmp

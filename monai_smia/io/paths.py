@@ -5,7 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["check_output_outside"]
+__all__ = ["check_folder", "check_output_outside"]
+
+
+def check_folder(path: str | os.PathLike, name: str, hint: str = "", may_be_missing: bool = False) -> Path:
+    """``path`` as a folder: it exists and is a folder (or, with ``may_be_missing``, it does not exist yet and
+    will be made).
+
+    Raises:
+        ValueError: one line naming ``name``, what is wrong and ``hint`` (what to pass instead).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a file, not a folder{'; ' + hint if hint else ''}.")
+    if not p.exists() and not may_be_missing:
+        raise ValueError(f"{name} {str(path)!r} does not exist{'; ' + hint if hint else ''}.")
+    return p
 
 
 def check_output_outside(

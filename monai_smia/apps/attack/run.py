@@ -57,6 +57,7 @@ from monai_smia.apps.attack.cases import (
 from monai_smia.apps.attack.grids import network_grid_case, source_grid_case
 from monai_smia.apps.attack.outputs import loaded_png, write_png, write_volume
 from monai_smia.apps.attack.survival import case_record, read_back_survival, summarize_cases
+from monai_smia.attacks.registry import check_attacks
 from monai_smia.attacks.volume import slice_progress
 from monai_smia.bundle.data import out_of_memory, out_of_memory_message
 from monai_smia.bundle.inputs import check_case_files, input_spec
@@ -249,6 +250,10 @@ class AdversarialWriter:
             )
         if pending:  # the bundle and every input are checked before anything is written
             victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)
+            try:
+                check_attacks([self.attack], task=victim.task)
+            except ValueError as err:
+                raise ValueError(f"--attack {self.attack}: {str(err).removeprefix('attacks: ')}") from None
             spec = input_spec(victim.metadata, victim.preprocessing, victim.inferer)
             check_case_files([c.source for c in pending], spec)
             self._resolve_budget(victim)

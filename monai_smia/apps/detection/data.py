@@ -60,13 +60,19 @@ def check_boxes(
     dims = len(spatial_shape)
     if box_mode not in BOX_MODES:
         raise ValueError(f"{case}: box_mode {box_mode!r} is not supported; expected one of {BOX_MODES}.")
-    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not isinstance(boxes, torch.Tensor) else boxes)
+    try:
+        b = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not isinstance(boxes, torch.Tensor) else boxes)
+    except (TypeError, ValueError):
+        raise ValueError(f"{case}: field 'box' must hold numbers (M boxes of {2 * dims} coordinates), got {boxes!r}.") from None
     b = b.detach().float().reshape(-1, 2 * dims) if b.numel() == 0 else b.detach().float()
     if b.ndim != 2 or b.shape[1] != 2 * dims:
         raise ValueError(f"{case}: field 'box' must have shape (M, {2 * dims}) for {dims}D images, got {tuple(b.shape)}.")
     if b.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{case}: field 'box' is empty; this attack needs at least one ground-truth box per image.")
-    lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    try:
+        lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{case}: field 'label' must hold one integer class per box, got {labels!r}.") from None
     if lab.shape[0] != b.shape[0] or (lab.numel() and lab.is_floating_point() and not torch.equal(lab, lab.round())):
         raise ValueError(f"{case}: field 'label' must hold one integer class per box ({b.shape[0]}), got {lab.tolist()}.")
     if b.shape[0] and box_mode != "xyxy":

@@ -30,7 +30,7 @@ from monai_smia.apps.reproduce.run import PROTOCOLS, READINGS, run_clean, run_co
 from monai_smia.bundle.victim import load_victim
 from monai_smia.io.cache import default_cache
 from monai_smia.io.units import resolve_bounds, resolve_eps_scale
-from monai_smia.io.paths import check_output_outside
+from monai_smia.io.paths import check_folder, check_output_outside
 from monai_smia.reports.claims import write_claims
 from monai_smia.reports.provenance import file_sha256
 from monai_smia.reports.store import CaseStore, check_run_settings
@@ -152,10 +152,11 @@ def run_reproduce(
     out = Path(output_dir)
     data_dir = data_dir if data_dir is not None else os.environ.get("MONAI_SMIA_DATA")
     if data_dir is not None:
+        check_folder(data_dir, "data_dir (--data-dir)", "point it at a folder laid out like the data folder")
         check_output_outside(out, data_dir, "output_dir", "data_dir")
+    cache = check_folder(cache if cache is not None else default_cache(), "cache (--cache)", may_be_missing=True)
     out.mkdir(parents=True, exist_ok=True)
     check_run_settings(out, {"reproduce": asdict(settings)})
-    cache = Path(cache) if cache is not None else default_cache()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     bundles = {b: _run_bundle(b, settings, out, data_dir, cache, device) for b in settings.bundles}
