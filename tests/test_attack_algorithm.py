@@ -1,4 +1,4 @@
-"""The algorithm of DESIGN.md section 1, checked against independent computations and torchattacks."""
+"""The algorithm of docs/design.md, section 1, checked against independent computations and torchattacks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests of the guarantees every attack keeps (DESIGN.md section 2)."""
+"""Property tests of the guarantees every attack keeps (docs/design.md, section 2)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA", "DeepFool", "DAG")
 DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA")
 #: attacks that only fit one task, and that task
 TASK_ATTACKS = {"DeepFool": "classification", "DAG": "segmentation"}
-#: SMIA's reading options that :func:`make_attack` passes on (DESIGN.md section 1)
+#: SMIA's reading options that :func:`make_attack` passes on (docs/design.md, section 1)
 SMIA_READINGS = ("stabilization", "stabilization_target", "smooth", "protocol")
 
 

@@ -4,7 +4,7 @@ A source-grid attack (:mod:`monai_smia.apps.attack.source`, the default of ``mon
 already holds its perturbation on the source voxels in source units: :func:`save_adversarial_nifti`
 writes it as it is (float32, or the source's integer type and scaling, where a perturbation of whole
 stored steps is kept exactly: :func:`lattice_steps`). An attack on the network's grid (reoriented,
-resampled, cropped) needs its perturbation ``d`` brought back first (DESIGN.md section 3): through the
+resampled, cropped) needs its perturbation ``d`` brought back first (docs/design.md, section 4): through the
 inverse spatial transforms with bilinear interpolation (:func:`invert_perturbation`, MONAI's
 ``Invertd``). Either way the written file has the source's shape, affine, orientation and spacing and
 differs from it by at most ``eps`` (in the source's own units, e.g. HU) at every voxel.

@@ -1,4 +1,4 @@
-"""Paired comparison of two methods scored on the same cases (DESIGN.md section 1, baselines).
+"""Paired comparison of two methods scored on the same cases (docs/design.md, section 1, baselines).
 
 Comparing two attacks by whether their separate bootstrap intervals overlap cannot tell whether a
 difference is real: both are scored on the same cases, and most of the spread is between cases, not

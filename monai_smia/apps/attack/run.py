@@ -97,7 +97,7 @@ class AdversarialWriter:
             bundle's default unit.
         eps_scale: network-input units per ``eps`` unit; ``None``: the bundle's value, else
             ``1 / hu_window width`` for HU, ``1/255`` for ``"/255"``, else 1.
-        num_iter, alpha, sigma: iterative attack settings (DESIGN.md: 10, 1, 1 voxel); the step is
+        num_iter, alpha, sigma: iterative attack settings (docs/design.md: 10, 1, 1 voxel); the step is
             ``2.5 * eps / num_iter`` (on a stored-value lattice: rounded to whole steps, at least one).
         bounds: valid range of the network input for ``grid="network"`` (``None``: no clamp);
             default the bundle's. On the source grid the bounds are the stored type's range.

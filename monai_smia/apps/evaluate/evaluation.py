@@ -56,7 +56,7 @@ class RobustnessEvaluation:
         eps_unit: unit of ``eps`` (``"HU"``, ``"/255"``, ``""`` for network-input units).
         eps_scale: network-input units per ``eps`` unit; ``None``: from the unit and the bundle's
             ``ScaleIntensityRange(d)`` window.
-        num_iter, alpha, sigma: iterative attack settings (DESIGN.md defaults: 10, 1, 1 voxel).
+        num_iter, alpha, sigma: iterative attack settings (docs/design.md defaults: 10, 1, 1 voxel).
         bounds: valid range of the network input (``"auto"``: from the bundle's preprocessing; ``None``: no clamp).
         data_split: split to evaluate.
         max_cases: evaluate only the first cases (smoke runs).

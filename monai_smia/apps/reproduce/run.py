@@ -33,7 +33,7 @@ from monai_smia.reports.store import CaseStore
 __all__ = ["PROTOCOLS", "READINGS", "Condition", "attack_network", "build_attack", "run_clean", "run_condition"]
 
 PROTOCOLS = ("projected", "paper")
-#: SMIA's readings (DESIGN.md section 1): name -> options of :class:`~monai_smia.SMIA`
+#: SMIA's readings (docs/design.md, section 1): name -> options of :class:`~monai_smia.SMIA`
 READINGS: dict[str, dict[str, str]] = {
     "default": {},
     "differentiable": {"stabilization_target": "differentiable"},

@@ -39,7 +39,7 @@ __all__ = ["BUNDLE_EPS", "ReproduceSettings", "reproduce_from_config", "run_repr
 
 logger = logging.getLogger(__name__)
 
-#: each bundle's budget (DESIGN.md section 1, default budgets) and its unit
+#: each bundle's budget (docs/design.md, section 1, default budgets) and its unit
 BUNDLE_EPS: dict[str, tuple[float, str]] = {"lung_ct_seg": (20.0, "HU"), "retina_dr_cls": (1.0, "/255"), "mnist_cls": (0.1, "")}
 
 
