@@ -38,7 +38,7 @@ class _MeanPool(torch.nn.Module):
 
 class Overshoot(Attack):
     """An attack whose perturb ignores the budget, the mask and the bounds (2 * eps, alternating signs):
-    the base class must still enforce every guarantee (issue 9, item 7)."""
+    the base class must still enforce every guarantee."""
 
     def perturb(self, x, labels, mask, delta_init, generator):
         signs = torch.ones_like(x).flatten(1)

@@ -328,7 +328,7 @@ def test_bad_arguments_name_the_problem(lung_bundle, ct_inputs, tmp_path):
 
 
 def test_source_grid_file_carries_exactly_the_attack(ct_run):
-    """Issue 13: read back through the bundle's preprocessing, every written file (float NIfTI, DICOM)
+    """Read back through the bundle's preprocessing, every written file (float NIfTI, DICOM)
     is the attacked network input bit for bit, so the attack's effect survives in full."""
     out, summary, _ = ct_run
     assert summary["grid"] == "source" and set(summary["survival_ratio"]) == {"nifti", "dicom"}

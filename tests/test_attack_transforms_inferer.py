@@ -120,6 +120,11 @@ def test_label_free_ground_truth_mask_and_metadata(ct_item):
     assert a.meta["filename_or_obj"] == ct_item["image"].meta["filename_or_obj"]
     assert not a.meta[ATTACK_META_KEY]["label_free"] and b.meta[ATTACK_META_KEY]["label_free"]
     assert b.meta[ATTACK_META_KEY]["error_clean"] == 0.0 and b.meta[ATTACK_META_KEY]["changed_fraction"] > 0
+    # one meaning of "success" (metrics.case_success); the diagnostics say only whether the error rate rose
+    for info in (a.meta[ATTACK_META_KEY], b.meta[ATTACK_META_KEY]):
+        assert "success" not in info
+        assert info["error_rate_rose"] is (info["error_adversarial"] > info["error_clean"])
+    assert b.meta[ATTACK_META_KEY]["error_rate_rose"]
     assert not torch.equal(a, b)
     delta = out_gt["delta"]
     assert torch.equal(delta[ct_item["mask"] == 0], torch.zeros_like(delta[ct_item["mask"] == 0]))

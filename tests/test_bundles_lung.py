@@ -94,6 +94,7 @@ def test_checkpoint_loads_weights_only(name: str) -> None:
     assert all(torch.equal(before[k], v) for k, v in net2.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLES)
 def test_one_epoch_training_smoke(name: str, lung_data: Path, tmp_path: Path) -> None:
     r = _run(
@@ -114,6 +115,7 @@ def test_one_epoch_training_smoke(name: str, lung_data: Path, tmp_path: Path) ->
     torch.load(ckpt, weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLES)
 def test_committed_eval_metrics_reproduce(name: str, lung_data: Path) -> None:
     with open(ROOT / "bundles" / name / "configs" / "metadata.json") as f:

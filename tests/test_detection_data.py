@@ -85,6 +85,7 @@ def test_ead2019_detection_layout(tmp_path):
     assert len(items) == 3 and all(i["box"] == [[2, 3, 5, 9], [10, 15, 12, 18]] and i["label"] == [1, 4] for i in items)
 
 
+@pytest.mark.slow
 def test_committed_checkpoint_matches_eval_metrics(det_dataset, tmp_path):
     import torch
 
@@ -130,6 +131,7 @@ def _assert_records_close(got: dict, want: dict) -> None:
             np.testing.assert_allclose(np.asarray(got[key], dtype=float), np.asarray(value, dtype=float), atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_evaluate_json_is_an_evaluator_override(det_dataset, tmp_path):
     """evaluate.json overrides train.json's validate section: one condition runs through MONAI's
     SupervisedEvaluator; its records equal the attack and detector called directly; random starts are

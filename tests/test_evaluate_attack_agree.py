@@ -1,4 +1,4 @@
-"""One seed and one success for a case, whether it is evaluated or attacked (issue 9, item 5).
+"""One seed and one success for a case, whether it is evaluated or attacked.
 
 ``evaluate`` batches cases (ids ``0000_<name>``) and ``attack`` takes them one by one (ids ``<name>``);
 both seed a case by its image file's name, so PGD's random start, the adversarial prediction and the

@@ -1,4 +1,4 @@
-"""``monai-smia evaluate --grid source`` (issue 13): the slice-wise lung bundle attacked on the source
+"""``monai-smia evaluate --grid source``: the slice-wise lung bundle attacked on the source
 voxels of TotalSegmentator's small example CT (int16 HU, 3 mm), through the bundle's preprocessing."""
 
 from __future__ import annotations

@@ -125,6 +125,7 @@ def _run_condition(mnist, out, nproc: int) -> dict:
     return {p.name: json.loads(p.read_text()) for p in sorted((out / "cases" / "PGD").glob("*/*.json"))}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(mnist, tmp_path):
     one = _run_condition(mnist, tmp_path / "one", 1)
     two = _run_condition(mnist, tmp_path / "two", 2)

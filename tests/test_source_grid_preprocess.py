@@ -1,4 +1,4 @@
-"""Source-grid attacks (issue 13): the bundle's preprocessing as a differentiable function of the source
+"""Source-grid attacks: the bundle's preprocessing as a differentiable function of the source
 voxels, the slice-wise network with bounded memory, and the stored-value lattice."""
 
 from __future__ import annotations

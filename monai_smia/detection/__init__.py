@@ -20,7 +20,7 @@ warnings.warn(
     stacklevel=2,
 )
 
-#: the former submodules, each an alias of its new module (``import monai_smia.detection.engine`` still works)
+#: the old submodules, each an alias of its new module (``import monai_smia.detection.engine`` still works)
 SUBMODULES = ("attack", "data", "engine", "inference", "metrics", "network", "training")
 
 for _name in SUBMODULES:

@@ -1,9 +1,9 @@
 """One case of ``monai-smia attack`` on either grid.
 
-- ``grid="source"`` (default, issue 13): the perturbation lives on the source voxels in source
+- ``grid="source"`` (default): the perturbation lives on the source voxels in source
   units; the bundle's preprocessing runs inside the attack (:mod:`monai_smia.apps.attack.source`),
   and the written file carries exactly the perturbation that was optimised.
-- ``grid="network"`` (the former mode, kept for comparison): the attack runs on the network's input
+- ``grid="network"`` (for comparison): the attack runs on the network's input
   (:class:`monai_smia.inferers.AttackInferer`), and its perturbation is brought back to the source
   grid with a bilinear ``Invertd`` (:func:`monai_smia.io.invert_perturbation`), converted to source
   units and added to the source; resampling on read-back averages much of it out.

@@ -8,11 +8,11 @@ file, or one DICOM series folder (:func:`monai_smia.apps.attack.cases.discover_c
 
 Each image is attacked through the bundle's own preprocessing (``train.json``'s ``validate``
 section when labels are used, otherwise ``inference.json``'s ``preprocessing``: see
-:func:`monai_smia.bundle.victim.load_victim`). By default (``grid="source"``, issue 13) the
+:func:`monai_smia.bundle.victim.load_victim`). By default (``grid="source"``) the
 perturbation lives on the source voxels in source units (HU for CT, grey levels for PNG) and the
 preprocessing runs inside the attack, so what is written is exactly what was attacked
 (:mod:`monai_smia.apps.attack.grids`); ``grid="network"`` attacks the network input and maps the
-perturbation back with a bilinear ``Invertd`` (the former mode, for comparison). Outputs per case
+perturbation back with a bilinear ``Invertd`` (for comparison). Outputs per case
 ``<case>`` in ``output_dir`` (:mod:`monai_smia.apps.attack.outputs`):
 
 - NIfTI and DICOM sources: ``<case>_adv.nii.gz`` and ``<case>_perturbation.nii.gz`` with the

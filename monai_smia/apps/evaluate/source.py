@@ -1,4 +1,4 @@
-"""Source-grid attacks inside a robustness evaluation (``monai-smia evaluate --grid source``, issue 13).
+"""Source-grid attacks inside a robustness evaluation (``monai-smia evaluate --grid source``).
 
 The evaluator config of one condition (:mod:`monai_smia.apps.evaluate.config`) gets three entries
 changed when ``grid == "source"`` (:func:`source_grid_overrides`):
