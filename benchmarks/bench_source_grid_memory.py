@@ -93,14 +93,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for depth in args.depths:
             src = make_source(depth, Path(tmp))
-            cmd = [sys.executable, __file__, "--one", str(src), "--depths", str(depth), "--num-iter", str(args.num_iter)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(src),
+                "--depths",
+                str(depth),
+                "--num-iter",
+                str(args.num_iter),
+            ]
             out = subprocess.run([*cmd, "--device", args.device], check=True, capture_output=True, text=True, env=env)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| slices | volume (float32) | peak RSS - base | ratio |" + (" CUDA peak |" if args.device != "cpu" else ""))
+    print(
+        "\n| slices | volume (float32) | peak RSS - base | ratio |" + (" CUDA peak |" if args.device != "cpu" else "")
+    )
     for r in rows:
         cuda = f" {r['cuda_max_allocated_mib']:.0f} MiB |" if "cuda_max_allocated_mib" in r else ""
-        print(f"| {r['depth']} | {r['volume_float32_mib']:.0f} MiB | {r['peak_rss_minus_base_mib']:.0f} MiB | {r['peak_over_volume']:.1f} |{cuda}")
+        print(
+            f"| {r['depth']} | {r['volume_float32_mib']:.0f} MiB | {r['peak_rss_minus_base_mib']:.0f} MiB | {r['peak_over_volume']:.1f} |{cuda}"
+        )
 
 
 if __name__ == "__main__":

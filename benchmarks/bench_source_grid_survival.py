@@ -75,9 +75,13 @@ def main() -> None:
         for name in args.sources:
             for grid in args.grids:
                 for dtype in args.dtypes:
-                    rows.append(run_one(_data_dir() / SOURCES[name], grid, dtype, args.device, args.num_iter, Path(tmp)))
+                    rows.append(
+                        run_one(_data_dir() / SOURCES[name], grid, dtype, args.device, args.num_iter, Path(tmp))
+                    )
                     print(json.dumps(rows[-1]), flush=True)
-    print("\n| source | grid | NIfTI dtype | changed in memory | NIfTI read back | DICOM read back | ratio NIfTI | ratio DICOM |")
+    print(
+        "\n| source | grid | NIfTI dtype | changed in memory | NIfTI read back | DICOM read back | ratio NIfTI | ratio DICOM |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -5,4 +5,15 @@ from __future__ import annotations
 from monai_smia.attacks import DAG, FGSM, PGD, SMIA, Attack, AttackTrace, DeepFool, IterativeAttack, RandomSignNoise
 
 __version__ = "0.1.0"
-__all__ = ["SMIA", "PGD", "FGSM", "DeepFool", "DAG", "RandomSignNoise", "Attack", "IterativeAttack", "AttackTrace", "__version__"]
+__all__ = [
+    "SMIA",
+    "PGD",
+    "FGSM",
+    "DeepFool",
+    "DAG",
+    "RandomSignNoise",
+    "Attack",
+    "IterativeAttack",
+    "AttackTrace",
+    "__version__",
+]

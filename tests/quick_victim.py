@@ -40,7 +40,9 @@ def train_quick_classifier(
 ) -> torch.nn.Module:
     """A small MONAI :class:`Classifier` trained with Adam for a few epochs (seconds on a CPU)."""
     torch.manual_seed(seed)
-    net = Classifier(in_shape=tuple(images.shape[1:]), classes=num_classes, channels=(8, 16, 32), strides=(2, 2, 2), num_res_units=1)
+    net = Classifier(
+        in_shape=tuple(images.shape[1:]), classes=num_classes, channels=(8, 16, 32), strides=(2, 2, 2), num_res_units=1
+    )
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):

@@ -179,7 +179,11 @@ def test_3d_segresnet_and_classifiers():
 @pytest.fixture(scope="module")
 def classifier():
     torch.manual_seed(0)
-    return DenseNet121(spatial_dims=2, in_channels=3, out_channels=5, init_features=8, growth_rate=8, block_config=(2, 2)).double().eval()
+    return (
+        DenseNet121(spatial_dims=2, in_channels=3, out_channels=5, init_features=8, growth_rate=8, block_config=(2, 2))
+        .double()
+        .eval()
+    )
 
 
 def test_fgsm_and_pgd_match_torchattacks(classifier):

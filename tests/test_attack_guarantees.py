@@ -19,7 +19,9 @@ TASK_OF = {"deepfool": "cls", "dag": "seg"}
 def make_net(spatial_dims: int, in_ch: int, out_ch: int, task: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     if task == "seg":
-        net = UNet(spatial_dims, in_ch, out_ch, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch", dropout=0.2)
+        net = UNet(
+            spatial_dims, in_ch, out_ch, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch", dropout=0.2
+        )
     else:
         conv = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
         bn = torch.nn.BatchNorm2d if spatial_dims == 2 else torch.nn.BatchNorm3d
@@ -75,7 +77,9 @@ def ulp_tolerance(x: torch.Tensor) -> torch.Tensor:
 
 @settings(deadline=None, max_examples=45)
 @given(
-    name=st.sampled_from(["smia", "pgd", "fgsm", "noise", "smia_readings", "smia_paper", "deepfool", "dag", "overshoot"]),
+    name=st.sampled_from(
+        ["smia", "pgd", "fgsm", "noise", "smia_readings", "smia_paper", "deepfool", "dag", "overshoot"]
+    ),
     spatial_dims=st.sampled_from([2, 3]),
     task=st.sampled_from(["seg", "cls"]),
     batch=st.integers(1, 3),

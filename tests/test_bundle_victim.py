@@ -20,7 +20,11 @@ def test_label_free_victim_keeps_the_run_overrides(tmp_path, monkeypatch):
     config["preprocessing"] = {
         "_target_": "Compose",
         "transforms": [
-            {"_target_": "ShiftIntensityd", "keys": "image", "offset": "$float(open(@bundle_root + '/models/offset.txt').read())"},
+            {
+                "_target_": "ShiftIntensityd",
+                "keys": "image",
+                "offset": "$float(open(@bundle_root + '/models/offset.txt').read())",
+            },
             {"_target_": "ToDeviced", "keys": "image", "device": "@device"},
         ],
     }

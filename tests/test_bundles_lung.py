@@ -71,7 +71,9 @@ def test_verify_net_in_out(name: str) -> None:
             "--bundle_root", f"bundles/{name}", "--device", "cpu", "--n", "2",
         ]
     )
-    assert r.returncode == 0 and "data shape of network is verified with no error" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert r.returncode == 0 and "data shape of network is verified with no error" in r.stdout + r.stderr, r.stderr[
+        -3000:
+    ]
 
 
 @pytest.mark.parametrize("name", BUNDLES)

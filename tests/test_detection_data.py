@@ -116,19 +116,33 @@ def _bundle_run(dataset: Path, out: Path, attack: str, max_cases: int, batch_siz
     args = ["-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset),
             "--output_dir", str(out), "--attack", attack, "--max_cases", str(max_cases), "--batch_size", str(batch_size)]  # fmt: skip
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29547", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            "29547",
+            *args,
+        ]
     else:
         cmd = [sys.executable, *args, "--device", "$torch.device('cpu')"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {json.loads(p.read_text())["case_id"]: json.loads(p.read_text()) for p in (out / "cases" / attack).glob("*/*.json")}
+    return {
+        json.loads(p.read_text())["case_id"]: json.loads(p.read_text())
+        for p in (out / "cases" / attack).glob("*/*.json")
+    }
 
 
 def _assert_records_close(got: dict, want: dict) -> None:
     assert set(got) == set(want) and got["case_id"] == want["case_id"]
     for key, value in want.items():
         if key not in ("case_id", "attack", "eps"):
-            np.testing.assert_allclose(np.asarray(got[key], dtype=float), np.asarray(value, dtype=float), atol=1e-5, err_msg=key)
+            np.testing.assert_allclose(
+                np.asarray(got[key], dtype=float), np.asarray(value, dtype=float), atol=1e-5, err_msg=key
+            )
 
 
 @pytest.mark.slow
@@ -181,7 +195,15 @@ def test_detection_evaluate_bad_input(case, tmp_path, capsys):
     if case == "hostile":
         (bundle / "models" / "model.pt").write_bytes(pickle.dumps(Hostile()))
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
-    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")]
+    args = [
+        "evaluate",
+        "--bundle",
+        str(bundle),
+        "--dataset-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert main([*args, *(["--attacks", "BIM"] if case == "attack" else [])]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err

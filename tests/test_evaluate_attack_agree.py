@@ -29,7 +29,9 @@ def test_evaluate_and_attack_draw_the_same_start_and_agree_on_success(mnist, tmp
 
     monkeypatch.setattr(volume, "draw_random_start", recording)
     args = ["--bundle", "mnist_cls", "--attacks", "PGD", "--eps", "0.1", "--num-iter", "3", "--max-cases", "4"]
-    assert main(["evaluate", *args, "--dataset-dir", str(data), "--output", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    assert (
+        main(["evaluate", *args, "--dataset-dir", str(data), "--output", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    )
     run[0] = "attack"
     summary = run_attack("mnist_cls", data, tmp_path / "at", attack="PGD", eps=0.1, eps_unit="", num_iter=3,
                          grid="network", max_cases=4, device="cpu", progress=False)  # fmt: skip

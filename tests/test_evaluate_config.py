@@ -125,7 +125,18 @@ def test_shipped_evaluate_json_is_the_train_override_zoo_bundles_get(name):
 @pytest.mark.parametrize(("bundle", "attack"), [("mnist_cls", "DAG"), ("lung_ct_seg", "DeepFool")])
 def test_attack_that_does_not_fit_the_task_is_refused(bundle, attack, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["evaluate", "--bundle", bundle, "--dataset-dir", str(tmp_path / "data"), "--output", str(out), "--attacks", "FGSM", attack]
+    args = [
+        "evaluate",
+        "--bundle",
+        bundle,
+        "--dataset-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(out),
+        "--attacks",
+        "FGSM",
+        attack,
+    ]
     assert main([*args, "--device", "cpu"]) == 2
     err = capsys.readouterr().err  # a first import in this process may add MONAI's own notices before it
     errors = [line for line in err.splitlines() if line.startswith("monai-smia evaluate: error:")]
@@ -141,7 +152,18 @@ def test_inference_only_bundle_is_evaluated_label_free(data_dir, tmp_path):
     task = decathlon_spleen(data_dir, tmp_path / "Task09_Spleen")
     bundle = zoo_bundle(tmp_path / "infer_only", shape="inference_only")
     out = tmp_path / "out"
-    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(task), "--output", str(out), "--attacks", "FGSM", "SMIA"]
+    args = [
+        "evaluate",
+        "--bundle",
+        str(bundle),
+        "--dataset-dir",
+        str(task),
+        "--output",
+        str(out),
+        "--attacks",
+        "FGSM",
+        "SMIA",
+    ]
     before = {p: p.read_bytes() for p in task.rglob("*") if p.is_file()}
     assert main([*args, "--eps", "20", "--eps-unit", "HU", "--num-iter", "2", "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -24,7 +24,9 @@ def test_default_bytes_match_json_dump(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["datalist.json"]
 
 
-REPORT = '{\n  "b": [\n    1,\n    2.5,\n    %s\n  ],\n  "a": {\n    "x": 0.25,\n    "inf": %s\n  },\n  "s": "\\u00e9"\n}\n'
+REPORT = (
+    '{\n  "b": [\n    1,\n    2.5,\n    %s\n  ],\n  "a": {\n    "x": 0.25,\n    "inf": %s\n  },\n  "s": "\\u00e9"\n}\n'
+)
 
 
 @pytest.mark.parametrize("strict, nan, inf", [(True, "null", "null"), (False, "NaN", "Infinity")])

@@ -89,7 +89,9 @@ def test_window_batch_size_does_not_change_the_result(sw_batch_size):
     _, _, _, g_ref = _gradients(net, ref, x)
     assert _rel(g_ww, g_full) < 1e-10 and _rel(g_ww, g_ref) < 1e-10
     with frozen_network(net):
-        ref = FGSM(InfererNetwork(SlidingWindowInferer((16, 16, 16), 4, overlap=0.5, mode="gaussian"), net), eps=0.05)(x)
+        ref = FGSM(InfererNetwork(SlidingWindowInferer((16, 16, 16), 4, overlap=0.5, mode="gaussian"), net), eps=0.05)(
+            x
+        )
         sw = SlidingWindowInferer((16, 16, 16), sw_batch_size, overlap=0.5, mode="gaussian")
         assert torch.equal(FGSM(InfererNetwork(sw, net), eps=0.05)(x), ref)
         other = 7 - min(sw_batch_size, 6)  # fewer windows recomputed per backward batch than the forward's
@@ -185,7 +187,9 @@ def test_source_grid_gradient_through_the_preprocessing_is_window_wise():
     from monai_smia.apps.attack.source import SourceGridNetwork
     from monai_smia.transforms.differentiable import DifferentiablePreprocessing
 
-    affine = torch.tensor([[-0.7, 0, 0, 10.0], [0, -0.7, 0, 20.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]], dtype=torch.float64)
+    affine = torch.tensor(
+        [[-0.7, 0, 0, 10.0], [0, -0.7, 0, 20.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]], dtype=torch.float64
+    )
     src = MetaTensor(torch.zeros(1, 30, 26, 9), affine=affine)
     chain = [Orientationd("image", axcodes="RAS"), Spacingd("image", pixdim=(1.0, 1.0, 1.5), mode="bilinear"),
              ScaleIntensityRanged("image", a_min=-1000, a_max=500, b_min=0.0, b_max=1.0, clip=True)]  # fmt: skip
@@ -194,7 +198,9 @@ def test_source_grid_gradient_through_the_preprocessing_is_window_wise():
     u = torch.rand(1, 1, 30, 26, 9, generator=torch.Generator().manual_seed(0)) * 1400 - 1000
     grads = []
     for windowwise in (True, False):
-        model = SourceGridNetwork(DifferentiablePreprocessing(chain, src.meta), InfererNetwork(inferer, net, windowwise))
+        model = SourceGridNetwork(
+            DifferentiablePreprocessing(chain, src.meta), InfererNetwork(inferer, net, windowwise)
+        )
         with frozen_network(model):
             ug = u.clone().requires_grad_(True)
             out = model(ug)
@@ -221,7 +227,11 @@ def test_a_case_that_runs_out_of_memory_is_named(command, data_dir, tmp_path, mo
     monkeypatch.setattr(sliding_window, "windowwise_input_gradient", no_memory)
     task = decathlon_spleen(data_dir, tmp_path / "Task09_Spleen")
     bundle, out = zoo_bundle(tmp_path / "spleen_ct_segmentation"), tmp_path / "out"
-    data = ["--dataset-dir", str(task)] if command == "evaluate" else ["--input", str(task / "imagesTs" / "spleen_3.nii.gz")]
+    data = (
+        ["--dataset-dir", str(task)]
+        if command == "evaluate"
+        else ["--input", str(task / "imagesTs" / "spleen_3.nii.gz")]
+    )
     extra = ["--attacks", "FGSM"] if command == "evaluate" else ["--attack", "FGSM"]
     argv = [command, "--bundle", str(bundle), *data, "--output", str(out), "--eps", "20", "--eps-unit", "HU", *extra]
     assert main([*argv, "--device", "cpu"]) == 2

@@ -30,7 +30,13 @@ DEMO_BUNDLES = ("lung_ct_seg", "retina_dr_cls")
 #: the demo evaluates the first test volumes only, to finish in minutes on 2 CPU cores (the evaluate command runs all)
 DEMO_MAX_CASES = {"lung_ct_seg": 2, "lung_ct_seg3d": 2}
 TOTALSEG_URL = "https://github.com/wasserth/TotalSegmentator/raw/master/tests/reference_files/"
-TOTALSEG_SAMPLE = ("example_ct.nii.gz", "example_seg_v1.nii.gz", "example_ct_sm.nii.gz", "example_seg.nii.gz", "pulm_ct_cropped.nii.gz")
+TOTALSEG_SAMPLE = (
+    "example_ct.nii.gz",
+    "example_seg_v1.nii.gz",
+    "example_ct_sm.nii.gz",
+    "example_seg.nii.gz",
+    "pulm_ct_cropped.nii.gz",
+)
 
 
 def _download_lung_sample(cache: Path) -> Path:
@@ -59,7 +65,9 @@ def prepare_demo_data(bundle: str, data_dir: str | os.PathLike | None, cache: st
             lung_ct.prepare(raw, out)
             return out, f"real chest/abdomen CT from {raw} (monai_smia.apps.data_prep.lung_ct)"
         if raw is not None:
-            raise FileNotFoundError(f"{raw} has no ct/ folder: point --data-dir at a folder laid out like ../shared/data")
+            raise FileNotFoundError(
+                f"{raw} has no ct/ folder: point --data-dir at a folder laid out like ../shared/data"
+            )
         try:
             sample = _download_lung_sample(cache)
             out = cache / "lung_ct_public_sample"
@@ -121,5 +129,7 @@ def run_demo(
         )
         results[bundle] = evaluation.run()
         figures = sorted(p.name for p in (out / bundle).glob("*.png"))
-        print(f"[{bundle}] reports in {out / bundle}: summary.md, summary.json, per_case.csv, provenance.json; figures: {', '.join(figures)}")
+        print(
+            f"[{bundle}] reports in {out / bundle}: summary.md, summary.json, per_case.csv, provenance.json; figures: {', '.join(figures)}"
+        )
     return results

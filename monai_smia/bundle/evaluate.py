@@ -79,12 +79,20 @@ def evaluate_segmentation_bundle(
     cases = []
     with torch.no_grad():
         for item in items:
-            data = list_data_collate([Dataset([{"image": item["image"], "label": item["label"]}], transform=transform)[0]])
+            data = list_data_collate(
+                [Dataset([{"image": item["image"], "label": item["label"]}], transform=transform)[0]]
+            )
             logits = inferer(data["image"], network)
             pred = to_pred(decollate_batch(logits)[0])
             label = to_label(decollate_batch(data["label"])[0])
             dice = float(metric(y_pred=pred[None], y=label[None]).mean())
-            cases.append({"case": item.get("case", item["image"]), "label_source": item.get("label_source", "unknown"), "dice": dice})
+            cases.append(
+                {
+                    "case": item.get("case", item["image"]),
+                    "label_source": item.get("label_source", "unknown"),
+                    "dice": dice,
+                }
+            )
     by_source: dict[str, list[float]] = defaultdict(list)
     for c in cases:
         by_source[c["label_source"]].append(c["dice"])
@@ -105,7 +113,9 @@ def metrics_for_metadata(result: dict[str, Any]) -> dict[str, float]:
     out = {f"{split}_mean_dice": round(result["mean_dice"], 4)}
     out[f"{split}_dice_independent_labels"] = round(result["independent_labels_dice"], 4)
     out.update({f"{split}_dice_{k}": round(v, 4) for k, v in result["by_source"].items()})
-    out.update({f"{split}_dice_case_{c['case']}": round(c["dice"], 4) for c in result["cases"] if c["dice"] == c["dice"]})
+    out.update(
+        {f"{split}_dice_case_{c['case']}": round(c["dice"], 4) for c in result["cases"] if c["dice"] == c["dice"]}
+    )
     return out
 
 

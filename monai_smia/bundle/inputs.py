@@ -131,7 +131,9 @@ def _check_nifti(path: Path, spec: InputSpec) -> None:
     if found < expected:
         raise CaseError(f"{str(path)!r} is cut short ({found} of {expected} bytes); replace this file.")
     dims = len(shape)
-    while dims > (spec.spatial_ndim or 3) and shape[dims - 1] == 1:  # trailing singleton dims (a 2D image saved as X, Y, 1)
+    while (
+        dims > (spec.spatial_ndim or 3) and shape[dims - 1] == 1
+    ):  # trailing singleton dims (a 2D image saved as X, Y, 1)
         dims -= 1
     if spec.spatial_ndim is not None and dims != spec.spatial_ndim:
         kind = "slice-wise (3D volumes)" if spec.spatial_ndim == 3 else f"{spec.spatial_ndim}D"

@@ -85,12 +85,16 @@ def load_weights(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train the bundle first (see its docs/README.md)")
     try:
-        with warnings.catch_warnings():  # a foreign pickle also draws torch's protocol notice: the error below says it all
+        with (
+            warnings.catch_warnings()
+        ):  # a foreign pickle also draws torch's protocol notice: the error below says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a hostile or foreign pickle: refused by weights_only, reported with the path
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {str(path)!r} is not a plain state dict loadable with weights_only=True ({first}).") from e
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a plain state dict loadable with weights_only=True ({first})."
+        ) from e
     if isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
     try:

@@ -55,7 +55,9 @@ def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
     if not (path / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"{path} is not a MONAI bundle: it has no configs/metadata.json")
     if not any((path / "configs" / f"{c}.json").is_file() for c in ("train", "inference")):
-        raise FileNotFoundError(f"{path} is not a usable MONAI bundle: it has neither configs/train.json nor configs/inference.json")
+        raise FileNotFoundError(
+            f"{path} is not a usable MONAI bundle: it has neither configs/train.json nor configs/inference.json"
+        )
     for f in sorted((path / "configs").glob("*.json")):
         st = f.stat()
         _check_json(str(f.resolve()), st.st_size, st.st_mtime_ns)
@@ -70,7 +72,9 @@ def _check_json(path: str, size: int, mtime_ns: int) -> None:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text ({e.reason}); fix this file of the bundle.") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix this file of the bundle.") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix this file of the bundle."
+        ) from None
 
 
 @dataclass
@@ -163,7 +167,11 @@ def load_victim(
     except KeyError:
         inferer = SimpleInferer()
     task, num_classes = task_from_metadata(meta)
-    plain = {k: v for k, v in parser.config.items() if isinstance(v, (int, float, str, list)) and not str(v).startswith(("$", "@"))}
+    plain = {
+        k: v
+        for k, v in parser.config.items()
+        if isinstance(v, (int, float, str, list)) and not str(v).startswith(("$", "@"))
+    }
     return Victim(
         root=root,
         name=root.name,

@@ -7,4 +7,12 @@ from monai_smia.handlers.progress import TqdmProgressBar
 from monai_smia.handlers.records import TRACE_CURVES, CaseRecordHandler, case_records
 from monai_smia.handlers.seeding import CaseSeedHandler, case_seed
 
-__all__ = ["case_seed", "CaseSeedHandler", "CaseRecordHandler", "case_records", "ImageQualityMetric", "TRACE_CURVES", "TqdmProgressBar"]
+__all__ = [
+    "case_seed",
+    "CaseSeedHandler",
+    "CaseRecordHandler",
+    "case_records",
+    "ImageQualityMetric",
+    "TRACE_CURVES",
+    "TqdmProgressBar",
+]

@@ -65,7 +65,9 @@ def _check_file(path: Path) -> Any:
         if "PixelData" in ds:
             ds.pixel_array  # noqa: B018 - decodes (and length-checks) the pixel data
     except Exception as e:
-        raise ValueError(f"DICOM file {str(path)!r} is corrupt or cut short ({e}); replace it or remove it from the series.") from e
+        raise ValueError(
+            f"DICOM file {str(path)!r} is corrupt or cut short ({e}); replace it or remove it from the series."
+        ) from e
     return ds
 
 

@@ -174,7 +174,9 @@ def lattice_steps(q: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     return np.where(np.abs(q - near) <= tol, near, np.trunc(q))
 
 
-def _float_image(values: np.ndarray, d: np.ndarray, affine: np.ndarray, handle: Any, eps: float, bounds: Any) -> nib.Nifti1Image:
+def _float_image(
+    values: np.ndarray, d: np.ndarray, affine: np.ndarray, handle: Any, eps: float, bounds: Any
+) -> nib.Nifti1Image:
     adv = values + d
     if bounds is not None:
         adv = np.clip(adv, bounds[0], bounds[1])

@@ -219,7 +219,9 @@ def _transpose_case(c: dict[str, Any], task: str) -> None:
 
 
 def _display_range(img: np.ndarray, display_range: tuple[float, float] | None) -> tuple[float, float]:
-    lo, hi = display_range if display_range is not None else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
+    lo, hi = (
+        display_range if display_range is not None else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
+    )
     return (float(img.min()), float(img.max()) + 1e-12) if hi <= lo else (lo, hi)
 
 

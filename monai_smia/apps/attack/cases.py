@@ -239,7 +239,9 @@ def bundle_loads_labels(bundle: str | os.PathLike) -> bool:
 
 def default_eps_scale(victim: Victim, eps_unit: str) -> float:
     """Network-input units per ``eps`` unit (:func:`monai_smia.io.units.resolve_eps_scale`)."""
-    return resolve_eps_scale(eps_unit, victim.preprocessing, victim.config, bundle=victim.name, metadata=victim.metadata)[0]
+    return resolve_eps_scale(
+        eps_unit, victim.preprocessing, victim.config, bundle=victim.name, metadata=victim.metadata
+    )[0]
 
 
 def use_series_loader(preprocessing: Any) -> None:
@@ -263,7 +265,11 @@ def check_writer_arguments(args: dict[str, Any]) -> None:
     """One-line ``ValueError`` for the first bad argument of :class:`AdversarialWriter`."""
     if args["attack"] not in ATTACKS:
         raise ValueError(f"unknown attack {args['attack']!r}; choose one of {', '.join(ATTACKS)}.")
-    for name, hint in (("eps", " (e.g. 20 for 20 HU)"), ("eps_scale", " (network units per eps unit)"), ("source_scale", " (network units per source unit)")):
+    for name, hint in (
+        ("eps", " (e.g. 20 for 20 HU)"),
+        ("eps_scale", " (network units per eps unit)"),
+        ("source_scale", " (network units per source unit)"),
+    ):
         if args[name] is not None:
             _positive(name, args[name], hint)
     num_iter, max_cases = args["num_iter"], args["max_cases"]

@@ -61,11 +61,15 @@ def _seed(w: Any, case: SourceCase) -> int:
     return case_seed(w.seed, w.attack, w.eps, [seed_key(case.source)])
 
 
-def network_grid_case(w: Any, victim: Any, case: SourceCase, data: dict[str, Any], x: torch.Tensor, lab: Any) -> GridResult:
+def network_grid_case(
+    w: Any, victim: Any, case: SourceCase, data: dict[str, Any], x: torch.Tensor, lab: Any
+) -> GridResult:
     """Attack the network input ``x`` and bring the perturbation back to the source grid (bilinear ``Invertd``)."""
     spatial_dims = 2 if isinstance(victim.inferer, SliceInferer) else x.ndim - 2
     attack = make_attack(w.attack, victim.network, w.eps_network, w.num_iter, w.alpha, w.sigma, spatial_dims, w.bounds)
-    inferer = AttackInferer(attack, victim.inferer, use_labels=lab is not None, compute_success=True, seed=_seed(w, case))
+    inferer = AttackInferer(
+        attack, victim.inferer, use_labels=lab is not None, compute_success=True, seed=_seed(w, case)
+    )
     with torch.no_grad():
         logits_adv = inferer(x, victim.network, labels=lab)
     logits_adv = logits_adv.as_tensor() if isinstance(logits_adv, MetaTensor) else logits_adv
@@ -89,7 +93,9 @@ def _load_source(w: Any, case: SourceCase) -> MetaTensor:
     return img if isinstance(img, MetaTensor) else MetaTensor(torch.as_tensor(img))
 
 
-def _source_model(w: Any, victim: Any, src: MetaTensor, x: torch.Tensor, scale: float, offset: float) -> tuple[SourceGridNetwork, int | None]:
+def _source_model(
+    w: Any, victim: Any, src: MetaTensor, x: torch.Tensor, scale: float, offset: float
+) -> tuple[SourceGridNetwork, int | None]:
     """preprocessing ∘ network (slice by slice for a ``SliceInferer``), and the slice dim."""
     inner, slice_dim = AttackInferer(lambda n: n, victim.inferer).attack_network(x, victim.network)
     if slice_dim is not None:
@@ -99,7 +105,9 @@ def _source_model(w: Any, victim: Any, src: MetaTensor, x: torch.Tensor, scale: 
     return SourceGridNetwork(pre, inner, scale, offset), slice_dim
 
 
-def source_grid_case(w: Any, victim: Any, case: SourceCase, x: torch.Tensor, lab: Any, src: MetaTensor | None = None) -> GridResult:
+def source_grid_case(
+    w: Any, victim: Any, case: SourceCase, x: torch.Tensor, lab: Any, src: MetaTensor | None = None
+) -> GridResult:
     """Attack the source voxels through the bundle's preprocessing (module docstring); ``src``: the source
     as the loading transforms give it, when the caller has it already (else loaded from ``case.source``)."""
     src = _load_source(w, case) if src is None else src

@@ -50,7 +50,9 @@ def _dicom_lattice(folder: Path) -> SourceLattice:
         slopes.add(float(ds.get("RescaleSlope", 1.0) or 1.0))
         intercepts.add(float(ds.get("RescaleIntercept", 0.0) or 0.0))
     if len(slopes) != 1 or len(intercepts) != 1:
-        logger.warning("%s: rescale slope/intercept vary between slices; attacking without a stored-value lattice.", folder)
+        logger.warning(
+            "%s: rescale slope/intercept vary between slices; attacking without a stored-value lattice.", folder
+        )
         return SourceLattice()
     return SourceLattice(slopes.pop(), intercepts.pop(), "int16")  # the DERIVED series is written as int16
 
@@ -101,7 +103,13 @@ def _atomic_npy(arr: np.ndarray, path: Path) -> None:
 
 
 def write_volume(
-    case: SourceCase, d_src: Any, out: Path, eps_source: float, save_dtype: str, dicom: bool, settings: Mapping[str, Any]
+    case: SourceCase,
+    d_src: Any,
+    out: Path,
+    eps_source: float,
+    save_dtype: str,
+    dicom: bool,
+    settings: Mapping[str, Any],
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Write the NIfTI outputs (and for a DICOM source the DERIVED series) of ``source + d_src``."""
     adv_path = out / f"{case.case_id}_adv.nii.gz"
@@ -126,7 +134,12 @@ def write_volume(
     }
     if case.kind == "dicom" and dicom:
         dcm = write_adversarial_dicom_series(
-            case.source, d_src, out / f"{case.case_id}_adv_dicom", eps=eps_source, settings=dict(settings), overwrite=True
+            case.source,
+            d_src,
+            out / f"{case.case_id}_adv_dicom",
+            eps=eps_source,
+            settings=dict(settings),
+            overwrite=True,
         )
         outputs["dicom"] = dcm.folder
         written["dicom"] = {
@@ -138,7 +151,9 @@ def write_volume(
     return outputs, written
 
 
-def _png_perturbation(case: SourceCase, d_src: Any, raw: np.ndarray, src: np.ndarray, reverse_indexing: bool) -> np.ndarray:
+def _png_perturbation(
+    case: SourceCase, d_src: Any, raw: np.ndarray, src: np.ndarray, reverse_indexing: bool
+) -> np.ndarray:
     """``d_src`` (on the loader's grid) in the PNG's ``(H, W[, C])`` layout."""
     gray = src.ndim == 2
     cf = src[None] if gray else np.moveaxis(src, -1, 0)  # (C, H, W)
@@ -170,7 +185,9 @@ def write_png(
     with Image.open(case.source) as im:
         src = np.asarray(im)
     if not np.issubdtype(src.dtype, np.integer):
-        raise ValueError(f"{str(case.source)!r} holds {src.dtype} pixels; only integer PNGs (8 or 16 bit) are supported.")
+        raise ValueError(
+            f"{str(case.source)!r} holds {src.dtype} pixels; only integer PNGs (8 or 16 bit) are supported."
+        )
     d = _png_perturbation(case, d_src, raw, src, reverse_indexing)
     info = np.iinfo(src.dtype)
     eps_int = math.floor(eps_source + 1e-9)
@@ -193,5 +210,9 @@ def write_png(
         "png_dtype": str(src.dtype),
     }
     if eps_int < 1:
-        logger.warning("%s: eps = %g in the PNG's units is below one integer step; the stored image equals the source.", case.case_id, eps_source)
+        logger.warning(
+            "%s: eps = %g in the PNG's units is below one integer step; the stored image equals the source.",
+            case.case_id,
+            eps_source,
+        )
     return {"adversarial": adv_path, "perturbation": pert_path}, written

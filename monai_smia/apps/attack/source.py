@@ -80,7 +80,11 @@ class SourceGridNetwork(torch.nn.Module):
     or the source intensities themselves) to the network's logits on the network grid."""
 
     def __init__(
-        self, preprocessing: DifferentiablePreprocessing, network: torch.nn.Module, scale: float = 1.0, offset: float = 0.0
+        self,
+        preprocessing: DifferentiablePreprocessing,
+        network: torch.nn.Module,
+        scale: float = 1.0,
+        offset: float = 0.0,
     ) -> None:
         super().__init__()
         self.preprocessing = preprocessing
@@ -134,7 +138,10 @@ class SourceLattice:
         if self.dtype is None:
             return None
         info = np.iinfo(np.dtype(self.dtype))
-        lo, hi = (info.min * (self.scale or 1.0) + self.offset - offset) / scale, (info.max * (self.scale or 1.0) + self.offset - offset) / scale
+        lo, hi = (
+            (info.min * (self.scale or 1.0) + self.offset - offset) / scale,
+            (info.max * (self.scale or 1.0) + self.offset - offset) / scale,
+        )
         return (float(math.ceil(lo - 1e-9)), float(math.floor(hi + 1e-9)))
 
 
@@ -150,7 +157,9 @@ def source_sigma(sigma: float, affine: np.ndarray | None, spatial_dims: int, sli
     return sig
 
 
-def _lattice_start(attack: Attack, u: torch.Tensor, lattice: SourceLattice, generator: torch.Generator | None) -> torch.Tensor | None:
+def _lattice_start(
+    attack: Attack, u: torch.Tensor, lattice: SourceLattice, generator: torch.Generator | None
+) -> torch.Tensor | None:
     """The random start of ``attack`` (one draw per volume), rounded to whole stored steps on a lattice."""
     if not attack.draws_random_start:
         return None

@@ -96,7 +96,11 @@ def read_back_survival(
     record.update(error_written=errors, written_deviation_network=deviation, survival=survival, survival_ratio=ratio)
     integer = "dicom" if "dicom" in errors else ("adversarial" if record.get("integer_output") else None)
     if integer is not None:
-        float_err = errors["adversarial"] if integer == "dicom" and not record.get("integer_output") else record["error_adversarial"]
+        float_err = (
+            errors["adversarial"]
+            if integer == "dicom" and not record.get("integer_output")
+            else record["error_adversarial"]
+        )
         e_int = errors[integer]
         record["rounding"] = {
             "output": integer,
@@ -128,6 +132,8 @@ def summarize_cases(records: Mapping[str, dict[str, Any]], head: dict[str, Any])
         "num_cases": len(rows),
         "mean": {k: _mean([r.get(k) for r in rows.values()]) for k in keys},
         "survival_ratio": {v: _mean([(r.get("survival_ratio") or {}).get(v) for r in rows.values()]) for v in views},
-        "max_abs_perturbation_source": max((r["max_abs_perturbation_source"] or 0.0 for r in rows.values()), default=None),
+        "max_abs_perturbation_source": max(
+            (r["max_abs_perturbation_source"] or 0.0 for r in rows.values()), default=None
+        ),
         "cases": rows,
     }

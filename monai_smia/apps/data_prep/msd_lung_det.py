@@ -86,7 +86,9 @@ def _read_source(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{path}: missing keys {missing}; expected 'images' and 'labels' of shape (N, 1, H, W)")
         images, labels = np.asarray(f["images"], dtype=np.float32), np.asarray(f["labels"])
     if images.ndim != 4 or images.shape[1] != 1 or labels.shape != images.shape:
-        raise ValueError(f"{path}: expected images and labels of one shape (N, 1, H, W), got {images.shape} and {labels.shape}")
+        raise ValueError(
+            f"{path}: expected images and labels of one shape (N, 1, H, W), got {images.shape} and {labels.shape}"
+        )
     if not np.isfinite(images).all():
         raise ValueError(f"{path}: images contain NaN or Inf")
     return images, labels

@@ -26,7 +26,14 @@ from monai_smia.apps.data_prep.png_classification import IMAGE_DIR
 Image, _has_pil = optional_import("PIL.Image")
 nib, _has_nib = optional_import("nibabel")
 
-__all__ = ["convert_graded_fundus", "find_covid_pairs", "prepare_aptos", "prepare_covid", "prepare_ead", "prepare_kaggle_dr"]
+__all__ = [
+    "convert_graded_fundus",
+    "find_covid_pairs",
+    "prepare_aptos",
+    "prepare_covid",
+    "prepare_ead",
+    "prepare_kaggle_dr",
+]
 
 # ----------------------------------------------------------------------------------------------------------------
 # COVID-19 CT lung segmentation (Ma et al.)

@@ -161,16 +161,24 @@ class _DetectionMixin:
         boxes = [d[det.target_box_key][k].detach().cpu() for d, k in zip(out, keep)]
         return boxes, [d[det.target_label_key][k].detach().cpu() for d, k in zip(out, keep)]
 
-    def targets_for(self, images: torch.Tensor, boxes: Sequence[Any] | None, labels: Sequence[Any] | None, box_mode: str) -> torch.Tensor:
+    def targets_for(
+        self, images: torch.Tensor, boxes: Sequence[Any] | None, labels: Sequence[Any] | None, box_mode: str
+    ) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.ndim != 2 + self.heads.spatial_dims:
-            raise ValueError(f"images must be (B, C, *spatial) with {self.heads.spatial_dims} spatial dims, got {getattr(images, 'shape', type(images))}.")
+            raise ValueError(
+                f"images must be (B, C, *spatial) with {self.heads.spatial_dims} spatial dims, got {getattr(images, 'shape', type(images))}."
+            )
         allow = self.allow_empty_boxes or boxes is None  # label-free: an image may have no detection
         if boxes is None:
             boxes, labels, box_mode = *self.clean_detections(images), "xyxy"
         elif isinstance(boxes, torch.Tensor) and boxes.ndim == 2:
-            raise ValueError("boxes: pass one (M, 4) box tensor per image (a list of length B), not one tensor for the batch.")
+            raise ValueError(
+                "boxes: pass one (M, 4) box tensor per image (a list of length B), not one tensor for the batch."
+            )
         if len(boxes) != images.shape[0]:
-            raise ValueError(f"boxes: {len(boxes)} box lists for {images.shape[0]} images (an empty list needs one entry per image).")
+            raise ValueError(
+                f"boxes: {len(boxes)} box lists for {images.shape[0]} images (an empty list needs one entry per image)."
+            )
         return pack_targets(boxes, labels, tuple(images.shape[2:]), box_mode, allow).to(images.device)
 
     def __call__(self, images: torch.Tensor, boxes: Sequence[Any] | None = None, labels: Sequence[Any] | None = None,
@@ -183,7 +191,9 @@ class _DetectionMixin:
         out = super().logits(x)  # type: ignore[misc]
         return self.heads.classification(out) if self._classification_only else out
 
-    def stabilization(self, x: torch.Tensor, delta: torch.Tensor, logits: torch.Tensor, t: int, previous: torch.Tensor | None) -> torch.Tensor | None:
+    def stabilization(
+        self, x: torch.Tensor, delta: torch.Tensor, logits: torch.Tensor, t: int, previous: torch.Tensor | None
+    ) -> torch.Tensor | None:
         """The attack's stabilization term on the classification-head outputs only."""
         self._classification_only = True
         try:
@@ -195,7 +205,9 @@ class _DetectionMixin:
 class DetectionFGSM(_DetectionMixin, FGSM):
     """FGSM (Goodfellow et al. 2015) on a detector's training loss. Args: see :class:`DetectionSMIA`."""
 
-    def __init__(self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = False, **kwargs: Any
+    ) -> None:
         heads = self._init_detection(detector, target_score, allow_empty_boxes)
         super().__init__(heads, eps, loss=heads.loss, **kwargs)
 
@@ -203,7 +215,9 @@ class DetectionFGSM(_DetectionMixin, FGSM):
 class DetectionPGD(_DetectionMixin, PGD):
     """PGD (Madry et al. 2018) on a detector's training loss. Args: see :class:`DetectionSMIA`."""
 
-    def __init__(self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = False, **kwargs: Any
+    ) -> None:
         heads = self._init_detection(detector, target_score, allow_empty_boxes)
         super().__init__(heads, eps, loss=heads.loss, **kwargs)
 
@@ -220,7 +234,9 @@ class DetectionSMIA(_DetectionMixin, SMIA):
         kwargs: every :class:`~monai_smia.attacks.smia.SMIA` argument (``alpha=0``: DEV).
     """
 
-    def __init__(self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = False, **kwargs: Any
+    ) -> None:
         heads = self._init_detection(detector, target_score, allow_empty_boxes)
         super().__init__(heads, eps, loss=heads.loss, spatial_dims=heads.spatial_dims, **kwargs)
 
@@ -228,7 +244,9 @@ class DetectionSMIA(_DetectionMixin, SMIA):
 class DetectionNoise(_DetectionMixin, RandomSignNoise):
     """Uniform random sign noise of size ``eps`` (the floor every attack must beat); boxes are checked, not used."""
 
-    def __init__(self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, detector: nn.Module, eps: float, target_score: float = 0.5, allow_empty_boxes: bool = True, **kwargs: Any
+    ) -> None:
         heads = self._init_detection(detector, target_score, allow_empty_boxes)
         super().__init__(heads, eps, **kwargs)
 

@@ -63,10 +63,14 @@ def check_boxes(
     try:
         b = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not isinstance(boxes, torch.Tensor) else boxes)
     except (TypeError, ValueError):
-        raise ValueError(f"{case}: field 'box' must hold numbers (M boxes of {2 * dims} coordinates), got {boxes!r}.") from None
+        raise ValueError(
+            f"{case}: field 'box' must hold numbers (M boxes of {2 * dims} coordinates), got {boxes!r}."
+        ) from None
     b = b.detach().float().reshape(-1, 2 * dims) if b.numel() == 0 else b.detach().float()
     if b.ndim != 2 or b.shape[1] != 2 * dims:
-        raise ValueError(f"{case}: field 'box' must have shape (M, {2 * dims}) for {dims}D images, got {tuple(b.shape)}.")
+        raise ValueError(
+            f"{case}: field 'box' must have shape (M, {2 * dims}) for {dims}D images, got {tuple(b.shape)}."
+        )
     if b.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{case}: field 'box' is empty; this attack needs at least one ground-truth box per image.")
     try:
@@ -74,7 +78,9 @@ def check_boxes(
     except (TypeError, ValueError):
         raise ValueError(f"{case}: field 'label' must hold one integer class per box, got {labels!r}.") from None
     if lab.shape[0] != b.shape[0] or (lab.numel() and lab.is_floating_point() and not torch.equal(lab, lab.round())):
-        raise ValueError(f"{case}: field 'label' must hold one integer class per box ({b.shape[0]}), got {lab.tolist()}.")
+        raise ValueError(
+            f"{case}: field 'label' must hold one integer class per box ({b.shape[0]}), got {lab.tolist()}."
+        )
     if b.shape[0] and box_mode != "xyxy":
         b = convert_box_mode(b, src_mode=box_mode, dst_mode="xyxy")
     if not bool(torch.isfinite(b).all()):
@@ -96,7 +102,9 @@ def load_detection_split(dataset_dir: str | os.PathLike, split: str) -> Detectio
     meta = load_datalist(dataset_dir)
     mode = meta.get("box_mode")
     if mode is None:
-        raise ValueError(f"{Path(dataset_dir) / 'datalist.json'}: field 'box_mode' is missing (detection datalists state it).")
+        raise ValueError(
+            f"{Path(dataset_dir) / 'datalist.json'}: field 'box_mode' is missing (detection datalists state it)."
+        )
     items = load_datalist(dataset_dir, split)
     if not items:
         raise ValueError(f"{Path(dataset_dir) / 'datalist.json'}: split {split!r} is empty.")

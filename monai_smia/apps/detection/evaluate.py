@@ -33,7 +33,14 @@ from monai_smia.reports import CaseStore, write_provenance, write_reports
 from monai_smia.reports.figures import pyplot, save_figure
 from monai_smia.io.paths import check_output_outside
 
-__all__ = ["DEFAULT_ATTACKS", "detection_defaults", "load_detection_bundle", "main", "run_detection_condition", "run_detection_evaluation"]
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "detection_defaults",
+    "load_detection_bundle",
+    "main",
+    "run_detection_condition",
+    "run_detection_evaluation",
+]
 
 DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA", "DAG")
 
@@ -75,7 +82,9 @@ def run_detection_condition(bundle: str | os.PathLike, settings: dict[str, Any])
     parser.get_parsed_content("run")
 
 
-def detection_figure(path: str | Path, data: DetectionSet, records: Sequence[dict[str, Any]], cases: Sequence[str], score: float = 0.5) -> Path:
+def detection_figure(
+    path: str | Path, data: DetectionSet, records: Sequence[dict[str, Any]], cases: Sequence[str], score: float = 0.5
+) -> Path:
     """Each case (row) under each condition (column): ground truth in green, detections scoring at least ``score`` in red."""
     plt = pyplot()
     from matplotlib.patches import Rectangle
@@ -142,7 +151,9 @@ def run_detection_evaluation(
     num_iter = defaults["num_iter"] if num_iter is None else int(num_iter)
     data = load_detection_split(dataset_dir, data_split)
     if max_cases is not None:
-        data = DetectionSet(data.images[:max_cases], data.boxes[:max_cases], data.labels[:max_cases], data.case_ids[:max_cases])
+        data = DetectionSet(
+            data.images[:max_cases], data.boxes[:max_cases], data.labels[:max_cases], data.case_ids[:max_cases]
+        )
     store, out = CaseStore(output_dir), Path(output_dir)
     settings = {"bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir), "eps": eps,
                 "num_iter": num_iter, "data_split": data_split, "max_cases": max_cases, "batch_size": batch_size,

@@ -21,7 +21,9 @@ nib, _has_nib = optional_import("nibabel")
 __all__ = ["write_detections", "write_adversarial"]
 
 
-def write_detections(detector: Any, dataset_dir: str | os.PathLike, data_split: str, output_dir: str | os.PathLike) -> Path:
+def write_detections(
+    detector: Any, dataset_dir: str | os.PathLike, data_split: str, output_dir: str | os.PathLike
+) -> Path:
     """Detect on every image of ``data_split``; write ``detections.json``
     (``{case_id: {"box": [[x1, y1, x2, y2], ...], "score": [...], "label": [...]}}``, box mode ``xyxy``)."""
     data = load_detection_split(dataset_dir, data_split)

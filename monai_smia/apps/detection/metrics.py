@@ -52,7 +52,9 @@ def detect(detector: Any, images: torch.Tensor, batch_size: int = 32) -> list[di
     return out
 
 
-def matched_ious(pred_boxes: np.ndarray, pred_scores: np.ndarray, gt_boxes: np.ndarray, min_iou: float = MATCH_IOU) -> np.ndarray:
+def matched_ious(
+    pred_boxes: np.ndarray, pred_scores: np.ndarray, gt_boxes: np.ndarray, min_iou: float = MATCH_IOU
+) -> np.ndarray:
     """Per ground-truth box, the IoU of its one-to-one score-greedy match (``nan`` when unmatched)."""
     gt = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
     out = np.full(gt.shape[0], np.nan)
@@ -69,10 +71,18 @@ def matched_ious(pred_boxes: np.ndarray, pred_scores: np.ndarray, gt_boxes: np.n
 
 
 def _coco(classes: Sequence[str], max_detections: int) -> COCOMetric:
-    return COCOMetric(classes=list(classes), iou_list=[0.1, 0.5], iou_range=[0.5, 0.95, 0.05], max_detection=[max_detections], verbose=False)
+    return COCOMetric(
+        classes=list(classes),
+        iou_list=[0.1, 0.5],
+        iou_range=[0.5, 0.95, 0.05],
+        max_detection=[max_detections],
+        verbose=False,
+    )
 
 
-def _match(metric: COCOMetric, preds: Sequence[dict[str, Any]], gt_boxes: Sequence[Any], gt_labels: Sequence[Any], max_det: int) -> list:
+def _match(
+    metric: COCOMetric, preds: Sequence[dict[str, Any]], gt_boxes: Sequence[Any], gt_labels: Sequence[Any], max_det: int
+) -> list:
     """MONAI :func:`matching_batch` of predictions against ground truth, one result per image."""
     return matching_batch(
         iou_fn=box_iou,
@@ -115,13 +125,18 @@ def detection_metrics(
     return out
 
 
-def centre_box_baseline(train_boxes: Sequence[Any], spatial_shape: Sequence[int], num_images: int) -> list[dict[str, np.ndarray]]:
+def centre_box_baseline(
+    train_boxes: Sequence[Any], spatial_shape: Sequence[int], num_images: int
+) -> list[dict[str, np.ndarray]]:
     """The trivial detector: one box of the mean training box size at the image centre, score 1, every image."""
     sizes = np.concatenate([np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in train_boxes])
     size = (sizes[:, 2:] - sizes[:, :2]).mean(axis=0)
     centre = np.asarray(spatial_shape, dtype=np.float32) / 2
     box = np.concatenate([centre - size / 2, centre + size / 2])[None]
-    return [{"boxes": box.copy(), "scores": np.ones(1, np.float32), "labels": np.zeros(1, np.int64)} for _ in range(num_images)]
+    return [
+        {"boxes": box.copy(), "scores": np.ones(1, np.float32), "labels": np.zeros(1, np.int64)}
+        for _ in range(num_images)
+    ]
 
 
 class DetectionSetMetrics:
@@ -140,7 +155,9 @@ class DetectionSetMetrics:
     def _prepared(self, rows: Sequence[dict[str, Any]]) -> tuple[list, list]:
         if self._cache is None or self._cache[0] is not rows:
             preds = [{"boxes": r["pred_boxes"], "scores": r["pred_scores"], "labels": r["pred_labels"]} for r in rows]
-            results = _match(self.metric, preds, [r["gt_boxes"] for r in rows], [r["gt_labels"] for r in rows], self.max_det)
+            results = _match(
+                self.metric, preds, [r["gt_boxes"] for r in rows], [r["gt_labels"] for r in rows], self.max_det
+            )
             ious = [matched_ious(p["boxes"], p["scores"], r["gt_boxes"]) for p, r in zip(preds, rows)]
             self._cache = (rows, results, ious)
         return self._cache[1], self._cache[2]

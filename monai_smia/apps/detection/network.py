@@ -93,7 +93,10 @@ class ATSSRetinaNetDetector(RetinaNetDetector):
     """
 
     def compute_anchor_matched_idxs(
-        self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], num_anchor_locs_per_level: Sequence[int]
+        self,
+        anchors: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        num_anchor_locs_per_level: Sequence[int],
     ) -> list[torch.Tensor]:
         """Per image, the matched ground-truth index of each anchor (-1: background, -2: ignored)."""
         if not isinstance(getattr(self, "proposal_matcher", None), ATSSMatcher):
@@ -145,7 +148,9 @@ def retinanet_detector(
 ) -> ATSSRetinaNetDetector:
     """Wrap ``network`` in a MONAI :class:`RetinaNetDetector` with ATSS matching, hard-negative sampling
     and MONAI's NMS; targets use the keys ``"boxes"`` and ``"labels"`` (mode ``xyxy``)."""
-    anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=feature_map_scales, base_anchor_shapes=base_anchor_shapes)
+    anchors = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=feature_map_scales, base_anchor_shapes=base_anchor_shapes
+    )
     detector = ATSSRetinaNetDetector(network=network, anchor_generator=anchors)
     detector.set_target_keys(box_key="boxes", label_key="labels")
     detector.set_atss_matcher(num_candidates=atss_candidates, center_in_gt=False)

@@ -26,7 +26,9 @@ __all__ = ["train_detector", "augmented_batch"]
 logger = logging.getLogger(__name__)
 
 
-def augmented_batch(data: DetectionSet, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+def augmented_batch(
+    data: DetectionSet, idx: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Images and targets of ``idx``, each under a random flip/transpose (one of 8) drawn from ``generator``."""
     ks = torch.randint(0, 8, (len(idx),), generator=generator).tolist()
     images, targets = [], []
@@ -37,7 +39,9 @@ def augmented_batch(data: DetectionSet, idx: torch.Tensor, generator: torch.Gene
     return torch.stack(images), targets
 
 
-def _epoch(detector: Any, data: DetectionSet, optimizer: torch.optim.Optimizer, batch_size: int, gen: torch.Generator) -> float:
+def _epoch(
+    detector: Any, data: DetectionSet, optimizer: torch.optim.Optimizer, batch_size: int, gen: torch.Generator
+) -> float:
     detector.train()
     order = torch.randperm(data.images.shape[0], generator=gen)
     total = 0.0

@@ -30,7 +30,14 @@ from monai_smia.bundle.victim import load_victim, resolve_bundle
 from monai_smia.io.units import check_eps_unit, parse_bounds
 from monai_smia.io.paths import check_output_outside
 
-__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "make_attack", "check_attacks", "RobustnessEvaluation", "evaluation_from_bundle"]
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_ATTACKS",
+    "make_attack",
+    "check_attacks",
+    "RobustnessEvaluation",
+    "evaluation_from_bundle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +104,9 @@ class RobustnessEvaluation:
         self.grid = str(grid)
         self.attacks = check_attacks(list(attacks))
         if eps is None:
-            raise ValueError(f"no attack budget for {bundle}: pass eps (in the bundle's input units, or with eps_unit='HU').")
+            raise ValueError(
+                f"no attack budget for {bundle}: pass eps (in the bundle's input units, or with eps_unit='HU')."
+            )
         eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
         if not eps_list or any(not isinstance(e, (int, float)) or isinstance(e, bool) or not e > 0 for e in eps_list):
             raise ValueError(f"eps must be one or more budgets > 0, got {eps!r}")
@@ -122,9 +131,15 @@ class RobustnessEvaluation:
             self.distributed = False
         if self.distributed:
             if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if torch.cuda.is_available() and self.device != "cpu" else "gloo")
+                dist.init_process_group(
+                    backend="nccl" if torch.cuda.is_available() and self.device != "cpu" else "gloo"
+                )
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        dev = torch.device(self.device) if self.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = (
+            torch.device(self.device)
+            if self.device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return dev
@@ -156,9 +171,13 @@ class RobustnessEvaluation:
             "grid": self.grid,
         }
 
-    def run_condition(self, root: Path, attack: str, eps: float | None, device: torch.device, labels: bool = True) -> EvaluationCondition:
+    def run_condition(
+        self, root: Path, attack: str, eps: float | None, device: torch.device, labels: bool = True
+    ) -> EvaluationCondition:
         """Run one condition through the bundle's evaluator config (its ``initialize`` and ``run``)."""
-        parser = condition_parser(root, self.settings(root, attack, eps, device), labels, self.distributed, self.batch_size)
+        parser = condition_parser(
+            root, self.settings(root, attack, eps, device), labels, self.distributed, self.batch_size
+        )
         try:
             parser.get_parsed_content("initialize")
             parser.get_parsed_content("run")
@@ -172,7 +191,9 @@ class RobustnessEvaluation:
     def run(self) -> dict[str, Any]:
         """Evaluate every pending (condition, case), then (rank 0) write the reports; returns the summary of the first eps."""
         device = self._setup_distributed()
-        victim = load_victim(self.bundle, self.dataset_dir, device)  # a bundle that cannot load fails here, naming its file
+        victim = load_victim(
+            self.bundle, self.dataset_dir, device
+        )  # a bundle that cannot load fails here, naming its file
         try:
             self.attacks = check_attacks(self.attacks, task=victim.task)
         except ValueError as err:
@@ -182,7 +203,13 @@ class RobustnessEvaluation:
         self.config_files = [f.name for f in files]
         clean = self.run_condition(victim.root, "clean", None, device, victim.has_labels)
         if self.rank == 0:
-            logger.info("evaluated %s clean on %d %s cases of %s", victim.name, len(clean.items), self.data_split, self.dataset_dir)
+            logger.info(
+                "evaluated %s clean on %d %s cases of %s",
+                victim.name,
+                len(clean.items),
+                self.data_split,
+                self.dataset_dir,
+            )
         for eps in self.eps:
             for name in self.attacks:
                 self.run_condition(victim.root, name, eps, device, victim.has_labels)
@@ -232,6 +259,8 @@ def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> Robus
         if key not in overrides and defaults.get(key) is None:
             raise ValueError(
                 f"{root.name} declares no monai-smia evaluation (its configs/evaluate.json has no 'condition'), so it has no "
-                f"default {key}: pass {flag}" + (" (in the bundle's input units, or with --eps-unit HU)" if key == "eps" else "") + "."
+                f"default {key}: pass {flag}"
+                + (" (in the bundle's input units, or with --eps-unit HU)" if key == "eps" else "")
+                + "."
             )
     return RobustnessEvaluation(bundle=root, **{**defaults, **overrides})

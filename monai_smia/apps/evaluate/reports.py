@@ -45,7 +45,9 @@ def _success(task: str, clean: dict[str, Any], rec: dict[str, Any]) -> float | N
     return rec.get("success")  # label-free: against the clean prediction (metrics.case_success)
 
 
-def condition_records(store: Any, items: list[dict[str, Any]], attacks: list[str], eps: float, task: str) -> list[dict[str, Any]]:
+def condition_records(
+    store: Any, items: list[dict[str, Any]], attacks: list[str], eps: float, task: str
+) -> list[dict[str, Any]]:
     """The clean records of ``items`` and each attack's at ``eps``, each attacked one with its ``success``."""
     ids = {it["case_id"] for it in items}
     clean = {r["case_id"]: r for r in store.records("clean") if r["case_id"] in ids}
@@ -83,7 +85,9 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
     out, task, unit = Path(evaluation.output_dir), condition.task, evaluation.eps_unit
     task_metrics, headline = _metrics(task, condition.use_labels)
     metrics = [*task_metrics, "success", "linf", "l2", "var", "psnr", "ssim", "positive_cosine_share"]
-    set_metrics = classification_set_metrics(output_key="logits") if task == "classification" and condition.use_labels else None
+    set_metrics = (
+        classification_set_metrics(output_key="logits") if task == "classification" and condition.use_labels else None
+    )
     by_eps = {}
     grid = getattr(evaluation, "grid", "network")
     for i, eps in enumerate(evaluation.eps):
@@ -145,7 +149,10 @@ def _data_source(dataset_dir: Path, case_source: str) -> dict[str, Any]:
         meta = load_datalist(dataset_dir)
     except (FileNotFoundError, ValueError):
         return {"dataset_dir": dataset_dir.name, "cases_from": case_source}
-    return {k: meta.get(k) for k in ("name", "source", "synthetic")} | {"dataset_dir": dataset_dir.name, "cases_from": case_source}
+    return {k: meta.get(k) for k in ("name", "source", "synthetic")} | {
+        "dataset_dir": dataset_dir.name,
+        "cases_from": case_source,
+    }
 
 
 def _example_cases(condition: Any, name: str, eps: float) -> list[dict[str, Any]]:
@@ -155,7 +162,13 @@ def _example_cases(condition: Any, name: str, eps: float) -> list[dict[str, Any]
         if not (clean_p.is_file() and adv_p.is_file()):
             continue
         with np.load(clean_p) as c, np.load(adv_p) as a:
-            case = {"case_id": cid, "image": c["image"], "adv_image": a["adv_image"], "clean_pred": c["pred"], "adv_pred": a["pred"]}
+            case = {
+                "case_id": cid,
+                "image": c["image"],
+                "adv_image": a["adv_image"],
+                "clean_pred": c["pred"],
+                "adv_pred": a["pred"],
+            }
             if condition.task == "classification":  # PNGs load width-first (PILReader): show them upright
                 case["image"], case["adv_image"] = (np.swapaxes(case[k], -1, -2) for k in ("image", "adv_image"))
             if "label" in c.files:
@@ -171,14 +184,25 @@ def write_figures(condition: Any, attacks: list[str], eps: float, unit: str = ""
         cases = _example_cases(condition, name, eps)
         if cases:
             title = f"{name} ({eps:g}{unit})"
-            paths.append(case_figure(out / f"examples_{name}.png", cases, task=task, attack_name=title, transpose=task == "segmentation"))
+            paths.append(
+                case_figure(
+                    out / f"examples_{name}.png", cases, task=task, attack_name=title, transpose=task == "segmentation"
+                )
+            )
     curves = {}
     for name in ("DEV", "SMIA"):
         rows = [r for r in condition.store.records(name, eps) if "trace_deviation_loss" in r]
         if rows:
             with warnings.catch_warnings():  # DEV has no stabilization term: an all-nan curve is expected
                 warnings.simplefilter("ignore", RuntimeWarning)
-                curves[name] = {k: np.nanmean(np.array([r[f"trace_{k}"] for r in rows], dtype=np.float64), axis=0).tolist() for k in TRACE_CURVES}
+                curves[name] = {
+                    k: np.nanmean(np.array([r[f"trace_{k}"] for r in rows], dtype=np.float64), axis=0).tolist()
+                    for k in TRACE_CURVES
+                }
     if curves:
-        paths.append(trace_curves_figure(out / "iterations_dev_vs_smia.png", curves, title=f"{condition.root.name}, eps = {eps:g}{unit}"))
+        paths.append(
+            trace_curves_figure(
+                out / "iterations_dev_vs_smia.png", curves, title=f"{condition.root.name}, eps = {eps:g}{unit}"
+            )
+        )
     return paths

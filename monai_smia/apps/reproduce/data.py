@@ -142,5 +142,8 @@ def load_cases(
         slab = f" (the {max_slices} consecutive slices with the most lung)" if max_slices else ""
         unit = f"axial slices{slab} of {len(items)} test volumes (slices of one volume are correlated)"
     return BundleCases(
-        ids=ids, images=[c[1] for c in cases], labels=[c[2] for c in cases], source=f"{source}; {len(ids)} {unit} from {where}"
+        ids=ids,
+        images=[c[1] for c in cases],
+        labels=[c[2] for c in cases],
+        source=f"{source}; {len(ids)} {unit} from {where}",
     )

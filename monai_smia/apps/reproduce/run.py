@@ -71,7 +71,9 @@ def build_attack(
         options = dict(READINGS[cond.reading]) if cond.attack == "SMIA" else {}
         if paper:
             options["protocol"] = "paper"
-        return make_attack(cond.attack, network, eps, num_iter=cond.num_iter, alpha=cond.alpha, bounds=bounds, task=task, **options)
+        return make_attack(
+            cond.attack, network, eps, num_iter=cond.num_iter, alpha=cond.alpha, bounds=bounds, task=task, **options
+        )
     if cond.attack == "PGD" and paper:
         return PGD(network, eps=ball, num_iter=cond.num_iter, step_size=eps, bounds=bounds, random_start=False)
     if cond.attack == "DAG":
@@ -110,7 +112,9 @@ def attack_network(victim: Victim, x: torch.Tensor) -> torch.nn.Module:
         return binder.attack_network(x[..., None], victim.network)[0]
     network, slice_dim = binder.attack_network(x, victim.network)
     if slice_dim is not None:
-        raise ValueError(f"{victim.name}: the reproduction attacks 2D images or whole inputs, not slice_dim={slice_dim}.")
+        raise ValueError(
+            f"{victim.name}: the reproduction attacks 2D images or whole inputs, not slice_dim={slice_dim}."
+        )
     return network
 
 
@@ -126,7 +130,9 @@ def run_clean(store: CaseStore, victim: Victim, cases: BundleCases, batch_size: 
             store.save({"case_id": c, "attack": "clean", "eps": None, "score": s})
 
 
-def _per_case_start(attack: Attack, key: str, eps: float, chunk: Sequence[str], x: torch.Tensor, seed: int) -> torch.Tensor | None:
+def _per_case_start(
+    attack: Attack, key: str, eps: float, chunk: Sequence[str], x: torch.Tensor, seed: int
+) -> torch.Tensor | None:
     """Random starts drawn per case from its own seed, so results do not depend on batching."""
     if not getattr(attack, "random_start", False):
         return None

@@ -40,7 +40,11 @@ __all__ = ["BUNDLE_EPS", "ReproduceSettings", "reproduce_from_config", "run_repr
 logger = logging.getLogger(__name__)
 
 #: each bundle's budget (docs/design.md, section 1, default budgets) and its unit
-BUNDLE_EPS: dict[str, tuple[float, str]] = {"lung_ct_seg": (20.0, "HU"), "retina_dr_cls": (1.0, "/255"), "mnist_cls": (0.1, "")}
+BUNDLE_EPS: dict[str, tuple[float, str]] = {
+    "lung_ct_seg": (20.0, "HU"),
+    "retina_dr_cls": (1.0, "/255"),
+    "mnist_cls": (0.1, ""),
+}
 
 
 @dataclass
@@ -61,7 +65,9 @@ class ReproduceSettings:
     bundles: tuple[str, ...] = REPRODUCE_BUNDLES
     protocols: tuple[str, ...] = PROTOCOLS
     readings: tuple[str, ...] = tuple(READINGS)
-    max_cases: dict[str, int | None] = field(default_factory=lambda: {"mnist_cls": 500, "retina_dr_cls": None, "lung_ct_seg": None})
+    max_cases: dict[str, int | None] = field(
+        default_factory=lambda: {"mnist_cls": 500, "retina_dr_cls": None, "lung_ct_seg": None}
+    )
     max_slices: int | None = 16
     num_iter: int = 10
     alpha: float = 1.0
@@ -110,7 +116,9 @@ def _bundle_eps(bundle: str, victim: Any) -> tuple[float, dict[str, Any]]:
     return value * scale, {"eps": value, "eps_unit": unit or "input", "eps_network": value * scale, **how}
 
 
-def _run_bundle(bundle: str, settings: ReproduceSettings, out: Path, data_dir: Any, cache: Path, device: str) -> dict[str, Any]:
+def _run_bundle(
+    bundle: str, settings: ReproduceSettings, out: Path, data_dir: Any, cache: Path, device: str
+) -> dict[str, Any]:
     dataset_dir, source = prepare_bundle_data(bundle, data_dir, cache)
     victim = load_victim(bundle, dataset_dir, device=device)
     cases = load_cases(victim, dataset_dir, settings.max_cases.get(bundle), source, settings.max_slices)
@@ -123,7 +131,13 @@ def _run_bundle(bundle: str, settings: ReproduceSettings, out: Path, data_dir: A
         "seed": settings.seed,
         "dag_max_iter": settings.dag_max_iter,
     }
-    info: dict[str, Any] = {"task": victim.task, "source": cases.source, "num_cases": len(cases.ids), "bounds": bounds, **eps_info}
+    info: dict[str, Any] = {
+        "task": victim.task,
+        "source": cases.source,
+        "num_cases": len(cases.ids),
+        "bounds": bounds,
+        **eps_info,
+    }
     info["checkpoint_sha256"] = file_sha256(victim.checkpoint)
     for protocol in settings.protocols:
         store = CaseStore(out / bundle / protocol)
@@ -171,7 +185,12 @@ def run_reproduce(
 
 
 def reproduce_from_config(
-    output_dir: str, data_dir: str | None = None, cache: str | None = None, quick: bool = False, device: str | None = None, **overrides: Any
+    output_dir: str,
+    data_dir: str | None = None,
+    cache: str | None = None,
+    quick: bool = False,
+    device: str | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Entry point of the bundles' ``configs/reproduce.json`` (``python -m monai.bundle run``)."""
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
