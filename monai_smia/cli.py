@@ -174,11 +174,10 @@ def _add_attack(sub: Any, bundles: str) -> None:
 
 def _is_detection(bundle: str) -> bool:
     """Whether the bundle's metadata says its network outputs boxes (a MONAI detection bundle)."""
-    import json
-
+    from monai_smia.bundle.files import read_metadata
     from monai_smia.bundle.victim import resolve_bundle, task_from_metadata
 
-    meta = json.loads((resolve_bundle(bundle) / "configs" / "metadata.json").read_text())
+    meta = read_metadata(resolve_bundle(bundle))
     return task_from_metadata(meta)[0] == "detection"
 
 

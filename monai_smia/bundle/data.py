@@ -21,6 +21,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from monai_smia.bundle.files import read_config_file
 from monai_smia.io.datalist import DATALIST, load_datalist
 from monai_smia.io.paths import check_folder
 
@@ -41,7 +42,7 @@ def _bundle_data(config_file: Path, key: str, root: Path, dataset_dir: Path) -> 
     if not config_file.is_file():
         return None
     parser = ConfigParser()
-    parser.read_config(str(config_file))
+    parser.read_config(read_config_file(config_file))
     parser["bundle_root"] = str(root)
     parser["dataset_dir"] = str(dataset_dir)
     try:

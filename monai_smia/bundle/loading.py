@@ -9,13 +9,13 @@ with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from monai_smia.bundle.files import load_state
 from monai_smia.io.datalist import DATALIST, load_datalist
 
 __all__ = ["load_split", "load_weights"]
@@ -79,17 +79,15 @@ def load_weights(
 ) -> torch.nn.Module:
     """Load a checkpoint saved by the bundles' ``CheckpointSaver`` into ``network`` (``weights_only=True``).
 
-    Accepts a plain state dict or a dict holding it under ``key``. Returns ``network`` in eval mode.
+    Accepts a plain state dict or a dict holding it under ``key``. Returns ``network`` in eval mode. The
+    checkpoint is read once per process (:func:`monai_smia.bundle.files.load_state`, on the CPU) and copied
+    into the network's parameters, wherever they are; ``map_location`` is accepted for compatibility.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train the bundle first (see its docs/README.md)")
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # a foreign pickle also draws torch's protocol notice: the error below says it all
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_state(path)
     except Exception as e:  # a hostile or foreign pickle: refused by weights_only, reported with the path
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(

@@ -21,6 +21,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer, SimpleInferer
 
+from monai_smia.bundle.files import load_config_files, read_config_file, read_metadata
 from monai_smia.bundle.loading import load_weights
 
 __all__ = ["Victim", "resolve_bundle", "load_victim", "BUILTIN_BUNDLES_DIR"]
@@ -103,7 +104,7 @@ def is_train_override(config_file: Path) -> bool:
     (``validate#...`` keys), rather than being a stand-alone monai-smia evaluation config."""
     if not config_file.is_file():
         return False
-    config = ConfigParser.load_config_file(str(config_file))
+    config = read_config_file(config_file)
     return "evaluation" not in config and any("#" in str(k) for k in config)
 
 
@@ -134,8 +135,7 @@ def load_victim(
             without labels; ``train.json`` is used only when the bundle has no ``inference.json``.
     """
     root = resolve_bundle(bundle)
-    with open(root / "configs" / "metadata.json") as f:
-        meta = json.load(f)
+    meta = read_metadata(root)
     configs = root / "configs"
     use_train = (configs / "train.json").is_file() and (labels or not (configs / "inference.json").is_file())
     parser = ConfigParser()
@@ -143,7 +143,7 @@ def load_victim(
     if use_train and is_train_override(configs / "evaluate.json"):
         files.append(configs / "evaluate.json")  # the model zoo's idiom: evaluate.json overrides train.json
     try:
-        parser.read_config([str(f) for f in files])
+        parser.read_config(load_config_files(files))
     except KeyError as e:
         raise ValueError(
             f"{files[-1]} overrides {e.args[0] if e.args else e} that {files[0].name} of {root.name} does not define; "

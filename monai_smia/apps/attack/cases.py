@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import LoadImaged
 
 from monai_smia.attacks.registry import ATTACKS
+from monai_smia.bundle.files import read_config_file
 from monai_smia.bundle.victim import Victim, is_train_override, resolve_bundle
 from monai_smia.io import SeriesFolderReader
 from monai_smia.io.datalist import DATALIST, SPLITS, load_datalist
@@ -214,7 +215,7 @@ def bundle_attack_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
         if not f.is_file() or is_train_override(f):
             continue
         parser = ConfigParser()
-        parser.read_config(str(f))
+        parser.read_config(read_config_file(f))
         parser["bundle_root"] = str(root)
         out: dict[str, Any] = {}
         for key in ("eps", "eps_unit", "eps_scale", "bounds", "grid"):
@@ -233,7 +234,7 @@ def bundle_loads_labels(bundle: str | os.PathLike) -> bool:
     train = resolve_bundle(bundle) / "configs" / "train.json"
     if not train.is_file():
         return False
-    config = ConfigParser.load_config_file(str(train))
+    config = read_config_file(train)
     return isinstance(config.get("validate"), dict) and "preprocessing" in config["validate"]
 
 

@@ -32,8 +32,8 @@ import torch
 from monai.apps.detection.utils.detector_utils import preprocess_images
 from torch import nn
 
-from monai_smia.attacks import DAG, FGSM, PGD, SMIA, RandomSignNoise, frozen_network
 from monai_smia.apps.detection.data import check_boxes
+from monai_smia.attacks import DAG, FGSM, PGD, SMIA, RandomSignNoise, frozen_network
 
 __all__ = [
     "DetectorHeads",

@@ -22,10 +22,10 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import optional_import
 
-from monai_smia.attacks.volume import draw_random_start
 from monai_smia.apps.detection.attack import make_detection_attack
 from monai_smia.apps.detection.data import load_detection_split
 from monai_smia.apps.detection.metrics import DetectionSetMetrics, detect, matched_ious
+from monai_smia.attacks.volume import draw_random_start
 
 Events, _ = optional_import("ignite.engine", name="Events")
 Metric, _ = optional_import("ignite.metrics", name="Metric", as_type="base")

@@ -23,15 +23,16 @@ from typing import Any
 
 import torch
 
-from monai_smia.apps.evaluate.config import bundle_configs
-from monai_smia.bundle.loading import load_weights
 from monai_smia.apps.detection import DETECTION_ATTACKS, centre_box_baseline, load_detection_split
 from monai_smia.apps.detection.data import DetectionSet
 from monai_smia.apps.detection.engine import detection_record
 from monai_smia.apps.detection.metrics import METRIC_NAMES, DetectionSetMetrics
+from monai_smia.apps.evaluate.config import bundle_configs
+from monai_smia.bundle.files import load_config_files, read_config_file
+from monai_smia.bundle.loading import load_weights
+from monai_smia.io.paths import check_output_outside
 from monai_smia.reports import CaseStore, write_provenance, write_reports
 from monai_smia.reports.figures import pyplot, save_figure
-from monai_smia.io.paths import check_output_outside
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -52,7 +53,7 @@ def load_detection_bundle(bundle: str | os.PathLike, device: str | torch.device 
 
     root = Path(bundle)
     parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.read_config(read_config_file(root / "configs" / "inference.json"))
     parser["bundle_root"] = str(root)
     parser["device"] = str(device)
     detector = parser.get_parsed_content("detector")
@@ -62,9 +63,8 @@ def load_detection_bundle(bundle: str | os.PathLike, device: str | torch.device 
 
 def detection_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     """The bundle's default budget: ``eps`` and ``num_iter`` of its ``configs/evaluate.json``."""
-    from monai.bundle import ConfigParser
 
-    evaluate = ConfigParser.load_config_file(str(Path(bundle) / "configs" / "evaluate.json"))
+    evaluate = read_config_file(Path(bundle) / "configs" / "evaluate.json")
     return {"eps": float(evaluate["eps"]), "num_iter": int(evaluate["num_iter"])}
 
 
@@ -75,7 +75,7 @@ def run_detection_condition(bundle: str | os.PathLike, settings: dict[str, Any])
 
     files, _ = bundle_configs(Path(bundle))
     parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
+    parser.read_config(load_config_files(files))
     for key, value in settings.items():
         parser[key] = value
     parser.get_parsed_content("initialize")

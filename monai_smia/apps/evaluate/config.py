@@ -33,6 +33,7 @@ from monai_smia.apps.attack.cases import GRIDS
 from monai_smia.apps.evaluate.source import source_grid_overrides
 from monai_smia.attacks.registry import check_attacks, make_attack
 from monai_smia.bundle.data import bundle_cases, find_case_error, out_of_memory, out_of_memory_message, root_cause
+from monai_smia.bundle.files import load_config_files, read_config_file, read_metadata
 from monai_smia.bundle.inputs import check_case_files, input_spec
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.handlers.seeding import seed_key
@@ -134,7 +135,7 @@ class EvaluationCondition:
         self.grid = str(grid)
         self.root, self.dataset_dir, self.output_dir = Path(bundle_root).resolve(), Path(dataset_dir), Path(output_dir)
         check_output_outside(self.output_dir, self.dataset_dir, "output_dir", "dataset_dir")
-        self.metadata = json.loads((self.root / "configs" / "metadata.json").read_text())
+        self.metadata = read_metadata(self.root)
         self.task, self.num_classes = task_from_metadata(self.metadata)
         self.attack = str(attack)
         if self.attack != "clean":
@@ -344,7 +345,7 @@ def bundle_configs(root: Path) -> tuple[list[Path], str]:
     """The config files one condition merges (``train.json`` + an ``evaluate.json`` override, else
     ``inference.json``) and the section holding the evaluator (``"validate"`` or ``""``)."""
     configs = root / "configs"
-    if (configs / "train.json").is_file() and isinstance(ConfigParser.load_config_file(str(configs / "train.json")).get("validate"), dict):
+    if (configs / "train.json").is_file() and isinstance(read_config_file(configs / "train.json").get("validate"), dict):
         files = [configs / "train.json"]
         if is_train_override(configs / "evaluate.json"):
             files.append(configs / "evaluate.json")
@@ -357,10 +358,10 @@ def condition_parser(root: Path, settings: dict[str, Any], labels: bool = True, 
     of :func:`evaluation_overrides` added when its evaluate.json is not a monai-smia one, e.g. a
     model-zoo bundle's), then ``settings`` (top-level keys), the sampler and the batch size set."""
     files, section = bundle_configs(root)
-    own: dict[str, Any] = ConfigParser.load_config_file(str(files[-1])) if len(files) > 1 else {}
+    own: dict[str, Any] = read_config_file(files[-1]) if len(files) > 1 else {}
     parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    parser.read_config(load_config_files(files))
+    meta = read_metadata(root)
     task, num_classes = task_from_metadata(meta)
     if "condition" not in own:  # not a monai-smia evaluate.json (e.g. a model-zoo bundle): use the shipped entries
         defaults = {k: v for k, v in SETTINGS.items() if k not in parser.config}

@@ -26,9 +26,10 @@ from monai_smia.apps.attack.cases import GRIDS
 from monai_smia.apps.evaluate.config import SETTINGS, EvaluationCondition, bundle_configs, condition_parser
 from monai_smia.apps.evaluate.reports import write_evaluation_reports
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
+from monai_smia.bundle.files import load_config_files, read_config_file
 from monai_smia.bundle.victim import load_victim, resolve_bundle
-from monai_smia.io.units import check_eps_unit, parse_bounds
 from monai_smia.io.paths import check_output_outside
+from monai_smia.io.units import check_eps_unit, parse_bounds
 
 __all__ = [
     "ATTACKS",
@@ -225,11 +226,11 @@ def bundle_evaluation_defaults(root: Path) -> dict[str, Any]:
     """The evaluation settings a bundle's own ``evaluate.json`` declares (budget, unit, attacks, batch
     size, data and output folders); ``{}`` for a bundle without a monai-smia evaluate.json."""
     files, section = bundle_configs(root)
-    own = ConfigParser.load_config_file(str(files[-1])) if len(files) > 1 else {}
+    own = read_config_file(files[-1]) if len(files) > 1 else {}
     if "condition" not in own:
         return {}
     parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
+    parser.read_config(load_config_files(files))
     parser["bundle_root"] = str(root)
     out = {k: parser.get_parsed_content(k) for k in SETTINGS if k in own and k != "attack"}
     out["eps"] = out["eps"] if isinstance(out.get("eps"), (list, tuple)) or out.get("eps") is None else [out["eps"]]

@@ -29,8 +29,8 @@ from monai_smia.apps.reproduce.plan import bundle_claims, bundle_conditions
 from monai_smia.apps.reproduce.run import PROTOCOLS, READINGS, run_clean, run_condition
 from monai_smia.bundle.victim import load_victim
 from monai_smia.io.cache import default_cache
-from monai_smia.io.units import resolve_bounds, resolve_eps_scale
 from monai_smia.io.paths import check_folder, check_output_outside
+from monai_smia.io.units import resolve_bounds, resolve_eps_scale
 from monai_smia.reports.claims import write_claims
 from monai_smia.reports.provenance import file_sha256
 from monai_smia.reports.store import CaseStore, check_run_settings
