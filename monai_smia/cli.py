@@ -18,7 +18,10 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-ATTACK_HELP = "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA"
+ATTACK_HELP = (
+    "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA, DeepFool (classifiers), "
+    "DAG (segmentation)"
+)
 
 
 def _positive_float(text: str) -> float:
@@ -123,7 +126,16 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
         help="the data: a data_prep folder (datalist.json), a Decathlon task folder (dataset.json), or the dataset_dir the bundle's own data keys read",
     )
     ev.add_argument("--output", required=True, help="output folder")
-    ev.add_argument("--attacks", nargs="+", default=None, metavar="NAME", help=f"attacks to run (default all): {ATTACK_HELP}")
+    from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS
+
+    ev.add_argument(
+        "--attacks",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"attacks to run (default: the bundle's, else {' '.join(DEFAULT_ATTACKS)}); accepted: {', '.join(ATTACKS)}. "
+        f"{ATTACK_HELP}",
+    )
     ev.add_argument("--eps", nargs="+", type=_positive_float, default=None, help="budget(s) in the bundle's unit (several: an eps sweep); required for a bundle that declares none")
     _add_eps_unit(ev)
     ev.add_argument("--num-iter", type=_positive_int, default=None, help="iterations of PGD, DEV and SMIA (default 10)")
@@ -156,6 +168,7 @@ def _add_attack(sub: Any, bundles: str) -> None:
     at.add_argument("--eps", type=_positive_float, default=None, help="budget in the bundle's unit (default: the bundle's; required for a bundle that declares none)")
     _add_eps_unit(at)
     at.add_argument("--num-iter", type=_positive_int, default=None, help="iterations (default 10)")
+    at.add_argument("--max-cases", type=_positive_int, default=None, help="attack only the first N cases")
     at.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     at.add_argument(
         "--dtype",
@@ -231,7 +244,10 @@ def _run(args: argparse.Namespace) -> None:
             extra["grid"] = args.grid
         if args.eps_unit is not None:
             extra["eps_unit"] = args.eps_unit
-        run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, device=args.device, **extra)
+        if args.max_cases is not None:
+            extra["max_cases"] = args.max_cases
+        summary = run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, device=args.device, **extra)
+        print(attack_line(summary, args.output))
     elif args.command == "reproduce":
         from monai_smia.apps.reproduce import reproduce_from_config
 
@@ -239,6 +255,21 @@ def _run(args: argparse.Namespace) -> None:
             args.output, args.data_dir, args.cache, quick=args.quick, device=args.device, bundles=args.bundles, protocols=args.protocols
         )
         print(f"{report['holds']} of {len(report['claims'])} claims hold; see {args.output}/reproduce.md")
+
+
+def attack_line(summary: dict, output: str) -> str:
+    """The last line of ``monai-smia attack``: what it wrote and what the attack did."""
+    mean, survival = summary.get("mean") or {}, summary.get("survival_ratio") or {}
+    changed, success = mean.get("prediction_changed_fraction"), mean.get("success")
+    parts = [f"wrote {summary.get('num_cases', 0)} adversarial case(s) to {output}"]
+    parts.append(f"{summary.get('attack')} eps={summary.get('eps'):g}{summary.get('eps_unit') or ''} on the {summary.get('grid')} grid")
+    if changed is not None:
+        parts.append(f"prediction changed on {changed:.1%} of the output")
+    if success is not None:
+        parts.append(f"success {success:.2f}")
+    if survival:
+        parts.append("read back: " + ", ".join(f"{v} keeps {r:.2f} of the effect" for v, r in survival.items() if r is not None))
+    return "; ".join(parts)
 
 
 def _check_device(device: str | None) -> None:

@@ -172,7 +172,7 @@ def test_defaults_agree_and_old_aliases_warn():
         == {"compute_success": True}
     )
     for name in ("Attackd", "AttackD", "AttackDict"):
-        with pytest.warns(DeprecationWarning, match="use AdversarialAttackd"):
+        with pytest.warns(FutureWarning, match="use AdversarialAttackd"):
             assert getattr(T, name) is T.AdversarialAttackd
     assert {
         "AdversarialAttackd",

@@ -195,18 +195,31 @@ def test_detection_evaluate_bad_input(case, tmp_path, capsys):
     if case == "hostile":
         (bundle / "models" / "model.pt").write_bytes(pickle.dumps(Hostile()))
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
-    args = [
-        "evaluate",
-        "--bundle",
-        str(bundle),
-        "--dataset-dir",
-        str(tmp_path / "data"),
-        "--output",
-        str(tmp_path / "out"),
-    ]
+    (tmp_path / "data").mkdir()
+    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")]
     assert main([*args, *(["--attacks", "BIM"] if case == "attack" else [])]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err
     assert ("not a plain state dict" in err[0] and "model.pt" in err[0]) if case == "hostile" else "'BIM'" in err[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "PWNED").exists()
     assert {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+
+
+def test_a_class_index_out_of_range_is_named_before_anything_is_written(det_dataset, tmp_path, capsys):
+    """A datalist box label the detector has no class for: one line naming the case and the field, exit 2, no output
+    (it used to surface as an IndexError deep inside the detector's loss)."""
+    import json
+    import shutil
+
+    from monai_smia.cli import main
+
+    data = shutil.copytree(det_dataset[1], tmp_path / "data")
+    meta = json.loads((data / "datalist.json").read_text())
+    meta["test"][0]["label"] = [3] * len(meta["test"][0]["label"])
+    (data / "datalist.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    args = ["evaluate", "--bundle", str(BUNDLE), "--dataset-dir", str(data), "--output", str(out), "--attacks", "FGSM"]
+    assert main([*args, "--max-cases", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("monai-smia evaluate: error:")]
+    assert len(err) == 1 and "test[0]" in err[0] and "field 'label' holds classes [3" in err[0], err
+    assert not out.exists()

@@ -238,7 +238,9 @@ def test_reports_written_and_readable(tmp_path: Path):
     lo, hi = summary["clean"]["top1_ci95"]
     assert lo <= clean_top1 <= hi
     assert summary["SMIA"]["top1"] < summary["clean"]["top1"]
-    assert summary["SMIA"]["psnr"] is None  # one identical case gives inf, stored as null in strict JSON
+    # one identical case gives inf: left out of the mean (PSNR is undefined there) and counted
+    assert summary["SMIA"]["psnr"] == pytest.approx(np.mean([30.0 + i for i in range(1, 12)]))
+    assert summary["SMIA"]["psnr_unperturbed_cases"] == 1
     assert 0 <= summary["clean"]["roc_auc_one_vs_rest"] <= 1 and "fpr_one_vs_rest_ci95" in summary["SMIA"]
     assert summary["clean"]["num_cases"] == 12 and "linf" not in summary["clean"]
     md = (tmp_path / "summary.md").read_text().splitlines()
@@ -401,3 +403,14 @@ def test_figure_in_hu_through_the_window(monkeypatch, tmp_path: Path):
 def test_robustness_curve_needs_data(tmp_path: Path):
     with pytest.raises(ValueError, match="eps"):
         robustness_curve_figure(tmp_path / "r.png", {}, "dice")
+
+
+def test_psnr_mean_leaves_out_unperturbed_cases():
+    """An attack that leaves a case unchanged has PSNR inf: not averaged in (the mean would be inf), but counted."""
+    from monai_smia.reports.summary import summarize_records
+
+    rows = [{"case_id": str(i), "attack": "DeepFool", "psnr": p, "linf": 0.1} for i, p in enumerate([float("inf"), 30.0, 40.0])]
+    out = summarize_records(rows, metrics=["psnr", "linf"])["DeepFool"]
+    assert out["psnr"] == 35.0 and out["psnr_unperturbed_cases"] == 1 and out["num_cases"] == 3
+    lo, hi = out["psnr_ci95"]
+    assert 30.0 <= lo <= hi <= 40.0

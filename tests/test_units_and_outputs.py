@@ -194,3 +194,26 @@ def test_written_files_follow_the_umask(mnist, tmp_path):
     assert any(p.suffix == ".png" for p in written) and any(p.name == "settings.json" for p in written)
     modes = {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in written}
     assert all(m == ("0o755" if (tmp_path / p).is_dir() else "0o644") for p, m in modes.items()), modes
+
+
+def test_summary_lists_every_condition_stored(mnist, tmp_path):
+    """Two runs into one folder with different --attacks (same settings): summary.md and summary.json list both."""
+    out = tmp_path / "out"
+    base = ["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(mnist), "--output", str(out), "--max-cases", "4"]
+    assert main([*base, "--attacks", "FGSM", "--device", "cpu"]) == 0
+    assert main([*base, "--attacks", "noise", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["clean", "noise", "FGSM"]
+    text = (out / "summary.md").read_text()
+    assert "FGSM" in text and "noise" in text
+
+
+def test_attack_takes_max_cases_and_ends_with_what_it_wrote(mnist, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["attack", "--bundle", "mnist_cls", "--input", str(mnist), "--output", str(out), "--attack", "FGSM"]
+    assert main([*argv, "--max-cases", "2", "--device", "cpu"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(
+        f"wrote 2 adversarial case(s) to {out}; FGSM eps=0.1 on the source grid; prediction changed on"
+    )
+    assert "read back: " in last and len(list((out / "cases").rglob("*.json"))) == 2

@@ -22,7 +22,7 @@ import numpy as np
 
 from monai_smia.bundle.data import CaseError
 
-__all__ = ["InputSpec", "check_case_files", "check_image_file", "input_spec"]
+__all__ = ["InputSpec", "check_case_files", "check_image_file", "check_label", "input_spec"]
 
 PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -40,12 +40,15 @@ class InputSpec:
         max_value: the largest stored value the preprocessing expects (255 for 8-bit PNG bundles).
         spatial_shape: the one image size the bundle takes (``None``: any): its metadata's numeric
             ``spatial_shape`` where it is not patch data and its preprocessing neither resamples nor crops.
+        task, num_classes: the bundle's task and output channels (labels are checked against them).
     """
 
     num_channels: int | None = None
     spatial_ndim: int | None = None
     max_value: float | None = None
     spatial_shape: tuple[int, ...] | None = None
+    task: str | None = None
+    num_classes: int | None = None
 
 
 def _png_window_max(preprocessing: Any) -> float | None:
@@ -77,8 +80,11 @@ def input_spec(metadata: Mapping[str, Any], preprocessing: Any, inferer: Any = N
     channels = image.get("num_channels")
     shape = image.get("spatial_shape")
     ndim = 3 if isinstance(inferer, SliceInferer) else (len(shape) if isinstance(shape, list) else None)
+    from monai_smia.bundle.victim import task_from_metadata
+
     fixed = None if isinstance(inferer, SliceInferer) else _fixed_shape(image, preprocessing)
-    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(preprocessing), fixed)
+    task, classes = task_from_metadata(dict(metadata))
+    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(preprocessing), fixed, task, classes or None)
 
 
 def _check_size(path: Path, size: tuple[int, ...], spec: InputSpec) -> None:
@@ -161,6 +167,8 @@ def _check_png(path: Path, spec: InputSpec) -> None:
         raise CaseError(
             f"{str(path)!r} is a {PIL_CHANNELS[mode]}-channel {mode!r} image of size {size}; the bundle takes {want}."
         )
+    if spec.spatial_ndim == 3:
+        raise CaseError(f"{str(path)!r} is a 2D image of size {size}; the bundle takes 3D volumes (NIfTI or a DICOM series).")
     _check_size(path, tuple(size), spec)
     if spec.max_value is not None and mode not in ("L", "RGB"):
         raise CaseError(
@@ -171,13 +179,17 @@ def _check_png(path: Path, spec: InputSpec) -> None:
 def check_image_file(path: str | os.PathLike, spec: InputSpec) -> None:
     """Raise :class:`CaseError` naming ``path`` if it cannot be what ``spec`` takes (headers only).
 
-    DICOM series folders are checked by :func:`monai_smia.io.dicom_read.check_dicom_series`; other
-    suffixes are left to the bundle's reader. A file that passed is not read again while its size
+    A folder is a DICOM series: every file is decoded and the slice spacing checked
+    (:func:`monai_smia.io.dicom_read.find_dicom_series`: a cut-short slice or a gap is named) before any
+    bundle preprocessing runs; other suffixes are left to the bundle's reader. A file that passed is not read again while its size
     and modification time stay the same.
     """
     p = Path(path)
     if not p.exists():
         raise CaseError(f"{str(p)!r} does not exist; fix the datalist or the --input path.")
+    if p.is_dir():  # a folder's own mtime misses a slice rewritten in place: the series check keeps its own cache
+        _check_series(p, spec)
+        return
     st = p.stat()
     _check_cached(str(p.resolve()), st.st_size, st.st_mtime_ns, spec)
 
@@ -190,6 +202,17 @@ def _check_cached(path: str, size: int, mtime_ns: int, spec: InputSpec) -> None:
         _check_nifti(p, spec)
     elif p.is_file() and name.endswith(PNG_SUFFIXES):
         _check_png(p, spec)
+
+
+def _check_series(path: Path, spec: InputSpec) -> None:
+    from monai_smia.io.dicom_read import find_dicom_series
+
+    try:
+        find_dicom_series(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise CaseError(str(e)) from e
+    if spec.spatial_ndim is not None and spec.spatial_ndim != 3:
+        raise CaseError(f"{str(path)!r} is a DICOM series (a 3D volume); the bundle takes {spec.spatial_ndim}D images.")
 
 
 def check_case_files(
@@ -210,3 +233,47 @@ def check_case_files(
         path = item.get(key) if isinstance(item, Mapping) else item
         if isinstance(path, (str, os.PathLike)):
             check_image_file(path, spec)
+            if isinstance(item, Mapping) and item.get("label") is not None:
+                check_label(path, item["label"], spec)
+
+
+def _classes(spec: InputSpec) -> int | None:
+    """Label values the bundle's outputs can express: K channels give 0..K-1; one channel (a logit) gives 0..1."""
+    return None if spec.num_classes is None else max(spec.num_classes, 2)
+
+
+def check_label(image: str | os.PathLike, label: Any, spec: InputSpec) -> None:
+    """Raise :class:`CaseError` naming the case when its label cannot be what the bundle predicts: a class
+    index outside its classes (classification), or a label map whose size or values do not fit (segmentation)."""
+    k = _classes(spec)
+    if spec.task == "classification":
+        values = list(label) if isinstance(label, (list, tuple)) else [label]
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            raise CaseError(f"{str(image)!r}: its label {label!r} is not a class index (an integer).")
+        if k is not None and any(not 0 <= int(v) < k for v in values):
+            raise CaseError(f"{str(image)!r}: its label {label!r} is outside the bundle's classes 0..{k - 1}.")
+    elif spec.task == "segmentation" and isinstance(label, (str, os.PathLike)):
+        p = Path(label)
+        if not p.is_file():
+            raise CaseError(f"{str(image)!r}: its label {str(p)!r} does not exist; fix the datalist.")
+        st = p.stat()
+        _check_label_map(str(Path(image).resolve()), str(p.resolve()), st.st_size, st.st_mtime_ns, k)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_label_map(image: str, label: str, size: int, mtime_ns: int, classes: int | None) -> None:
+    import nibabel as nib
+
+    if not (label.lower().endswith(NIFTI_SUFFIXES) and image.lower().endswith(NIFTI_SUFFIXES)):
+        return
+    try:
+        lab = nib.load(label)
+        values = np.unique(np.asarray(lab.dataobj))
+    except Exception as e:
+        raise CaseError(f"{label!r} is not a readable NIfTI label map ({e}); replace this file.") from e
+    shape = tuple(int(s) for s in nib.load(image).shape)
+    if tuple(int(s) for s in lab.shape) != shape:
+        raise CaseError(f"{label!r} has shape {tuple(lab.shape)}, its image {image!r} has {shape}; pair them correctly.")
+    bad = [v for v in values.tolist() if v != int(v) or (classes is not None and not 0 <= v < classes)]
+    if bad:
+        raise CaseError(f"{label!r} holds label values {bad[:5]} outside the bundle's classes 0..{(classes or 1) - 1}.")

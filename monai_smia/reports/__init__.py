@@ -17,6 +17,7 @@ from monai_smia.reports.store import (
     atomic_write_bytes,
     atomic_write_text,
     check_run_settings,
+    provisional_settings,
     to_jsonable,
 )
 from monai_smia.reports.summary import SetMetric, ci_key, classification_set_metrics, summarize_records
@@ -40,6 +41,7 @@ __all__ = [
     "atomic_write_text",
     "case_figure",
     "check_run_settings",
+    "provisional_settings",
     "ci_key",
     "classification_set_metrics",
     "collect_provenance",

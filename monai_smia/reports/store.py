@@ -7,13 +7,14 @@ A *record* is one case scored under one condition, a flat dict
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,23 @@ def check_run_settings(output_dir: str | Path, settings: Mapping[str, Any], writ
         write_json_atomic(path, new, trailing_newline=True)
 
 
+@contextlib.contextmanager
+def provisional_settings(output_dir: str | Path) -> Iterator[None]:
+    """Within this context a run records its settings; if it fails before any case result is stored, the
+    ``settings.json`` it wrote (and the folder, if the run made it and left it empty) is removed, so a
+    corrected rerun with other settings is not refused by a run that produced nothing."""
+    out = Path(output_dir)
+    existed, had_settings = out.exists(), (out / RUN_SETTINGS).is_file()
+    try:
+        yield
+    except BaseException:
+        if not had_settings and not any((out / "cases").rglob("*.json")):
+            (out / RUN_SETTINGS).unlink(missing_ok=True)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
 class CaseStore:
     """Per-case results kept as one small JSON file per ``(attack, eps, case)`` so a rerun resumes.
 
@@ -183,6 +201,11 @@ class CaseStore:
         # internal file: keep nan/inf (Python's json reads them back)
         path = self.path(rec["attack"], rec["eps"], rec["case_id"])
         return write_json_atomic(path, to_jsonable(rec, strict=False), trailing_newline=True)
+
+    def has_records(self, attack: str, eps: float | None) -> bool:
+        """Whether any record of ``attack`` at ``eps`` is stored (a folder holding at least one record file)."""
+        folder = self.path(attack, eps, "_").parent
+        return folder.is_dir() and any(not p.name.startswith(".") for p in folder.glob("*.json"))
 
     def records(self, attack: str | None = None, eps: float | None | str = "any") -> list[dict[str, Any]]:
         """All valid stored records (optionally of one attack and/or one eps), sorted by attack, eps, case."""

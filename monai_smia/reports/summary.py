@@ -38,6 +38,12 @@ def _is_metric_value(v: Any) -> bool:
     return v is None or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool))
 
 
+#: metrics that are not defined (rather than best) where infinite: the PSNR of a case the attack left unchanged
+#: (e.g. DeepFool on an already misclassified case); the mean leaves them out and counts them in
+#: ``<metric>_unperturbed_cases``
+UNDEFINED_WHEN_INFINITE = ("psnr",)
+
+
 def ci_key(metric: str, confidence: float) -> str:
     return f"{metric}_ci{round(confidence * 100):d}"
 
@@ -91,6 +97,9 @@ def summarize_records(
             if not any(m in r for r in rows):
                 continue
             v = np.array([_as_float(r.get(m)) for r in rows], dtype=np.float64)
+            if m in UNDEFINED_WHEN_INFINITE and np.isinf(v).any():  # PSNR of an unperturbed case: no noise to measure
+                out[f"{m}_unperturbed_cases"] = int(np.isinf(v).sum())
+                v = np.where(np.isinf(v), np.nan, v)
             finite_or_inf = v[~np.isnan(v)]
             out[m] = float(finite_or_inf.mean()) if finite_or_inf.size else float("nan")
             out[ci_key(m, confidence)] = list(bootstrap_ci(v, num_resamples, confidence, seed))

@@ -70,6 +70,7 @@ from monai_smia.reports import (
     CaseStore,
     check_run_settings,
     file_sha256,
+    provisional_settings,
     to_jsonable,
     write_provenance,
 )
@@ -238,7 +239,12 @@ class AdversarialWriter:
         return label_free
 
     def run(self) -> dict[str, Any]:
-        """Attack every pending case, then write ``summary.json`` and ``provenance.json``; returns the summary."""
+        """Attack every pending case, then write ``summary.json`` and ``provenance.json``; returns the summary.
+        A run that fails before storing any case leaves no ``settings.json`` behind."""
+        with provisional_settings(self.output_dir):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cases, data_source = self.cases()
         label_free = self._label_free(cases)
         settings = self.settings(label_free)

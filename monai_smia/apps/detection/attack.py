@@ -115,7 +115,12 @@ class DetectorHeads(nn.Module):
 
 
 def pack_targets(
-    boxes: Sequence[Any], labels: Sequence[Any] | None, spatial_shape: Sequence[int], box_mode: str, allow_empty: bool
+    boxes: Sequence[Any],
+    labels: Sequence[Any] | None,
+    spatial_shape: Sequence[int],
+    box_mode: str,
+    allow_empty: bool,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
     """Per-image boxes and labels as one tensor ``(B, M, 2 * dims + 1)``: ``xyxy`` box then label, rows with label -1 padding."""
     if labels is not None and len(labels) != len(boxes):
@@ -123,7 +128,7 @@ def pack_targets(
     rows = []
     for i, b in enumerate(boxes):
         lab = labels[i] if labels is not None else torch.zeros(len(b), dtype=torch.long)
-        b, lab = check_boxes(b, lab, spatial_shape, f"image {i}", box_mode, allow_empty=allow_empty)
+        b, lab = check_boxes(b, lab, spatial_shape, f"image {i}", box_mode, allow_empty, num_classes)
         rows.append(torch.cat([b, lab[:, None].float()], dim=1))
     m = max([r.shape[0] for r in rows] + [1])
     packed = torch.full((len(rows), m, 2 * len(spatial_shape) + 1), -1.0)
@@ -176,10 +181,8 @@ class _DetectionMixin:
                 "boxes: pass one (M, 4) box tensor per image (a list of length B), not one tensor for the batch."
             )
         if len(boxes) != images.shape[0]:
-            raise ValueError(
-                f"boxes: {len(boxes)} box lists for {images.shape[0]} images (an empty list needs one entry per image)."
-            )
-        return pack_targets(boxes, labels, tuple(images.shape[2:]), box_mode, allow).to(images.device)
+            raise ValueError(f"boxes: {len(boxes)} box lists for {images.shape[0]} images (an empty list needs one entry per image).")
+        return pack_targets(boxes, labels, tuple(images.shape[2:]), box_mode, allow, self.heads.num_classes).to(images.device)
 
     def __call__(self, images: torch.Tensor, boxes: Sequence[Any] | None = None, labels: Sequence[Any] | None = None,
                  *, box_mode: str = "xyxy", **kwargs: Any) -> torch.Tensor:  # fmt: skip

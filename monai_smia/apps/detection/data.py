@@ -49,13 +49,15 @@ def check_boxes(
     case: str,
     box_mode: str = "xyxy",
     allow_empty: bool = True,
+    num_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate one image's boxes and labels and return them as ``xyxy`` float32 / int64 tensors.
 
     Raises:
         ValueError: naming ``case`` and the field: an unknown ``box_mode``; ``box`` not of shape
             ``(M, 2 * dims)``; non-finite or inverted boxes; a box outside the image; ``label`` not
-            one integer per box; an empty ``box`` list where ``allow_empty`` is False.
+            one integer per box, or a class outside ``0..num_classes-1``; an empty ``box`` list where
+            ``allow_empty`` is False.
     """
     dims = len(spatial_shape)
     if box_mode not in BOX_MODES:
@@ -78,9 +80,9 @@ def check_boxes(
     except (TypeError, ValueError):
         raise ValueError(f"{case}: field 'label' must hold one integer class per box, got {labels!r}.") from None
     if lab.shape[0] != b.shape[0] or (lab.numel() and lab.is_floating_point() and not torch.equal(lab, lab.round())):
-        raise ValueError(
-            f"{case}: field 'label' must hold one integer class per box ({b.shape[0]}), got {lab.tolist()}."
-        )
+        raise ValueError(f"{case}: field 'label' must hold one integer class per box ({b.shape[0]}), got {lab.tolist()}.")
+    if num_classes is not None and lab.numel() and bool(((lab < 0) | (lab >= num_classes)).any()):
+        raise ValueError(f"{case}: field 'label' holds classes {lab.tolist()} outside the detector's 0..{num_classes - 1}.")
     if b.shape[0] and box_mode != "xyxy":
         b = convert_box_mode(b, src_mode=box_mode, dst_mode="xyxy")
     if not bool(torch.isfinite(b).all()):
@@ -97,8 +99,9 @@ def check_boxes(
     return b, lab.long()
 
 
-def load_detection_split(dataset_dir: str | os.PathLike, split: str) -> DetectionSet:
-    """Load one split of a detection dataset (see :mod:`monai_smia.apps.data_prep.msd_lung_det`) into memory."""
+def load_detection_split(dataset_dir: str | os.PathLike, split: str, num_classes: int | None = None) -> DetectionSet:
+    """Load one split of a detection dataset (see :mod:`monai_smia.apps.data_prep.msd_lung_det`) into memory;
+    with ``num_classes``, every label is checked to be one of the detector's classes."""
     meta = load_datalist(dataset_dir)
     mode = meta.get("box_mode")
     if mode is None:
@@ -116,7 +119,7 @@ def load_detection_split(dataset_dir: str | os.PathLike, split: str) -> Detectio
                 raise ValueError(f"{split}[{n}]: field {key!r} is missing.")
         img = torch.as_tensor(np.asarray(loader(item["image"])), dtype=torch.float32)
         case = Path(item["image"]).name.split(".")[0]
-        b, lab = check_boxes(item["box"], item["label"], img.shape[1:], f"{split}[{n}] ({case})", mode)
+        b, lab = check_boxes(item["box"], item["label"], img.shape[1:], f"{split}[{n}] ({case})", mode, True, num_classes)
         images.append(img)
         boxes.append(b)
         labels.append(lab)

@@ -12,9 +12,11 @@ over the conditions and the reports (:mod:`monai_smia.apps.evaluate.reports`, ra
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,13 @@ from monai.bundle import ConfigParser
 from monai_smia.apps.attack.cases import GRIDS
 from monai_smia.apps.evaluate.config import SETTINGS, EvaluationCondition, bundle_configs, condition_parser
 from monai_smia.apps.evaluate.reports import write_evaluation_reports
+from monai_smia.attacks.progress import slice_progress
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.bundle.files import load_config_files, read_config_file
 from monai_smia.bundle.victim import load_victim, resolve_bundle
 from monai_smia.io.paths import check_output_outside
 from monai_smia.io.units import check_eps_unit, parse_bounds
+from monai_smia.reports import provisional_settings
 
 __all__ = [
     "ATTACKS",
@@ -176,12 +180,14 @@ class RobustnessEvaluation:
         self, root: Path, attack: str, eps: float | None, device: torch.device, labels: bool = True
     ) -> EvaluationCondition:
         """Run one condition through the bundle's evaluator config (its ``initialize`` and ``run``)."""
-        parser = condition_parser(
-            root, self.settings(root, attack, eps, device), labels, self.distributed, self.batch_size
-        )
+        parser = condition_parser(root, self.settings(root, attack, eps, device), labels, self.distributed, self.batch_size)
+        # in a terminal, bars over each case's slices and window-wise passes (a whole CT takes minutes per case)
+        tag = attack if eps is None else f"{attack} eps={eps:g}"
+        progress = slice_progress(f"{root.name} {tag}") if sys.stderr.isatty() else contextlib.nullcontext()
         try:
-            parser.get_parsed_content("initialize")
-            parser.get_parsed_content("run")
+            with progress:
+                parser.get_parsed_content("initialize")
+                parser.get_parsed_content("run")
             return parser.get_parsed_content("condition")
         except RuntimeError as err:
             inner = _config_error(err)
@@ -190,7 +196,12 @@ class RobustnessEvaluation:
         raise inner
 
     def run(self) -> dict[str, Any]:
-        """Evaluate every pending (condition, case), then (rank 0) write the reports; returns the summary of the first eps."""
+        """Evaluate every pending (condition, case), then (rank 0) write the reports; returns the summary of the
+        first eps. A run that fails before storing any case leaves no ``settings.json`` behind."""
+        with provisional_settings(self.output_dir):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         device = self._setup_distributed()
         victim = load_victim(
             self.bundle, self.dataset_dir, device

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,14 @@ def condition_records(
     return records
 
 
+def stored_attacks(store: Any, attacks: Sequence[str], eps: float) -> list[str]:
+    """The attacks of this run, then every other attack the folder holds records of at ``eps`` (an earlier run
+    with other ``--attacks`` into the same folder, under the same settings), in the registry's order."""
+    from monai_smia.attacks.registry import ATTACKS
+
+    return [*attacks, *(a for a in ATTACKS if a not in attacks and store.has_records(a, eps))]
+
+
 def _metrics(task: str, labels: bool) -> tuple[list[str], list[str]]:
     if not labels:
         return ["changed"], ["changed"]
@@ -91,7 +100,8 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
     by_eps = {}
     grid = getattr(evaluation, "grid", "network")
     for i, eps in enumerate(evaluation.eps):
-        records = condition_records(condition.store, condition.items, evaluation.attacks, eps, task)
+        attacks = stored_attacks(condition.store, evaluation.attacks, eps)
+        records = condition_records(condition.store, condition.items, attacks, eps, task)
         res = write_reports(
             out if i == 0 else out / f"eps_{eps:g}",
             records,
