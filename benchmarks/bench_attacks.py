@@ -188,10 +188,12 @@ def main() -> None:
         else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     )
     print(
-        f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}; malloc: {allocator}\n"
+        f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}; malloc: "
+        f"{allocator}\n"
     )
     print(
-        "| network | FGSM ms/it | PGD ms/it | SMIA ms/it | torchattacks PGD ms/it | floor SMIA/PGD | SMIA/PGD / floor | PGD / T bare fwd+bwd | ours / torchattacks |"
+        "| network | FGSM ms/it | PGD ms/it | SMIA ms/it | torchattacks PGD ms/it | floor SMIA/PGD | SMIA/PGD / floor "
+        "| PGD / T bare fwd+bwd | ours / torchattacks |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -202,13 +204,15 @@ def main() -> None:
         )
     print("\naims: SMIA/PGD / floor <= 1.05; PGD / T bare fwd+bwd <= 1.05; ours / torchattacks <= 1.05")
     print(
-        "\n| network | attack | ms per call | iterations | ms/it | ms/it / bare fwd+bwd | ours / torchattacks DeepFool (whole call) |"
+        "\n| network | attack | ms per call | iterations | ms/it | ms/it / bare fwd+bwd | ours / torchattacks "
+        "DeepFool (whole call) |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         per_it = r["minimal"] / r["minimal_iters"]
         print(
-            f"| {r['name']} | {r['minimal_name']} | {1e3 * r['minimal']:.1f} | {r['minimal_iters']:.0f} | {1e3 * per_it:.1f} | "
+            f"| {r['name']} | {r['minimal_name']} | {1e3 * r['minimal']:.1f} | {r['minimal_iters']:.0f} | "
+            f"{1e3 * per_it:.1f} | "
             f"{per_it / r['fwd_bwd']:.3f} | {r['deepfool_over_torchattacks']:.3f} |"
         )
 

@@ -204,7 +204,8 @@ def main() -> None:
         ratio = "" if r["peak_vs_inference"] is None else f"{r['peak_vs_inference']:.2f}"
         tf = "" if r["time_vs_floor"] is None else f"{r['time_vs_floor']:.3f}"
         print(
-            f"| {r['size']} | {r['windows']} | {r['mode']} | {r['peak_mib']:.0f} | {ratio} | {r['s_per_iter']:.1f} | {tf} |"
+            f"| {r['size']} | {r['windows']} | {r['mode']} | {r['peak_mib']:.0f} | {ratio} | {r['s_per_iter']:.1f} | "
+            f"{tf} |"
         )
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1))

@@ -112,7 +112,8 @@ def main() -> None:
     for r in rows:
         cuda = f" {r['cuda_max_allocated_mib']:.0f} MiB |" if "cuda_max_allocated_mib" in r else ""
         print(
-            f"| {r['depth']} | {r['volume_float32_mib']:.0f} MiB | {r['peak_rss_minus_base_mib']:.0f} MiB | {r['peak_over_volume']:.1f} |{cuda}"
+            f"| {r['depth']} | {r['volume_float32_mib']:.0f} MiB | {r['peak_rss_minus_base_mib']:.0f} MiB | "
+            f"{r['peak_over_volume']:.1f} |{cuda}"
         )
 
 

@@ -80,12 +80,14 @@ def main() -> None:
                     )
                     print(json.dumps(rows[-1]), flush=True)
     print(
-        "\n| source | grid | NIfTI dtype | changed in memory | NIfTI read back | DICOM read back | ratio NIfTI | ratio DICOM |"
+        "\n| source | grid | NIfTI dtype | changed in memory | NIfTI read back | DICOM read back | ratio NIfTI | "
+        "ratio DICOM |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['source']} | {r['grid']} | {r['dtype']} | {_fmt(r['in_memory'])} | {_fmt(r['nifti'])} | {_fmt(r['dicom'])} "
+            f"| {r['source']} | {r['grid']} | {r['dtype']} | {_fmt(r['in_memory'])} | {_fmt(r['nifti'])} | "
+            f"{_fmt(r['dicom'])} "
             f"| {_fmt(r['ratio_nifti'], False)} | {_fmt(r['ratio_dicom'], False)} |"
         )
     if args.json:

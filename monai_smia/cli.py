@@ -19,7 +19,8 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 ATTACK_HELP = (
-    "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA, DeepFool (classifiers), "
+    "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA, DeepFool "
+    "(classifiers), "
     "DAG (segmentation)"
 )
 
@@ -86,7 +87,8 @@ def _add_reproduce(sub: Any) -> None:
         "reproduce",
         help="settle the SMIA paper's claims (Tables 1-6) with paired statistics on the lung CT, RetinaMNIST and MNIST bundles",
         description="Attack the same test cases with FGSM, PGD, DEV, every SMIA reading, DeepFool / DAG and the sweeps of "
-        "the paper's Tables 2-4, under a projected budget and the paper's per-step eps; write reproduce.md, reproduce.json "
+        "the paper's Tables 2-4, under a projected budget and the paper's per-step eps; write reproduce.md, "
+        "reproduce.json "
         "and figures (each claim: holds / does not hold by a paired bootstrap interval). Resumes an interrupted run.",
     )
     _add_data_options(rep, "monai_smia_reproduce")

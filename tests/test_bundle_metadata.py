@@ -72,7 +72,8 @@ def test_verify_net_in_out(bundle: Path):
 
     if _is_detection(bundle):
         pytest.skip(
-            "verify_net_in_out compares one output tensor; a RetinaNet returns head dicts (tested in test_detection_data.py)"
+            "verify_net_in_out compares one output tensor; a RetinaNet returns head dicts (tested in "
+            "test_detection_data.py)"
         )
 
     verify_net_in_out(

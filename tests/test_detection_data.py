@@ -196,7 +196,15 @@ def test_detection_evaluate_bad_input(case, tmp_path, capsys):
         (bundle / "models" / "model.pt").write_bytes(pickle.dumps(Hostile()))
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
     (tmp_path / "data").mkdir()
-    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")]
+    args = [
+        "evaluate",
+        "--bundle",
+        str(bundle),
+        "--dataset-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert main([*args, *(["--attacks", "BIM"] if case == "attack" else [])]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err

@@ -409,7 +409,10 @@ def test_psnr_mean_leaves_out_unperturbed_cases():
     """An attack that leaves a case unchanged has PSNR inf: not averaged in (the mean would be inf), but counted."""
     from monai_smia.reports.summary import summarize_records
 
-    rows = [{"case_id": str(i), "attack": "DeepFool", "psnr": p, "linf": 0.1} for i, p in enumerate([float("inf"), 30.0, 40.0])]
+    rows = [
+        {"case_id": str(i), "attack": "DeepFool", "psnr": p, "linf": 0.1}
+        for i, p in enumerate([float("inf"), 30.0, 40.0])
+    ]
     out = summarize_records(rows, metrics=["psnr", "linf"])["DeepFool"]
     assert out["psnr"] == 35.0 and out["psnr_unperturbed_cases"] == 1 and out["num_cases"] == 3
     lo, hi = out["psnr_ci95"]

@@ -130,6 +130,7 @@ def run_demo(
         results[bundle] = evaluation.run()
         figures = sorted(p.name for p in (out / bundle).glob("*.png"))
         print(
-            f"[{bundle}] reports in {out / bundle}: summary.md, summary.json, per_case.csv, provenance.json; figures: {', '.join(figures)}"
+            f"[{bundle}] reports in {out / bundle}: summary.md, summary.json, per_case.csv, provenance.json; figures: "
+            f"{', '.join(figures)}"
         )
     return results

@@ -111,7 +111,8 @@ def _check_spacing(folder: str | os.PathLike, files: Sequence[str], datasets: Se
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"DICOM series in {str(folder)!r} is not evenly spaced: {abs(gaps[i]):.3f} mm between {str(files[i])!r} and "
+            f"DICOM series in {str(folder)!r} is not evenly spaced: {abs(gaps[i]):.3f} mm between {str(files[i])!r} "
+            "and "
             f"{str(files[i + 1])!r}, {median:.3f} mm elsewhere; a slice is missing or unreadable."
         )
 

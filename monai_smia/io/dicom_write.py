@@ -121,7 +121,8 @@ def _source_uids(ds: Any) -> tuple[str, str]:
     sop = str(ds.get("SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
     if not sop_class or not sop:
         raise ValueError(
-            f"DICOM file {getattr(ds, 'filename', '?')!r} has no SOP Class/Instance UID (neither in the dataset nor the file meta)."
+            f"DICOM file {getattr(ds, 'filename', '?')!r} has no SOP Class/Instance UID (neither in the dataset nor "
+            "the file meta)."
         )
     return sop_class, sop
 

@@ -136,7 +136,8 @@ def _perturbation_array(perturbation: Any, shape: Sequence[int], affine: np.ndar
         arr = arr[0]
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(
-            f"perturbation has spatial shape {tuple(arr.shape)}, the source {tuple(shape)}; bring it back to the source "
+            f"perturbation has spatial shape {tuple(arr.shape)}, the source {tuple(shape)}; bring it back to the "
+            "source "
             "grid first (invert_perturbation)."
         )
     if isinstance(perturbation, MetaTensor):

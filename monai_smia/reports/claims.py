@@ -175,7 +175,8 @@ def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[
         )
     lines += [
         "",
-        "Protocols: `projected` = an L-infinity budget eps with step 2.5 eps / T; `paper` = per-step eps, ball T * eps.",
+        "Protocols: `projected` = an L-infinity budget eps with step 2.5 eps / T; `paper` = per-step eps, ball T * "
+        "eps.",
         "",
     ]
     if meta.get("grid"):

@@ -151,7 +151,8 @@ class AdversarialAttack(Randomizable, Transform):
         x = convert_to_tensor(img, track_meta=False)
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             raise ValueError(
-                f"the image must be channel-first (C, *spatial) without a batch dim, got shape {getattr(x, 'shape', None)}."
+                "the image must be channel-first (C, *spatial) without a batch dim, got shape "
+                f"{getattr(x, 'shape', None)}."
             )
         if not x.is_floating_point():
             x = x.float()
@@ -259,7 +260,8 @@ class SMIAttack(AdversarialAttack):
         dims = img.ndim - 1 - (1 if self.slice_dim is not None else 0)
         if dims not in (1, 2, 3):
             raise ValueError(
-                f"SMIAttack: the item of shape {tuple(img.shape)} with slice_dim={self.slice_dim} gives {dims} spatial dims "
+                f"SMIAttack: the item of shape {tuple(img.shape)} with slice_dim={self.slice_dim} gives {dims} "
+                "spatial dims "
                 "for the network; expected 1, 2 or 3."
             )
         if dims not in self._attacks:

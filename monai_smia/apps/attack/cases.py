@@ -183,7 +183,8 @@ def _datalist_cases(
             image = item.get("image")
             if not isinstance(image, str):
                 raise TypeError(
-                    f"{root / DATALIST}: {split}[{i}] has image {image!r}; one file or DICOM folder per item is expected."
+                    f"{root / DATALIST}: {split}[{i}] has image {image!r}; one file or DICOM folder per item is "
+                    "expected."
                 )
             src = Path(image)
             kind = "dicom" if src.is_dir() else _kind_of_file(src)

@@ -117,7 +117,8 @@ def source_grid_case(
     eps_u = lattice.budget(w.eps_source)
     if not eps_u > 0:
         raise ValueError(
-            f"eps = {w.eps_source:g} source units is below one stored step ({lattice.scale:g}) of {str(case.source)!r}; "
+            f"eps = {w.eps_source:g} source units is below one stored step ({lattice.scale:g}) of "
+            f"{str(case.source)!r}; "
             "raise eps or attack on the network grid (--grid network)."
         )
     sigma = source_sigma(w.sigma, src.affine.numpy(), u.ndim - 2, slice_dim)

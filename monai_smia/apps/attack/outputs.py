@@ -160,7 +160,8 @@ def _png_perturbation(
     d = np.asarray(d_src.detach().cpu().numpy() if isinstance(d_src, torch.Tensor) else d_src, dtype=np.float64)
     if d.shape != raw.shape:
         raise ValueError(
-            f"the perturbation of {str(case.source)!r} has shape {d.shape} but the bundle loads the image as {raw.shape}; "
+            f"the perturbation of {str(case.source)!r} has shape {d.shape} but the bundle loads the image as "
+            f"{raw.shape}; "
             "only spatially invertible preprocessing is supported."
         )
     same = raw.shape == cf.shape and np.array_equal(raw, cf)

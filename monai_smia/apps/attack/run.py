@@ -252,7 +252,8 @@ class AdversarialWriter:
         checkpoint = self.checkpoint if self.checkpoint is not None else self.root / "models" / "model.pt"
         if pending and not Path(checkpoint).is_file():
             raise FileNotFoundError(
-                f"checkpoint {str(checkpoint)!r} not found: train the bundle first (see its docs/README.md) or pass checkpoint=PATH."
+                f"checkpoint {str(checkpoint)!r} not found: train the bundle first (see its docs/README.md) or pass "
+                "checkpoint=PATH."
             )
         if pending:  # the bundle and every input are checked before anything is written
             victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)

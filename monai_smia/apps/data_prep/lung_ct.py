@@ -120,7 +120,8 @@ def resample_in_plane(image: Any, spacing_xy: Sequence[float], label: bool = Fal
 def _check_same_grid(image: Any, label: Any, image_path: Path, label_path: Path) -> None:
     if image.GetSize() != label.GetSize():
         raise ValueError(
-            f"image/label shape mismatch: {image_path} has size {image.GetSize()} but {label_path} has {label.GetSize()}"
+            f"image/label shape mismatch: {image_path} has size {image.GetSize()} but {label_path} has "
+            f"{label.GetSize()}"
         )
     for what, a, b in (
         ("spacing", image.GetSpacing(), label.GetSpacing()),

@@ -65,7 +65,8 @@ class DetectorHeads(nn.Module):
         missing = [a for a in _LOSS_PATH if not hasattr(detector, a)]
         if missing:
             raise ValueError(
-                f"detector: {type(detector).__name__} has no loss path (missing {missing}); pass a MONAI RetinaNetDetector "
+                f"detector: {type(detector).__name__} has no loss path (missing {missing}); pass a MONAI "
+                "RetinaNetDetector "
                 "with a matcher set (set_atss_matcher)."
             )
         self.detector = detector
@@ -171,7 +172,8 @@ class _DetectionMixin:
     ) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.ndim != 2 + self.heads.spatial_dims:
             raise ValueError(
-                f"images must be (B, C, *spatial) with {self.heads.spatial_dims} spatial dims, got {getattr(images, 'shape', type(images))}."
+                f"images must be (B, C, *spatial) with {self.heads.spatial_dims} spatial dims, got "
+                f"{getattr(images, 'shape', type(images))}."
             )
         allow = self.allow_empty_boxes or boxes is None  # label-free: an image may have no detection
         if boxes is None:
@@ -181,8 +183,12 @@ class _DetectionMixin:
                 "boxes: pass one (M, 4) box tensor per image (a list of length B), not one tensor for the batch."
             )
         if len(boxes) != images.shape[0]:
-            raise ValueError(f"boxes: {len(boxes)} box lists for {images.shape[0]} images (an empty list needs one entry per image).")
-        return pack_targets(boxes, labels, tuple(images.shape[2:]), box_mode, allow, self.heads.num_classes).to(images.device)
+            raise ValueError(
+                f"boxes: {len(boxes)} box lists for {images.shape[0]} images (an empty list needs one entry per image)."
+            )
+        return pack_targets(boxes, labels, tuple(images.shape[2:]), box_mode, allow, self.heads.num_classes).to(
+            images.device
+        )
 
     def __call__(self, images: torch.Tensor, boxes: Sequence[Any] | None = None, labels: Sequence[Any] | None = None,
                  *, box_mode: str = "xyxy", **kwargs: Any) -> torch.Tensor:  # fmt: skip

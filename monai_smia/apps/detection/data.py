@@ -80,9 +80,13 @@ def check_boxes(
     except (TypeError, ValueError):
         raise ValueError(f"{case}: field 'label' must hold one integer class per box, got {labels!r}.") from None
     if lab.shape[0] != b.shape[0] or (lab.numel() and lab.is_floating_point() and not torch.equal(lab, lab.round())):
-        raise ValueError(f"{case}: field 'label' must hold one integer class per box ({b.shape[0]}), got {lab.tolist()}.")
+        raise ValueError(
+            f"{case}: field 'label' must hold one integer class per box ({b.shape[0]}), got {lab.tolist()}."
+        )
     if num_classes is not None and lab.numel() and bool(((lab < 0) | (lab >= num_classes)).any()):
-        raise ValueError(f"{case}: field 'label' holds classes {lab.tolist()} outside the detector's 0..{num_classes - 1}.")
+        raise ValueError(
+            f"{case}: field 'label' holds classes {lab.tolist()} outside the detector's 0..{num_classes - 1}."
+        )
     if b.shape[0] and box_mode != "xyxy":
         b = convert_box_mode(b, src_mode=box_mode, dst_mode="xyxy")
     if not bool(torch.isfinite(b).all()):
@@ -119,7 +123,9 @@ def load_detection_split(dataset_dir: str | os.PathLike, split: str, num_classes
                 raise ValueError(f"{split}[{n}]: field {key!r} is missing.")
         img = torch.as_tensor(np.asarray(loader(item["image"])), dtype=torch.float32)
         case = Path(item["image"]).name.split(".")[0]
-        b, lab = check_boxes(item["box"], item["label"], img.shape[1:], f"{split}[{n}] ({case})", mode, True, num_classes)
+        b, lab = check_boxes(
+            item["box"], item["label"], img.shape[1:], f"{split}[{n}] ({case})", mode, True, num_classes
+        )
         images.append(img)
         boxes.append(b)
         labels.append(lab)

@@ -146,7 +146,9 @@ def run_detection_evaluation(
     if unknown:
         raise ValueError(f"attacks: {unknown} are not detection attacks; choose from {sorted(DETECTION_ATTACKS)}.")
     check_output_outside(output_dir, dataset_dir, "output_dir", "dataset_dir")
-    detector, defaults = load_detection_bundle(bundle, device)  # a checkpoint that does not load fails here, before any output
+    detector, defaults = load_detection_bundle(
+        bundle, device
+    )  # a checkpoint that does not load fails here, before any output
     eps = defaults["eps"] if eps is None else float(eps)
     num_iter = defaults["num_iter"] if num_iter is None else int(num_iter)
     data = load_detection_split(dataset_dir, data_split, int(detector.num_classes))

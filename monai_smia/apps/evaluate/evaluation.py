@@ -180,7 +180,9 @@ class RobustnessEvaluation:
         self, root: Path, attack: str, eps: float | None, device: torch.device, labels: bool = True
     ) -> EvaluationCondition:
         """Run one condition through the bundle's evaluator config (its ``initialize`` and ``run``)."""
-        parser = condition_parser(root, self.settings(root, attack, eps, device), labels, self.distributed, self.batch_size)
+        parser = condition_parser(
+            root, self.settings(root, attack, eps, device), labels, self.distributed, self.batch_size
+        )
         # in a terminal, bars over each case's slices and window-wise passes (a whole CT takes minutes per case)
         tag = attack if eps is None else f"{attack} eps={eps:g}"
         progress = slice_progress(f"{root.name} {tag}") if sys.stderr.isatty() else contextlib.nullcontext()
@@ -270,7 +272,8 @@ def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> Robus
     for key, flag in (("dataset_dir", "--dataset-dir"), ("output_dir", "--output"), ("eps", "--eps")):
         if key not in overrides and defaults.get(key) is None:
             raise ValueError(
-                f"{root.name} declares no monai-smia evaluation (its configs/evaluate.json has no 'condition'), so it has no "
+                f"{root.name} declares no monai-smia evaluation (its configs/evaluate.json has no 'condition'), so it "
+                "has no "
                 f"default {key}: pass {flag}"
                 + (" (in the bundle's input units, or with --eps-unit HU)" if key == "eps" else "")
                 + "."

@@ -162,7 +162,8 @@ class SourceGridAttackInferer(Inferer):
         if source is None:
             raise ValueError(
                 f"SourceGridAttackInferer needs the loaded source images: add WithSource to the dataset and "
-                f"{{'source': {SOURCE_KEY!r}}} to PrepareBatchExtraInput's extra_keys (or evaluate with grid='network')."
+                f"{{'source': {SOURCE_KEY!r}}} to PrepareBatchExtraInput's extra_keys (or evaluate with "
+                "grid='network')."
             )
         victim = SimpleNamespace(network=network, inferer=self.inferer)
         lab_all = labels if self.use_labels else None
