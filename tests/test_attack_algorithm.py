@@ -44,7 +44,8 @@ def test_one_step_of_size_eps_is_fgsm():
 
 
 def test_second_iteration_matches_hand_computation():
-    """Iteration 2 is the first with the stabilization term: J = CE(f(x+d), y) - alpha * CE(f(x+d), softmax f(x + W*d))."""
+    """Iteration 2 is the first with the stabilization term:
+    J = CE(f(x+d), y) - alpha * CE(f(x+d), softmax f(x + W*d))."""
     net = seg_net()
     x, y = data()
     eps, step, alpha, sigma = 0.05, 0.02, 0.7, 1.3

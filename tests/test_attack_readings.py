@@ -1,5 +1,5 @@
-"""SMIA's readings (docs/design.md, section 1, readings table) and the trace's cosines, checked against hand computations
-on a linear classifier, where every gradient has a closed form (no autograd in the expected values)."""
+"""SMIA's readings (docs/design.md, section 1, readings table) and the trace's cosines, checked against hand
+computations on a linear classifier, where every gradient has a closed form (no autograd in the expected values)."""
 
 from __future__ import annotations
 

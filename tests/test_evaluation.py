@@ -87,7 +87,8 @@ def test_resume_from_partial_output(retina, retina_report, tmp_path):
 
 
 def test_rerun_with_other_settings_is_refused(mnist, tmp_path, capsys):
-    """A rerun into a finished folder resumes only with the same settings; any other value exits 2 and writes nothing."""
+    """A rerun into a finished folder resumes only with the same settings; any other value exits 2 and writes
+    nothing."""
     out = tmp_path / "run"
     base = ["evaluate", "--dataset-dir", str(mnist), "--output", str(out), "--max-cases", "2", "--device", "cpu"]
     assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 0

@@ -186,8 +186,8 @@ def check_image_file(path: str | os.PathLike, spec: InputSpec) -> None:
 
     A folder is a DICOM series: every file is decoded and the slice spacing checked
     (:func:`monai_smia.io.dicom_read.find_dicom_series`: a cut-short slice or a gap is named) before any
-    bundle preprocessing runs; other suffixes are left to the bundle's reader. A file that passed is not read again while its size
-    and modification time stay the same.
+    bundle preprocessing runs; other suffixes are left to the bundle's reader. A file that passed is not read again
+    while its size and modification time stay the same.
     """
     p = Path(path)
     if not p.exists():

@@ -1,4 +1,5 @@
-"""Ignite/MONAI engine handlers of the attack workflows: case seeding, per-case records, image-quality metrics, a progress bar."""
+"""Ignite/MONAI engine handlers of the attack workflows: case seeding, per-case records, image-quality metrics,
+a progress bar."""
 
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ into one record per case: task metrics against the label (top-1, or Dice/IoU/pix
 perturbation statistics of the adversarial batch against the clean one (L-inf, L2, variance, PSNR,
 SSIM; in the user's ``eps`` unit), the attack's per-iteration diagnostics, the logits of a
 classifier, and, without labels, ``changed``: the share of the output whose prediction differs from
-the clean prediction (an ``AttackInferer`` with ``compute_success=True``). Each record goes to ``store.save(record)`` at once, so an interrupted run resumes
-(:class:`monai_smia.reports.CaseStore` is such a store).
+the clean prediction (an ``AttackInferer`` with ``compute_success=True``). Each record goes to
+``store.save(record)`` at once, so an interrupted run resumes (:class:`monai_smia.reports.CaseStore` is such a
+store).
 """
 
 from __future__ import annotations

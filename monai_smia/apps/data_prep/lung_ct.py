@@ -326,7 +326,8 @@ def prepare(
             tmp,
             items,
             name="lung_ct",
-            source="real CT from the shared data folder (TCIA Lung-PET-CT-Dx, Chest Imaging Platform, TotalSegmentator)",
+            source="real CT from the shared data folder "
+            "(TCIA Lung-PET-CT-Dx, Chest Imaging Platform, TotalSegmentator)",
             synthetic=False,
             labels={"0": "background", "1": "lung"},
             label_sources=list(LABEL_SOURCES),

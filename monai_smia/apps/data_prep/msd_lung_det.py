@@ -68,7 +68,8 @@ def mask_to_boxes(mask: np.ndarray) -> np.ndarray:
 
 
 def find_patch_dir(data_dir: str | os.PathLike) -> Path:
-    """The folder holding ``val_patches.h5`` and ``test_patches.h5`` (``data_dir`` itself or ``data_dir/ct/msd_lung_patches``)."""
+    """The folder holding ``val_patches.h5`` and ``test_patches.h5``: ``data_dir`` itself or
+    ``data_dir/ct/msd_lung_patches``."""
     root = Path(data_dir)
     for cand in (root, root / PATCH_SUBDIR):
         if all((cand / f"{s}_patches.h5").is_file() for s in SOURCES):
@@ -130,7 +131,8 @@ def prepare_msd_lung_det(
                 splits[where[key]].append(_item(name, mask_to_boxes(lab[0]), source=source, index=i))
         write_datalist(
             tmp, splits, name="msd_lung_tumour_det",
-            source="Medical Segmentation Decathlon Task06 lung-tumour 2D patches (CC BY-SA 4.0), one box per tumour component",
+            source="Medical Segmentation Decathlon Task06 lung-tumour 2D patches (CC BY-SA 4.0), "
+            "one box per tumour component",
             box_mode=BOX_MODE, spatial_dims=2, label_names=list(LABEL_NAMES),
             image_shape=list(data["test"][0].shape[2:]), intensity_range=[0.0, 1.0],
         )  # fmt: skip

@@ -282,7 +282,8 @@ def _ead_boxes(label: np.ndarray) -> tuple[list[list[float]], list[int]]:
 
 def prepare_ead(out: Path, dataset: str, cache: Path, manual_dir: Path | None, **_: Any) -> Path:
     """EAD-2019 as segmentation (``ead2019``: 5-page masks as ``.npy``) or detection (``ead2019_det``: one box
-    per connected component of each class, MONAI's detection datalist as :mod:`~monai_smia.apps.data_prep.msd_lung_det`)."""
+    per connected component of each class, MONAI's detection datalist as
+    :mod:`~monai_smia.apps.data_prep.msd_lung_det`)."""
     folder = _require_manual(dataset, manual_dir)
     detection = dataset.endswith("_det")
     pairs = _ead_pairs(folder, dataset)

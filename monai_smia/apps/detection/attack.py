@@ -123,7 +123,8 @@ def pack_targets(
     allow_empty: bool,
     num_classes: int | None = None,
 ) -> torch.Tensor:
-    """Per-image boxes and labels as one tensor ``(B, M, 2 * dims + 1)``: ``xyxy`` box then label, rows with label -1 padding."""
+    """Per-image boxes and labels as one tensor ``(B, M, 2 * dims + 1)``: ``xyxy`` box then label, rows with
+    label -1 padding."""
     if labels is not None and len(labels) != len(boxes):
         raise ValueError(f"labels: {len(labels)} label lists for {len(boxes)} images.")
     rows = []
@@ -273,7 +274,8 @@ class DetectionDAG(_DetectionMixin, DAG):
     Args:
         detector: a MONAI ``RetinaNetDetector``.
         eps: L-infinity budget of the projected result.
-        score_thresh: a target stays active while its score exceeds this (the detector's box-selection floor by default).
+        score_thresh: a target stays active while its score exceeds this (the detector's box-selection floor by
+            default).
         kwargs: :class:`~monai_smia.attacks.dag.DAG` arguments (``gamma``, ``max_iter``, ``bounds``).
     """
 
@@ -296,7 +298,8 @@ class DetectionDAG(_DetectionMixin, DAG):
         return DAG.__call__(self, images, None, **kwargs)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Per (class, anchor) logit minus ``logit(score_thresh)``, ``(B, 1, C * A)``: positive = above the threshold."""
+        """Per (class, anchor) logit minus ``logit(score_thresh)``, ``(B, 1, C * A)``: positive = above the
+        threshold."""
         cls = self.heads.classification(self.logits(x)).float()
         return cls.reshape(cls.shape[0], 1, -1) - self._offset
 

@@ -85,7 +85,8 @@ def run_detection_condition(bundle: str | os.PathLike, settings: dict[str, Any])
 def detection_figure(
     path: str | Path, data: DetectionSet, records: Sequence[dict[str, Any]], cases: Sequence[str], score: float = 0.5
 ) -> Path:
-    """Each case (row) under each condition (column): ground truth in green, detections scoring at least ``score`` in red."""
+    """Each case (row) under each condition (column): ground truth in green, detections scoring at least
+    ``score`` in red."""
     plt = pyplot()
     from matplotlib.patches import Rectangle
 
@@ -135,7 +136,8 @@ def run_detection_evaluation(
         attacks: names of :data:`monai_smia.apps.detection.attack.DETECTION_ATTACKS`.
         eps, num_iter: budget (input units) and iterations; ``None``: the bundle's ``evaluate.json``.
         data_split, max_cases: which cases.
-        batch_size, seed, device: how to run (``seed`` with each case's id seeds its noise and PGD random start: :func:`monai_smia.handlers.seeding.case_generators`).
+        batch_size, seed, device: how to run (``seed`` with each case's id seeds its noise and PGD random start:
+            :func:`monai_smia.handlers.seeding.case_generators`).
         num_figure_cases: cases in the figure (those with the most ground-truth boxes first).
         num_resamples: bootstrap resamples of the intervals (over images).
 
@@ -176,7 +178,8 @@ def run_detection_evaluation(
         num_resamples=num_resamples, seed=seed,
     )  # fmt: skip
     write_provenance(out / "provenance.json", seed=seed, checkpoint=Path(bundle) / "models" / "model.pt",
-                     data_source=str(dataset_dir), attack_settings={"attacks": list(attacks), "eps": eps, "num_iter": num_iter})  # fmt: skip
+                     data_source=str(dataset_dir),
+                     attack_settings={"attacks": list(attacks), "eps": eps, "num_iter": num_iter})  # fmt: skip
     if num_figure_cases > 0:
         order = sorted(range(len(data.case_ids)), key=lambda i: (-len(data.boxes[i]), i))[:num_figure_cases]
         detection_figure(out / "detection_examples.png", data, records, [data.case_ids[i] for i in order])

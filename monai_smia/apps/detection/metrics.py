@@ -34,7 +34,8 @@ _COCO_KEYS = {"ap_iou_0.1": "AP_IoU_0.10", "ap_iou_0.5": "AP_IoU_0.50", "coco_ma
 
 
 def detect(detector: Any, images: torch.Tensor, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
-    """Run a MONAI detector in eval mode (restored afterwards) without gradients; ``boxes``/``scores``/``labels`` per image."""
+    """Run a MONAI detector in eval mode (restored afterwards) without gradients; ``boxes``/``scores``/``labels``
+    per image."""
     was_training = detector.training
     detector.eval()
     out: list[dict[str, np.ndarray]] = []

@@ -76,7 +76,8 @@ class RobustnessEvaluation:
         device: ``"cuda"``/``"cpu"``; default: CUDA when available (``cuda:LOCAL_RANK`` under torchrun).
         distributed: split cases across ``torchrun`` processes (NCCL on GPUs, gloo on CPUs).
         num_figure_cases: cases drawn in the example figures.
-        batch_size: cases per evaluator iteration; ``None``: the bundle's evaluate.json (volumes of different sizes need 1).
+        batch_size: cases per evaluator iteration; ``None``: the bundle's evaluate.json (volumes of different
+            sizes need 1).
         grid: ``"network"`` (default): attack the network input; ``"source"``: attack the source voxels
             (e.g. HU) through the bundle's preprocessing, as ``monai-smia attack`` does by default
             (:mod:`monai_smia.apps.evaluate.source`; L-inf/L2/variance then measured on the source grid).
