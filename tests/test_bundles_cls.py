@@ -23,6 +23,7 @@ import pytest
 from conftest import subprocess_env
 import torch
 
+from monai_smia.apps.evaluate.config import EVALUATOR_CONFIG
 from monai_smia.bundle.loading import load_split, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def test_committed_checkpoint_matches_eval_metrics(prepared, tmp_path):
     # evaluate.json (a train.json override) for the clean condition: its records give the victim's test top-1
     args = _bundle_cmd(bundle, "train", data, output_dir=tmp_path, attack="clean", device="cpu")
     args[args.index("--config_file") + 1] = (
-        f"['bundles/{bundle}/configs/train.json','bundles/{bundle}/configs/evaluate.json']"
+        f"['bundles/{bundle}/configs/train.json','{EVALUATOR_CONFIG}','bundles/{bundle}/configs/evaluate.json']"
     )
     _run(args)
     clean = [json.loads(p.read_text()) for p in (tmp_path / "cases" / "clean").glob("*/*.json")]

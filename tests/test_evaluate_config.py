@@ -15,12 +15,20 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, subprocess_env
 
-from monai_smia.apps.evaluate.config import SETTINGS, distributed_overrides, evaluation_overrides
+from monai.bundle import ConfigParser
+
+from monai_smia.apps.evaluate.config import (
+    EVALUATOR_CONFIG,
+    SETTINGS,
+    bundle_configs,
+    distributed_overrides,
+    evaluation_overrides,
+)
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.cli import main
 
 OWN = ("mnist_cls", "retina_dr_cls", "lung_ct_seg", "lung_ct_seg3d")
-CONFIGS = "['configs/train.json','configs/evaluate.json']"
+CONFIGS = f"['configs/train.json','{EVALUATOR_CONFIG}','configs/evaluate.json']"
 
 
 
@@ -107,14 +115,17 @@ def test_shipped_evaluate_json_is_the_train_override_zoo_bundles_get(name):
     own = json.loads((configs / "evaluate.json").read_text())
     train = json.loads((configs / "train.json").read_text())
     assert {"preprocessing", "dataset", "dataloader", "inferer", "evaluator"} <= set(train["validate"])
+    assert len((configs / "evaluate.json").read_text().splitlines()) <= 60  # settings and overrides only
+    assert bundle_configs(configs.parent)[0] == [configs / "train.json", EVALUATOR_CONFIG, configs / "evaluate.json"]
     task, k = task_from_metadata(json.loads((configs / "metadata.json").read_text()))
-    batch = own["validate#dataloader"]["batch_size"]
-    generic = evaluation_overrides(task, k, True, "validate", batch)
-    assert {key: own[key] for key in generic} == generic
+    files = [configs / "train.json", EVALUATOR_CONFIG, configs / "evaluate.json"]
+    merged = ConfigParser(ConfigParser.load_config_files(files))
+    generic = evaluation_overrides(task, k, True, "validate", own["validate#dataloader#batch_size"])
+    assert {key: merged[key] for key in generic} == generic  # the wiring a model-zoo bundle gets, plus settings
     assert set(SETTINGS) <= set(own) and own["eps"] > 0
-    assert own["validate#attack_inferer"]["_target_"] == "monai_smia.inferers.AttackInferer"
-    assert own["validate#attack_inferer"]["inferer"] == "@validate#inferer"
-    assert own["validate#prepare_batch"]["extra_keys"] == {"labels": "label"}
+    assert merged["validate#attack_inferer"]["_target_"] == "monai_smia.inferers.AttackInferer"
+    assert merged["validate#attack_inferer"]["inferer"] == "@validate#inferer"
+    assert merged["validate#prepare_batch"]["extra_keys"] == {"labels": "label"}
     assert set(own["validate#key_metric"]) == ({"top1"} if task == "classification" else {"dice"})
     multi = json.loads((configs / "multi_gpu_evaluate.json").read_text())
     assert {key: multi[key] for key in distributed_overrides("validate")} == distributed_overrides("validate")

@@ -12,6 +12,7 @@ import torch
 from conftest import REPO_ROOT, subprocess_env
 
 from monai_smia.cli import main
+from monai_smia.apps.evaluate.config import EVALUATOR_CONFIG
 from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
 
 
@@ -117,8 +118,8 @@ def _run_condition(mnist, out, nproc: int) -> dict:
     """One condition (PGD: random starts) through ``python -m monai.bundle run``, under torchrun with
     ``multi_gpu_evaluate.json`` (gloo on CPUs) when ``nproc > 1``; returns the stored records."""
     bundle = REPO_ROOT / "bundles/mnist_cls"
-    files = ["train.json", "evaluate.json", *(["multi_gpu_evaluate.json"] if nproc > 1 else [])]
-    configs = "[" + ",".join(f"'{bundle}/configs/{f}'" for f in files) + "]"
+    files = ["train.json", EVALUATOR_CONFIG, "evaluate.json", *(["multi_gpu_evaluate.json"] if nproc > 1 else [])]
+    configs = "[" + ",".join(f"'{bundle / 'configs' / f}'" for f in files) + "]"  # an absolute f is kept as is
     args = [
         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(bundle),
         "--dataset_dir", str(mnist), "--output_dir", str(out), "--max_cases", "7", "--validate#dataloader#batch_size", "1",

@@ -1,18 +1,22 @@
 """One condition (attack x eps) of a robustness evaluation as a MONAI evaluator config.
 
-A bundle's ``configs/evaluate.json`` overrides its ``train.json``'s ``validate`` section, as model-zoo
-bundles do: the evaluator's inferer becomes an :class:`~monai_smia.inferers.AttackInferer` around
+The evaluator wiring is shipped once, as :data:`EVALUATOR_CONFIG` (``configs/evaluator.json`` beside this
+module), merged after a bundle's ``train.json`` and overriding its ``validate`` section as model-zoo bundles
+do: the evaluator's inferer becomes an :class:`~monai_smia.inferers.AttackInferer` around
 ``@validate#inferer``, ``PrepareBatchExtraInput({"labels": "label"})`` hands the labels over, metric
 handlers report the task metric and PSNR/SSIM/L-inf of the adversarial images, and a
-:class:`~monai_smia.handlers.CaseRecordHandler` stores every case as it completes. One condition runs with::
+:class:`~monai_smia.handlers.CaseRecordHandler` stores every case as it completes. A bundle's own
+``evaluate.json`` comes last: the budget, the task metric (``validate#key_metric``) and the batch size.
+One condition runs with::
 
-    python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \\
+    B=bundles/NAME/configs; E=monai_smia/apps/evaluate/configs/evaluator.json
+    python -m monai.bundle run --config_file "['$B/train.json','$E','$B/evaluate.json']" \\
         --bundle_root bundles/NAME --dataset_dir DATA --output_dir OUT --attack SMIA --eps 0.1
 
 :class:`EvaluationCondition` (the config's ``condition``) holds what the config derives from the bundle
 and the settings: the cases, the budget in network units, the bounds, the case store and the
-run-settings check. A bundle whose ``evaluate.json`` lacks these keys (a model-zoo bundle) gets them
-from :func:`evaluation_overrides`, the same entries this repository's bundles ship.
+run-settings check. A bundle whose ``evaluate.json`` is not written on top of :data:`EVALUATOR_CONFIG` (a
+model-zoo bundle) gets the same entries from :func:`evaluation_overrides`.
 """
 
 from __future__ import annotations
@@ -286,52 +290,40 @@ def _key_metric(task: str, num_classes: int, labels: bool) -> dict[str, Any] | N
     }
 
 
-def evaluation_overrides(task: str, num_classes: int, labels: bool = True, section: str = "validate", batch_size: int = 1) -> dict[str, Any]:
-    """The evaluator entries of an ``evaluate.json`` (``section``: ``"validate"`` for a train.json
-    override, ``""`` for an inference.json's top-level evaluator), as this repository's bundles ship them."""
+#: monai-smia's evaluator wiring, shipped once: merged after a bundle's train.json and before its evaluate.json
+EVALUATOR_CONFIG = Path(__file__).resolve().parent / "configs" / "evaluator.json"
+#: the key that marks a bundle's evaluate.json as written on top of :data:`EVALUATOR_CONFIG`
+EVALUATOR_KEY = "evaluator_config"
+
+
+def _in_section(value: Any, section: str) -> Any:
+    """``value`` of :data:`EVALUATOR_CONFIG` (written for ``validate``) with its references moved to ``section``."""
+    if isinstance(value, dict):
+        return {k: _in_section(v, section) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_section(v, section) for v in value]
+    return value.replace("@validate#", f"@{section}#" if section else "@") if isinstance(value, str) else value
+
+
+def evaluation_overrides(
+    task: str, num_classes: int, labels: bool = True, section: str = "validate", batch_size: int = 1
+) -> dict[str, Any]:
+    """The evaluator entries a bundle's evaluate.json and :data:`EVALUATOR_CONFIG` give together (``section``:
+    ``"validate"`` for a train.json override, ``""`` for an inference.json's top-level evaluator): the shipped
+    wiring, the task metric, the batch size and, without ``labels``, the label-free attack."""
+    wiring = {k: v for k, v in read_config_file(EVALUATOR_CONFIG).items() if not k.startswith("_")}
     p = f"{section}#" if section else ""
-    clean = f"$@{p}attacker is None"
-    store = {k: f"$@condition.{k}" for k in ("task", "attack", "eps")}
-    return {
-        "network": {"_target_": "monai_smia.bundle.loading.load_weights", "network": "$@network_def.to(@device)", "path": "$@condition.checkpoint", "map_location": "@device"},
-        "condition": {"_target_": "monai_smia.apps.evaluate.config.EvaluationCondition", "preprocessing": f"@{p}preprocessing", "inferer": f"@{p}inferer", "use_labels": labels}
-        | {k: f"@{k}" for k in ("bundle_root", "dataset_dir", "output_dir", *[s for s in SETTINGS if s != "attacks"])},
-        f"{p}dataset": {"_target_": "Dataset", "data": "$@condition.pending_items()", "transform": {"_target_": "monai_smia.bundle.data.CaseErrors", "transform": f"@{p}preprocessing"}},
-        f"{p}dataloader": {"_target_": "DataLoader", "dataset": f"@{p}dataset", "batch_size": batch_size, "shuffle": False, "num_workers": 0, "collate_fn": "$monai.data.utils.list_data_collate"},
-        f"{p}attacker": "$@condition.make_attack(@network)",
-        f"{p}attack_inferer": {"_target_": "monai_smia.inferers.AttackInferer", "_disabled_": clean, "attack": f"@{p}attacker", "inferer": f"@{p}inferer", "use_labels": labels, "compute_success": not labels, "seed": "@seed"},
-        f"{p}prepare_batch": {"_target_": "PrepareBatchExtraInput", "_disabled_": clean if labels else True, "extra_keys": {"labels": "label"}},
-        f"{p}key_metric": _key_metric(task, num_classes, labels),
-        f"{p}attack_metrics": {
-            "linf": _metric({"_target_": "monai_smia.metrics.PerturbationMetric", "statistic": "linf"}, ["image_adv", "image"], clean),
-            "psnr": _metric({"_target_": "monai_smia.handlers.ImageQualityMetric", "name": "psnr", "bounds": "$@condition.bounds"}, ["image_adv", "image"], clean),
-            "ssim": _metric({"_target_": "monai_smia.handlers.ImageQualityMetric", "name": "ssim", "bounds": "$@condition.bounds"}, ["image_adv", "image"], clean),
-        },
-        f"{p}handlers": [
-            {"_target_": "monai_smia.apps.evaluate.config.CaseErrorNamer"},
-            {"_target_": "monai_smia.handlers.CaseSeedHandler", "inferer": f"@{p}attack_inferer", "seed": "@seed", "attack": "$@condition.attack", "eps": "$@condition.eps"},
-            {"_target_": "monai_smia.inferers.AdversarialImageHandler", "_disabled_": clean, "inferer": f"@{p}attack_inferer", "output_key": "image_adv"},
-            {"_target_": "monai_smia.handlers.CaseRecordHandler", "store": "$@condition.store", **store, "inferer": f"@{p}attack_inferer", "bounds": "$@condition.bounds", "eps_scale": "$@condition.scale", "figure_cases": "$@condition.figure_cases"},
-            {"_target_": "StatsHandler", "iteration_log": False},
-            {"_target_": "ignite.handlers.ProgressBar", "_disabled_": "$not @condition.is_main_rank", "desc": "$@condition.description", "persist": True},
-        ],
-        f"{p}evaluator": {
-            "_target_": "SupervisedEvaluator",
-            "device": "@device",
-            "val_data_loader": f"@{p}dataloader",
-            "network": "@network",
-            "inferer": f"$@{p}inferer if @{p}attacker is None else @{p}attack_inferer",
-            "prepare_batch": f"$monai.engines.default_prepare_batch if @{p}prepare_batch is None else @{p}prepare_batch",
-            "key_val_metric": f"@{p}key_metric",
-            "additional_metrics": f"@{p}attack_metrics",
-            "val_handlers": f"@{p}handlers",
-            "postprocessing": None,
-            "decollate": False,
-            "amp": False,
-        },
-        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
-        "run": [f"$@{p}evaluator.run() if len(@{p}dataloader) > 0 else None"],
-    }
+    out: dict[str, Any] = {}
+    for key, value in wiring.items():
+        out[p + key[len("validate#") :] if key.startswith("validate#") else key] = _in_section(value, section)
+        if key == "validate#prepare_batch":
+            out[f"{p}key_metric"] = _key_metric(task, num_classes, labels)
+    out[f"{p}dataloader"]["batch_size"] = batch_size
+    if not labels:
+        out["condition"]["use_labels"] = out[f"{p}attack_inferer"]["use_labels"] = False
+        out[f"{p}attack_inferer"]["compute_success"] = True
+        out[f"{p}prepare_batch"]["_disabled_"] = True
+    return out
 
 
 def distributed_overrides(section: str = "validate") -> dict[str, Any]:
@@ -342,13 +334,15 @@ def distributed_overrides(section: str = "validate") -> dict[str, Any]:
 
 
 def bundle_configs(root: Path) -> tuple[list[Path], str]:
-    """The config files one condition merges (``train.json`` + an ``evaluate.json`` override, else
-    ``inference.json``) and the section holding the evaluator (``"validate"`` or ``""``)."""
+    """The config files one condition merges (``train.json`` + an ``evaluate.json`` override, with
+    :data:`EVALUATOR_CONFIG` between them when the override is written on top of it; else ``inference.json``)
+    and the section holding the evaluator (``"validate"`` or ``""``)."""
     configs = root / "configs"
     if (configs / "train.json").is_file() and isinstance(read_config_file(configs / "train.json").get("validate"), dict):
         files = [configs / "train.json"]
         if is_train_override(configs / "evaluate.json"):
-            files.append(configs / "evaluate.json")
+            own = EVALUATOR_KEY in read_config_file(configs / "evaluate.json")
+            files.extend([EVALUATOR_CONFIG, configs / "evaluate.json"] if own else [configs / "evaluate.json"])
         return files, "validate"
     return [configs / "inference.json"], ""
 
@@ -358,12 +352,11 @@ def condition_parser(root: Path, settings: dict[str, Any], labels: bool = True, 
     of :func:`evaluation_overrides` added when its evaluate.json is not a monai-smia one, e.g. a
     model-zoo bundle's), then ``settings`` (top-level keys), the sampler and the batch size set."""
     files, section = bundle_configs(root)
-    own: dict[str, Any] = read_config_file(files[-1]) if len(files) > 1 else {}
     parser = ConfigParser()
     parser.read_config(load_config_files(files))
     meta = read_metadata(root)
     task, num_classes = task_from_metadata(meta)
-    if "condition" not in own:  # not a monai-smia evaluate.json (e.g. a model-zoo bundle): use the shipped entries
+    if EVALUATOR_CONFIG not in files:  # not a monai-smia evaluate.json (e.g. a model-zoo bundle): the shipped entries
         defaults = {k: v for k, v in SETTINGS.items() if k not in parser.config}
         for key, value in {**defaults, **evaluation_overrides(task, num_classes, labels, section)}.items():
             parser[key] = value

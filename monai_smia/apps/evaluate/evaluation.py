@@ -25,7 +25,14 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_smia.apps.attack.cases import GRIDS
-from monai_smia.apps.evaluate.config import SETTINGS, EvaluationCondition, bundle_configs, condition_parser
+from monai_smia.apps.evaluate.config import (
+    EVALUATOR_CONFIG,
+    EVALUATOR_KEY,
+    SETTINGS,
+    EvaluationCondition,
+    bundle_configs,
+    condition_parser,
+)
 from monai_smia.apps.evaluate.reports import write_evaluation_reports
 from monai_smia.attacks.progress import slice_progress
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
@@ -240,9 +247,9 @@ def bundle_evaluation_defaults(root: Path) -> dict[str, Any]:
     """The evaluation settings a bundle's own ``evaluate.json`` declares (budget, unit, attacks, batch
     size, data and output folders); ``{}`` for a bundle without a monai-smia evaluate.json."""
     files, section = bundle_configs(root)
-    own = read_config_file(files[-1]) if len(files) > 1 else {}
-    if "condition" not in own:
+    if EVALUATOR_CONFIG not in files:
         return {}
+    own = read_config_file(files[-1])
     parser = ConfigParser()
     parser.read_config(load_config_files(files))
     parser["bundle_root"] = str(root)
@@ -273,9 +280,8 @@ def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> Robus
     for key, flag in (("dataset_dir", "--dataset-dir"), ("output_dir", "--output"), ("eps", "--eps")):
         if key not in overrides and defaults.get(key) is None:
             raise ValueError(
-                f"{root.name} declares no monai-smia evaluation (its configs/evaluate.json has no 'condition'), so it "
-                "has no "
-                f"default {key}: pass {flag}"
+                f"{root.name} declares no monai-smia evaluation (its configs/evaluate.json has no "
+                f"'{EVALUATOR_KEY}'), so it has no default {key}: pass {flag}"
                 + (" (in the bundle's input units, or with --eps-unit HU)" if key == "eps" else "")
                 + "."
             )
