@@ -189,9 +189,12 @@ def _normalised_gradients(
             weight = geo.weight.to(device=g.device, dtype=g.dtype)
             for s in geo.slices:
                 count[(slice(None), slice(None), *s)] += weight
+        if not any(geo.pad):  # one volume-sized tensor, not two
+            out.append(g / count)
+            continue
         h = torch.zeros((batch, g.shape[1], *geo.image_size), dtype=g.dtype, device=g.device)
         h[(slice(None), slice(None), *geo.crop)] = g
-        out.append(h / count)
+        out.append(h.div_(count))
     return out
 
 

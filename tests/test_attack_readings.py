@@ -212,3 +212,16 @@ def test_merged_trace_cosines_are_those_of_the_whole_volume(setup):
         d, s = getattr(tr, dot).sum(1), getattr(tr, sq).sum(1)
         expected = d[1:] / (s[1:] * s[:-1]).sqrt()
         assert torch.allclose(merged.cosines(kind)[1:, 0], expected, atol=1e-12)
+
+
+def test_trace_prints_a_table_with_named_columns():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    attack = SMIA(net, eps=0.1, num_iter=3)
+    attack(torch.rand(2, 1, 8, 8))
+    lines = str(attack.trace).splitlines()
+    assert lines[0] == "| iter | DEV loss | STA loss | Var(d) | cos step | cos gradient | cos update | cos perturbation |"
+    assert len(lines) == 2 + 3 + 1 and lines[2].startswith("| 1 |") and lines[2].endswith("| - | - | - | - |")
+    assert "nan" not in str(attack.trace) and "applied update has cos > 0" in lines[-1]
+    dev = attack.trace.summary()["deviation_loss"]
+    assert lines[3].split(" | ")[1] == f"{dev[1]:.4g}"

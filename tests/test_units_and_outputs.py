@@ -217,3 +217,11 @@ def test_attack_takes_max_cases_and_ends_with_what_it_wrote(mnist, tmp_path, cap
         f"wrote 2 adversarial case(s) to {out}; FGSM eps=0.1 on the source grid; prediction changed on"
     )
     assert "read back: " in last and len(list((out / "cases").rglob("*.json"))) == 2
+
+
+def test_evaluate_prints_the_table_of_every_budget(mnist, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(mnist), "--output", str(out), "--attacks", "FGSM"]
+    assert main([*argv, "--eps", "0.05", "0.1", "--max-cases", "3", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "eps = 0.05" in printed and "eps = 0.1" in printed

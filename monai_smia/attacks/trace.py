@@ -176,6 +176,30 @@ class AttackTrace:
         return out
 
 
+    def table(self) -> str:
+        """A short per-iteration table, averaged over the batch: the losses, ``Var(d)`` and the cosine of each
+        kind between consecutive vectors (``-`` at the first iteration, which has no predecessor), then the
+        share of iterations with a positive cosine of consecutive applied updates."""
+
+        def cell(v: float) -> str:
+            return "-" if v != v else f"{v:.4g}"
+
+        kinds = [(k, self.cosines(k).double().mean(dim=1)) for k in COSINE_KINDS]
+        head = ["iter", "DEV loss", "STA loss", "Var(d)", *(f"cos {k}" for k, _ in kinds)]
+        rows = [head, ["---"] * len(head)]
+        dev, sta = self.deviation_loss.double().mean(1), self.stabilization_loss.double().mean(1)
+        var = self.perturbation_variance.double().mean(1)
+        for t in range(self.num_iter):
+            values = [dev[t], sta[t], var[t], *(c[t] for _, c in kinds)]
+            rows.append([str(t + 1), *(cell(float(v)) for v in values)])
+        share = float(self.positive_cosine_share.mean())
+        lines = ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join([*lines, f"share of iterations whose applied update has cos > 0 with the previous one: {cell(share)}"])
+
+    def __str__(self) -> str:
+        return self.table()
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise dot products ``(B, N) x (B, N) -> (B,)`` as float64. torch sums on the CPU pairwise
     (cascade), so accumulating in the inputs' precision keeps about 1e-7 relative error at half the

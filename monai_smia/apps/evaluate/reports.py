@@ -127,7 +127,8 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
         command_line=sys.argv,
     )
     write_figures(condition, evaluation.attacks, evaluation.eps[0], unit)
-    print((out / "summary.md").read_text())
+    for i, eps in enumerate(evaluation.eps):  # every budget's table, not only the first
+        print((out if i == 0 else out / f"eps_{eps:g}").joinpath("summary.md").read_text())
     return by_eps[evaluation.eps[0]]
 
 
