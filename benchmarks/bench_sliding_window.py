@@ -196,8 +196,10 @@ def main() -> None:
             )
             rows.append(r)
             print(json.dumps(r), flush=True)
+    gb = args.grad_batch_size or ZOO["sw_batch_size"]
     print(
-        f"\n{args.attack} (T={args.num_iter}) on {args.device}, zoo spleen UNet, roi 96^3, sw_batch_size 4, overlap 0.5"
+        f"\n{args.attack} (T={args.num_iter}) on {args.device}, zoo spleen UNet, roi 96^3, sw_batch_size 4, overlap 0.5, "
+        f"{gb} windows per backward batch"
     )
     print("| volume | windows | mode | peak MiB | x inference | s/iter | x floor |\n|---|---|---|---|---|---|---|")
     for r in rows:

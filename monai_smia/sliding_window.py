@@ -133,6 +133,7 @@ def windowwise_input_gradient(
     inferer: SlidingWindowInferer,
     network: torch.nn.Module,
     grad_batch_size: int | None = None,
+    autocast: tuple[bool, torch.dtype] = (False, torch.float32),
 ) -> torch.Tensor:
     """``d(sum_k <grads[k], out_k>)/d inputs`` for ``out = inferer(inputs, network)``, window batch by window batch.
 
@@ -142,6 +143,8 @@ def windowwise_input_gradient(
         inferer: the ``SlidingWindowInferer`` of the forward pass.
         network: its network (any module; called as MONAI calls it, with window coordinates under ``with_coord``).
         grad_batch_size: windows recomputed per batch; ``None``: the inferer's ``sw_batch_size``.
+        autocast: ``(enabled, dtype)`` of ``torch.autocast`` on the window device during the forward pass: the
+            windows are recomputed under the same autocast (an ``amp`` attack), so the gradient is the forward's.
     """
     sw_device, _ = _devices(inputs, inferer)
     geo = window_geometry(inputs, inferer, sw_device)
@@ -155,7 +158,7 @@ def windowwise_input_gradient(
         for start in range(0, len(windows), step):
             win, coords = _window_batch(x_pad, geo, windows[start : start + step], sw_device)
             win.requires_grad_(True)
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(sw_device.type, dtype=autocast[1], enabled=autocast[0]):
                 out = network(win, coords) if inferer.with_coord else network(win)
                 pairs = [
                     (o, _window_gradient(h, coords, geo, o)) for o, h in zip(_flatten(out)[1], scaled) if h is not None
@@ -250,12 +253,14 @@ class _WindowwiseSlidingWindow(torch.autograd.Function):
                 )
         ctx.save_for_backward(inputs)
         ctx.inferer, ctx.network, ctx.batch = inferer, network, batch
+        dev = _devices(inputs, inferer)[0].type
+        ctx.autocast = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         return tuple(tensors)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> Any:
         (inputs,) = ctx.saved_tensors
-        grad = windowwise_input_gradient(inputs.detach(), grads, ctx.inferer, ctx.network, ctx.batch)
+        grad = windowwise_input_gradient(inputs.detach(), grads, ctx.inferer, ctx.network, ctx.batch, ctx.autocast)
         return grad, None, None, None, None
 
 

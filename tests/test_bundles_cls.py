@@ -83,11 +83,11 @@ def _network(bundle: str) -> torch.nn.Module:
 def test_one_epoch_training_smoke(prepared, tmp_path):
     bundle, data = prepared
     ckpt = tmp_path / "ckpt"
-    proc = _run(_bundle_cmd(bundle, "train", data, max_epochs=1, max_train_items=96, max_val_items=48, ckpt_dir=ckpt))
+    proc = _run(_bundle_cmd(bundle, "train", data, max_epochs=1, max_train_items=96, max_val_items=48, train_ckpt_dir=ckpt))
     log = proc.stdout + proc.stderr
     assert "val_accuracy" in log and "train_accuracy" in log
     files = sorted(p.name for p in ckpt.iterdir())
-    assert files == ["model.pt"], files  # best-validation checkpoint, written to --ckpt_dir, not into the bundle
+    assert files == ["model.pt"], files  # best-validation checkpoint, written to --train_ckpt_dir, not into the bundle
     net = load_weights(_network(bundle), ckpt / "model.pt")
     assert not net.training
     with torch.no_grad():

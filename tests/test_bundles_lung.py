@@ -105,7 +105,7 @@ def test_one_epoch_training_smoke(name: str, lung_data: Path, tmp_path: Path) ->
             "--config_file", f"bundles/{name}/configs/train.json",
             "--bundle_root", f"bundles/{name}",
             "--dataset_dir", str(lung_data),
-            "--ckpt_dir", str(tmp_path),
+            "--train_ckpt_dir", str(tmp_path),
             "--max_epochs", "1", "--val_interval", "1", "--train_repeat", "1",
             "--max_train_items", "1", "--max_val_items", "1", "--num_samples", "2",
         ]

@@ -93,6 +93,8 @@ def test_one_condition_through_monai_bundle_run(mnist, tmp_path):
     resumed = _records(out)
     assert resumed.keys() == records.keys() and all(_close(resumed[k], records[k]) for k in records)
     records = resumed
+    proc = _bundle_run(mnist, out)  # everything stored: said, not a silent exit 0
+    assert proc.returncode == 0 and "all 6 cases already stored in" in proc.stdout + proc.stderr
 
     # other settings into the same folder: refused, nothing written
     proc = _bundle_run(mnist, out, "--num_iter", "3")

@@ -240,3 +240,29 @@ def test_a_case_that_runs_out_of_memory_is_named(command, data_dir, tmp_path, mo
     assert "spleen_" in errors[0] and "sw_batch_size" in errors[0]
     stored = [json.loads(p.read_text()) for p in (out / "cases").rglob("*.json")] if (out / "cases").is_dir() else []
     assert not any(r.get("attack") == "FGSM" for r in stored)
+
+
+def test_amp_attacks_recompute_the_windows_under_the_forward_autocast():
+    """With ``amp`` the windows run under autocast in the forward pass; the backward recomputes them under the
+    same autocast (bfloat16 on the CPU), so the result matches the full graph's amp attack."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() and x.requires_grad:  # a window recomputed for the input gradient
+                seen.append(torch.is_autocast_enabled("cpu"))
+            return self.net(x)
+
+    net = Recorder(_net(3, cout=2).float())
+    x = torch.rand(1, 1, 32, 24, 20)
+    inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=2, overlap=0.5)
+    ww = AttackInferer(FGSM(net, eps=0.03, amp=True), inferer)
+    full = AttackInferer(FGSM(net, eps=0.03, amp=True), inferer, windowwise=False)
+    ww(x, net)
+    assert seen and all(seen)  # every window recomputed with gradient ran under autocast
+    full(x, net)
+    assert float((ww.last_adversarial == full.last_adversarial).double().mean()) >= 0.99

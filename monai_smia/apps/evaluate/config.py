@@ -229,6 +229,8 @@ class EvaluationCondition:
         self._barrier()  # every rank reads the store before any rank writes to it
         done = set(self.store.pending(self.attack, self.eps, [it["case_id"] for it in self.items]))
         self._barrier()
+        if not done and self.rank == 0:  # a rerun that finds everything stored says so instead of exiting silently
+            print(f"{self.description}: all {len(self.items)} cases already stored in {self.output_dir}; nothing to do.")
         return [it for it in self.items if it["case_id"] in done]
 
     def _barrier(self) -> None:
