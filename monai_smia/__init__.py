@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from monai_smia.attacks import DAG, FGSM, PGD, SMIA, Attack, AttackTrace, DeepFool, IterativeAttack, RandomSignNoise
+from monai_smia.attacks import (
+    APGD,
+    DAG,
+    FGSM,
+    PGD,
+    SMIA,
+    Attack,
+    AttackTrace,
+    CosPGD,
+    DeepFool,
+    IterativeAttack,
+    RandomSignNoise,
+    SegPGD,
+    Square,
+    WorstCase,
+)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -11,6 +26,11 @@ __all__ = [
     "FGSM",
     "DeepFool",
     "DAG",
+    "APGD",
+    "SegPGD",
+    "CosPGD",
+    "Square",
+    "WorstCase",
     "RandomSignNoise",
     "Attack",
     "IterativeAttack",

@@ -20,8 +20,8 @@ __all__ = ["build_parser", "main"]
 
 ATTACK_HELP = (
     "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA, DeepFool "
-    "(classifiers), "
-    "DAG (segmentation)"
+    "(classifiers), DAG (segmentation), APGD and APGD-T (Croce & Hein 2020), SegPGD and CosPGD (segmentation), "
+    "Square (gradient-free), worst-case (AutoAttack-style ensemble of the strongest, per case)"
 )
 
 

@@ -19,11 +19,13 @@ import torch.nn.functional as F
 __all__ = [
     "prepare_labels",
     "deviation_loss",
+    "pixel_loss",
     "stabilization_loss",
     "stabilization_kl",
     "soft_prediction",
     "hard_prediction",
     "per_sample_mean",
+    "dlr_loss",
     "DeviationLoss",
 ]
 
@@ -84,12 +86,17 @@ def prepare_labels(labels: torch.Tensor, logits: torch.Tensor, name: str = "labe
     return idx
 
 
-def deviation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Task loss per sample: cross-entropy (K > 1) or BCE with logits (K == 1), mean over pixels."""
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Unreduced task loss: cross-entropy ``(B[, *spatial])`` (K > 1) or BCE with logits ``(B, 1[, *spatial])``."""
     logits = _wide(logits)
     if logits.shape[1] == 1:
-        return per_sample_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
-    return per_sample_mean(F.cross_entropy(logits, target, reduction="none"))
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def deviation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Task loss per sample: cross-entropy (K > 1) or BCE with logits (K == 1), mean over pixels."""
+    return per_sample_mean(pixel_loss(logits, target))
 
 
 def soft_prediction(logits: torch.Tensor) -> torch.Tensor:
@@ -140,3 +147,35 @@ def stabilization_kl(smoothed_logits: torch.Tensor, logits: torch.Tensor) -> tor
         return per_sample_mean(kl)
     log_p, log_q = F.log_softmax(a, dim=1), F.log_softmax(b, dim=1)
     return per_sample_mean((log_p.exp() * (log_p - log_q)).sum(dim=1))
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Difference of logits ratio per sample (Croce & Hein, ICML 2020, arXiv 2003.01690, Eq. 6 and 7), to maximise.
+
+    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``; targeted towards ``target``:
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, where ``z_pi1 >= z_pi2 >= ...`` are the sorted
+    logits. It is invariant to shifting and rescaling the logits. Per voxel for dense outputs, then
+    the mean over voxels (a constant multiple of the paper's sum, so the same attack).
+
+    Args:
+        logits: ``(B, K[, *spatial])``, ``K >= 3`` (``K >= 4`` when targeted).
+        labels: class indices ``(B[, *spatial])`` (the true classes).
+        target: class indices of ``labels``' shape for the targeted form; ``None`` for the untargeted one.
+
+    Raises:
+        ValueError: too few classes.
+    """
+    z = _wide(logits)
+    k, need = z.shape[1], 3 if target is None else 4
+    if k < need:
+        kind = "targeted DLR" if target is not None else "DLR"
+        raise ValueError(f"{kind} needs at least {need} classes, the network has {k}; use the cross-entropy loss.")
+    top = z.topk(need, dim=1).values
+    z_y = z.gather(1, labels.unsqueeze(1)).squeeze(1)
+    if target is None:
+        other = z.scatter(1, labels.unsqueeze(1), float("-inf")).amax(dim=1)
+        value = -(z_y - other) / (top[:, 0] - top[:, 2] + 1e-12)
+    else:
+        z_t = z.gather(1, target.unsqueeze(1)).squeeze(1)
+        value = -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+    return per_sample_mean(value)

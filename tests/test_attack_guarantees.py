@@ -10,10 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from monai.networks.nets import UNet
 
-from monai_smia import DAG, FGSM, PGD, SMIA, Attack, DeepFool, RandomSignNoise
+from monai_smia import APGD, DAG, FGSM, PGD, SMIA, Attack, CosPGD, DeepFool, RandomSignNoise, SegPGD, Square, WorstCase
 
-#: attacks that fit one task only (DeepFool: classifiers, DAG: segmentation)
-TASK_OF = {"deepfool": "cls", "dag": "seg"}
+#: attacks that fit one task only (DeepFool: classifiers, DAG, SegPGD, CosPGD: segmentation)
+TASK_OF = {"deepfool": "cls", "dag": "seg", "segpgd": "seg", "cospgd": "seg"}
+#: attacks that may return a case unchanged when no iterate beats it (a case already misclassified, or
+#: with APGD's best-iterate rule against random labels): they attack the clean prediction here
+LABEL_FREE = {"deepfool", "dag", "worstcase", "apgd", "apgd_t"}
 
 
 def make_net(spatial_dims: int, in_ch: int, out_ch: int, task: str, seed: int) -> torch.nn.Module:
@@ -62,6 +65,18 @@ def build_attack(name: str, net: torch.nn.Module, eps: float, spatial_dims: int,
         return DeepFool(net, eps=eps, max_iter=5, bounds=bounds)
     if name == "dag":
         return DAG(net, eps=eps, gamma=0.05, max_iter=5, bounds=bounds)
+    if name == "apgd":
+        return APGD(net, eps=eps, num_iter=4, bounds=bounds, random_start=seed_rs, restarts=2)
+    if name == "apgd_t":  # targeted cross-entropy: the guarantee test's networks have 1 to 3 classes
+        return APGD(net, eps=eps, num_iter=3, loss="ce", targeted=True, bounds=bounds, random_start=seed_rs)
+    if name == "segpgd":
+        return SegPGD(net, eps=eps, num_iter=3, bounds=bounds, random_start=seed_rs)
+    if name == "cospgd":
+        return CosPGD(net, eps=eps, num_iter=3, bounds=bounds, random_start=seed_rs)
+    if name == "square":
+        return Square(net, eps=eps, num_queries=6, bounds=bounds)
+    if name == "worstcase":
+        return WorstCase(net, eps=eps, num_iter=2, num_queries=3, bounds=bounds)
     if name == "overshoot":
         return Overshoot(net, eps=eps, bounds=bounds)
     if name == "pgd":
@@ -75,10 +90,14 @@ def ulp_tolerance(x: torch.Tensor) -> torch.Tensor:
     return 4 * torch.finfo(x.dtype).eps * x.abs().clamp_min(1.0)
 
 
-@settings(deadline=None, max_examples=45)
+ROBUSTNESS_ATTACKS = ["apgd", "apgd_t", "segpgd", "cospgd", "square", "worstcase"]
+
+
+@settings(deadline=None, max_examples=60)
 @given(
     name=st.sampled_from(
         ["smia", "pgd", "fgsm", "noise", "smia_readings", "smia_paper", "deepfool", "dag", "overshoot"]
+        + ROBUSTNESS_ATTACKS
     ),
     spatial_dims=st.sampled_from([2, 3]),
     task=st.sampled_from(["seg", "cls"]),
@@ -112,8 +131,10 @@ def test_guarantees(name, spatial_dims, task, batch, in_ch, out_ch, side, eps, b
     bounds = (0.0, 1.0) if bounded else None
 
     attack = build_attack(name, net, eps, spatial_dims, bounds, random_start)
+    if name == "apgd_t" and out_ch == 1:
+        return  # targeted APGD needs 2 classes at least (tested in test_attack_robustness.py)
     # minimal-norm attacks leave a sample that is already misclassified alone: attack the clean prediction
-    labels = None if name in TASK_OF else y
+    labels = None if name in LABEL_FREE else y
     torch.manual_seed(seed)
     x_adv = attack(x, labels)
 
@@ -143,7 +164,7 @@ def test_overshooting_perturb_is_masked_by_the_base_class():
     assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("name", ["smia", "pgd", "fgsm", "smia_readings", "dag", "deepfool"])
+@pytest.mark.parametrize("name", ["smia", "pgd", "fgsm", "smia_readings", "dag", "deepfool", *ROBUSTNESS_ATTACKS])
 def test_batching_does_not_change_result_float64(name):
     task = TASK_OF.get(name, "seg")
     net = make_net(2, 1, 3, task, 3).double()
@@ -163,6 +184,8 @@ def test_batching_does_not_change_result_float64(name):
     if result_whole is not None:  # minimal-norm attacks: the unconstrained result too
         assert torch.equal(torch.cat([r.unconstrained for r in results]), result_whole.unconstrained)
         assert torch.equal(torch.cat([r.iterations for r in results]), result_whole.iterations)
+        return
+    if trace_whole is None:  # gradient-free (Square) or an ensemble (WorstCase): no trace
         return
     merged = type(trace_whole).cat(traces)
     assert torch.allclose(merged.perturbation_variance, trace_whole.perturbation_variance)

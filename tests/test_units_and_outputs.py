@@ -225,3 +225,15 @@ def test_evaluate_prints_the_table_of_every_budget(mnist, tmp_path, capsys):
     assert main([*argv, "--eps", "0.05", "0.1", "--max-cases", "3", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "eps = 0.05" in printed and "eps = 0.1" in printed
+
+
+def test_ctrl_c_in_reproduce_is_one_line_and_130(data_dir, tmp_path, monkeypatch, capsys):
+    from monai_smia.apps import reproduce
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "run_reproduce", interrupted)
+    assert main(["reproduce", "--data-dir", str(data_dir), "--output", str(tmp_path / "out"), "--quick"]) == 130
+    err = capsys.readouterr().err
+    assert "monai-smia reproduce: interrupted; rerun the same command to resume" in err and "Traceback" not in err

@@ -8,22 +8,39 @@ from typing import Any
 
 import torch
 
+from monai_smia.attacks.apgd import APGD
 from monai_smia.attacks.base import Attack
+from monai_smia.attacks.cospgd import CosPGD
 from monai_smia.attacks.dag import DAG
 from monai_smia.attacks.deepfool import DeepFool
 from monai_smia.attacks.fgsm import FGSM
 from monai_smia.attacks.noise import RandomSignNoise
 from monai_smia.attacks.pgd import PGD
+from monai_smia.attacks.segpgd import SegPGD
 from monai_smia.attacks.smia import SMIA
+from monai_smia.attacks.square import Square
+from monai_smia.attacks.worstcase import WorstCase
 
-__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "TASK_ATTACKS", "make_attack", "check_attacks"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "TASK_ATTACKS", "ROBUSTNESS", "make_attack", "check_attacks"]
 
 #: attack names understood by :func:`make_attack`, in the paper's order
-ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA", "DeepFool", "DAG")
+ATTACKS = (
+    "noise", "FGSM", "PGD", "DEV", "SMIA", "DeepFool", "DAG",
+    "APGD", "APGD-T", "SegPGD", "CosPGD", "Square", "worst-case",
+)
 #: the attacks of a default evaluation (every task)
 DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA")
 #: attacks that only fit one task, and that task
-TASK_ATTACKS = {"DeepFool": "classification", "DAG": "segmentation"}
+TASK_ATTACKS = {"DeepFool": "classification", "DAG": "segmentation", "SegPGD": "segmentation", "CosPGD": "segmentation"}
+#: the robustness-evaluation attacks and the options :func:`make_attack` passes on to them
+ROBUSTNESS = {
+    "APGD": ("restarts",),
+    "APGD-T": ("restarts", "num_targets"),
+    "SegPGD": (),
+    "CosPGD": (),
+    "Square": ("num_queries", "p_init"),
+    "worst-case": ("attacks", "num_queries"),
+}
 #: SMIA's reading options that :func:`make_attack` passes on (docs/design.md, section 1)
 SMIA_READINGS = ("stabilization", "stabilization_target", "smooth", "protocol")
 
@@ -63,7 +80,10 @@ def make_attack(
     ``noise`` (random sign noise), ``FGSM``, ``PGD`` (Madry et al., random start), ``DEV`` (SMIA with
     alpha = 0, no random start), ``SMIA``, ``DeepFool`` (classifiers; the paper's overshoot 0.02
     and 50 iterations) and ``DAG`` (segmentation; gamma = 0.5 on a 0-255 scale, i.e.
-    ``0.5 / 255`` of the bounds' range, 200 iterations). DeepFool and DAG return the result
+    ``0.5 / 255`` of the bounds' range, 200 iterations); for robustness evaluations (Croce & Hein
+    2020) ``APGD`` (APGD-CE), ``APGD-T`` (targeted DLR), ``SegPGD``, ``CosPGD`` (segmentation; random
+    start), ``Square`` (5000 queries) and ``worst-case`` (:class:`~monai_smia.attacks.worstcase.WorstCase`,
+    its gradient members at ``num_iter``). DeepFool and DAG return the result
     projected onto ``eps``; their unconstrained result is in ``attack.result``.
 
     Args:
@@ -99,6 +119,8 @@ def make_attack(
         if "gamma" not in options and bounds is not None:
             options["gamma"] = 0.5 * (bounds[1] - bounds[0]) / 255
         return DAG(network, eps=eps, bounds=bounds, **options)
+    if name in ROBUSTNESS:
+        return _robustness_attack(name, network, eps, num_iter, bounds, options)
     if options:
         raise ValueError(f"{', '.join(sorted(options))}: {name} takes no reading options.")
     if name == "noise":
@@ -106,3 +128,28 @@ def make_attack(
     if name == "FGSM":
         return FGSM(network, eps=eps, bounds=bounds)
     return PGD(network, eps=eps, num_iter=num_iter, random_start=True, bounds=bounds)
+
+
+def _robustness_attack(
+    name: str,
+    network: torch.nn.Module,
+    eps: float,
+    num_iter: int,
+    bounds: Sequence[float] | None,
+    options: dict[str, Any],
+) -> Attack:
+    """APGD (CE), APGD-T (targeted DLR), SegPGD, CosPGD (random start, as PGD), Square, worst-case (WorstCase)."""
+    unknown = sorted(set(options) - set(ROBUSTNESS[name]))
+    if unknown:
+        allowed = ", ".join(ROBUSTNESS[name]) or "none"
+        raise ValueError(f"{', '.join(unknown)}: not an option of {name}; its options: {allowed}.")
+    if name == "APGD":
+        return APGD(network, eps=eps, num_iter=num_iter, loss="ce", bounds=bounds, **options)
+    if name == "APGD-T":
+        return APGD(network, eps=eps, num_iter=num_iter, loss="dlr", targeted=True, bounds=bounds, **options)
+    if name in ("SegPGD", "CosPGD"):
+        cls = SegPGD if name == "SegPGD" else CosPGD
+        return cls(network, eps=eps, num_iter=num_iter, bounds=bounds, random_start=True)
+    if name == "Square":
+        return Square(network, eps=eps, bounds=bounds, **options)
+    return WorstCase(network, eps=eps, num_iter=num_iter, bounds=bounds, **options)
