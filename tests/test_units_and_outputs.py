@@ -228,7 +228,7 @@ def test_evaluate_prints_the_table_of_every_budget(mnist, tmp_path, capsys):
 
 
 def test_ctrl_c_in_reproduce_is_one_line_and_130(data_dir, tmp_path, monkeypatch, capsys):
-    from monai_smia.apps import reproduce
+    from monai_smia.apps.reproduce import workflow as reproduce
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
