@@ -148,7 +148,7 @@ def windowwise_input_gradient(
     """
     sw_device, _ = _devices(inputs, inferer)
     geo = window_geometry(inputs, inferer, sw_device)
-    scaled = _normalised_gradients(grads, geo, inputs.shape[0])
+    on_grid, count = _padded_gradients(grads, geo, inputs.shape[0])
     padding = look_up_option(inferer.padding_mode, PytorchPadMode)
     x_pad = F.pad(inputs, list(geo.pad), mode=padding, value=inferer.cval) if any(geo.pad) else inputs
     grad_pad = torch.zeros_like(x_pad)
@@ -160,8 +160,11 @@ def windowwise_input_gradient(
             win.requires_grad_(True)
             with torch.enable_grad(), torch.autocast(sw_device.type, dtype=autocast[1], enabled=autocast[0]):
                 out = network(win, coords) if inferer.with_coord else network(win)
+                share = _window_share(count, coords, geo)
                 pairs = [
-                    (o, _window_gradient(h, coords, geo, o)) for o, h in zip(_flatten(out)[1], scaled) if h is not None
+                    (o, _window_gradient(h, share, coords, o))
+                    for o, h in zip(_flatten(out)[1], on_grid)
+                    if h is not None
                 ]
                 (g_win,) = torch.autograd.grad([o for o, _ in pairs], win, [g for _, g in pairs])
             g_win = g_win.to(device=grad_pad.device, dtype=grad_pad.dtype)
@@ -177,10 +180,11 @@ def windowwise_input_gradient(
     return grad
 
 
-def _normalised_gradients(
+def _padded_gradients(
     grads: Sequence[torch.Tensor | None], geo: WindowGeometry, batch: int
-) -> list[torch.Tensor | None]:
-    """Each output gradient on the padded grid, divided by the overlap count ``sum_w place_w(m)``."""
+) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
+    """Each output gradient on the padded grid (the gradient itself where nothing is padded: no copy), and the
+    overlap count ``sum_w place_w(m)`` that each window's share is divided by."""
     out: list[torch.Tensor | None] = []
     count: torch.Tensor | None = None
     for g in grads:
@@ -192,27 +196,37 @@ def _normalised_gradients(
             weight = geo.weight.to(device=g.device, dtype=g.dtype)
             for s in geo.slices:
                 count[(slice(None), slice(None), *s)] += weight
-        if not any(geo.pad):  # one volume-sized tensor, not two
-            out.append(g / count)
+        if not any(geo.pad):
+            out.append(g)
             continue
         h = torch.zeros((batch, g.shape[1], *geo.image_size), dtype=g.dtype, device=g.device)
         h[(slice(None), slice(None), *geo.crop)] = g
-        out.append(h.div_(count))
-    return out
+        out.append(h)
+    return out, count
+
+
+def _window_share(
+    count: torch.Tensor | None, coords: Sequence[Sequence[slice]], geo: WindowGeometry
+) -> torch.Tensor | None:
+    """``m / crop_w(c)`` for each window of a batch, ``(n, 1, *roi)``: the blending map over the overlap count."""
+    if count is None:
+        return None
+    c = torch.cat([count[(slice(None), slice(None), *s[2:])] for s in coords])
+    return geo.weight.to(device=c.device, dtype=c.dtype) / c
 
 
 def _window_gradient(
-    h: torch.Tensor, coords: Sequence[Sequence[slice]], geo: WindowGeometry, out: torch.Tensor
+    h: torch.Tensor, share: torch.Tensor, coords: Sequence[Sequence[slice]], out: torch.Tensor
 ) -> torch.Tensor:
-    """The share of the normalised output gradient ``h`` that falls on each window of a batch, times the blending map."""
-    g = torch.cat([h[tuple(c)] for c in coords]).to(device=out.device)
+    """The share of the output gradient ``h`` that falls on each window of a batch: ``m * crop_w(h / c)``."""
+    g = torch.cat([h[tuple(c)] for c in coords])
     if g.shape != out.shape:
         raise ValueError(
             f"window-wise gradient: the network's output windows have shape {tuple(out.shape)}, the inferer blends "
             f"{tuple(g.shape)}; outputs must keep the input's spatial size (pass windowwise=False to differentiate "
             "the whole sliding-window call)."
         )
-    return (g * geo.weight.to(g.device)).to(out.dtype)
+    return (g * share).to(device=out.device, dtype=out.dtype)
 
 
 def describe_inferer(inferer: SlidingWindowInferer) -> str:
