@@ -68,7 +68,9 @@ def timed_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device
     return best
 
 
-def minimal_norm(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, amp: bool) -> tuple[DeepFool | DAG, dict[str, Callable[[], object]]]:
+def minimal_norm(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, amp: bool
+) -> tuple[DeepFool | DAG, dict[str, Callable[[], object]]]:
     """DeepFool on a classifier, DAG on a segmentation network, and torchattacks' DeepFool when installed.
 
     DAG is capped at T iterations (its paper's 200 would dominate the run; the time per iteration is what counts).
@@ -89,7 +91,9 @@ def minimal_norm(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     return deepfool, fns
 
 
-def bench(name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, amp: bool) -> dict[str, float]:
+def bench(
+    name: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, amp: bool
+) -> dict[str, float]:
     device = x.device
     eps = 4 / 255
     net.eval()
@@ -152,7 +156,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="run the networks under autocast")
     parser.add_argument("--densenet-size", type=int, default=96, help="side of the DenseNet121 inputs (default 96)")
-    parser.add_argument("--malloc", choices=("steady", "default"), default="steady", help="CPU allocator setting (see above)")
+    parser.add_argument(
+        "--malloc", choices=("steady", "default"), default="steady", help="CPU allocator setting (see above)"
+    )
     parser.add_argument("--unet-size", type=int, default=256, help="side of the UNet inputs (default 256)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -162,13 +168,33 @@ def main() -> None:
     dense = DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).to(device)
     s, u = args.densenet_size, args.unet_size
     cases = [
-        (f"UNet 2D, 8 x 1 x {u} x {u}", unet, torch.rand(8, 1, u, u, device=device), torch.randint(0, 2, (8, u, u), device=device)),
-        (f"DenseNet121 2D, 16 x 3 x {s} x {s}", dense, torch.rand(16, 3, s, s, device=device), torch.randint(0, 5, (16,), device=device)),
+        (
+            f"UNet 2D, 8 x 1 x {u} x {u}",
+            unet,
+            torch.rand(8, 1, u, u, device=device),
+            torch.randint(0, 2, (8, u, u), device=device),
+        ),
+        (
+            f"DenseNet121 2D, 16 x 3 x {s} x {s}",
+            dense,
+            torch.rand(16, 3, s, s, device=device),
+            torch.randint(0, 5, (16,), device=device),
+        ),
     ]
     rows = [bench(name, net, x, y, args.repeats, args.amp) for name, net, x, y in cases]
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}; malloc: {allocator}\n")
-    print("| network | FGSM ms/it | PGD ms/it | SMIA ms/it | torchattacks PGD ms/it | floor SMIA/PGD | SMIA/PGD / floor | PGD / T bare fwd+bwd | ours / torchattacks |")
+    dev = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}; malloc: "
+        f"{allocator}\n"
+    )
+    print(
+        "| network | FGSM ms/it | PGD ms/it | SMIA ms/it | torchattacks PGD ms/it | floor SMIA/PGD | SMIA/PGD / floor "
+        "| PGD / T bare fwd+bwd | ours / torchattacks |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -177,12 +203,16 @@ def main() -> None:
             f"{r['pgd_over_bare']:.3f} | {r['ours_over_torchattacks']:.3f} |"
         )
     print("\naims: SMIA/PGD / floor <= 1.05; PGD / T bare fwd+bwd <= 1.05; ours / torchattacks <= 1.05")
-    print("\n| network | attack | ms per call | iterations | ms/it | ms/it / bare fwd+bwd | ours / torchattacks DeepFool (whole call) |")
+    print(
+        "\n| network | attack | ms per call | iterations | ms/it | ms/it / bare fwd+bwd | ours / torchattacks "
+        "DeepFool (whole call) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         per_it = r["minimal"] / r["minimal_iters"]
         print(
-            f"| {r['name']} | {r['minimal_name']} | {1e3 * r['minimal']:.1f} | {r['minimal_iters']:.0f} | {1e3 * per_it:.1f} | "
+            f"| {r['name']} | {r['minimal_name']} | {1e3 * r['minimal']:.1f} | {r['minimal_iters']:.0f} | "
+            f"{1e3 * per_it:.1f} | "
             f"{per_it / r['fwd_bwd']:.3f} | {r['deepfool_over_torchattacks']:.3f} |"
         )
 

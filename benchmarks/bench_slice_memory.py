@@ -85,7 +85,8 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['depth']} | {r['batch']} | {r['volume_mib']:.1f} | {r['peak_minus_base_mib']:.1f} | {r['activation_mib']:.1f} |"
+            f"| {r['depth']} | {r['batch']} | {r['volume_mib']:.1f} | {r['peak_minus_base_mib']:.1f} | "
+            f"{r['activation_mib']:.1f} |"
         )
 
 

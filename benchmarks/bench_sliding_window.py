@@ -144,7 +144,9 @@ def _child(mode: str, size: str, args: argparse.Namespace) -> dict | None:
     cmd = [sys.executable, __file__, "--child", mode, size, "--attack", args.attack, "--num-iter", str(args.num_iter),
            "--device", args.device, "--repeats", str(args.repeats)] + (["--data-dir", args.data_dir] if args.data_dir else []) + (
            ["--grad-batch-size", str(args.grad_batch_size)] if args.grad_batch_size else [])  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     if proc.returncode != 0:
         print(f"{mode} {size}: failed ({proc.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
         return None
@@ -168,7 +170,14 @@ def main() -> None:
     if args.child:
         size = tuple(int(s) for s in args.child[1].split("x"))
         row = run_one(
-            args.child[0], size, args.attack, args.num_iter, args.device, args.data_dir, args.grad_batch_size, args.repeats
+            args.child[0],
+            size,
+            args.attack,
+            args.num_iter,
+            args.device,
+            args.data_dir,
+            args.grad_batch_size,
+            args.repeats,
         )
         print(json.dumps(row))
         return
@@ -197,7 +206,8 @@ def main() -> None:
         ratio = "" if r["peak_vs_inference"] is None else f"{r['peak_vs_inference']:.2f}"
         tf = "" if r["time_vs_floor"] is None else f"{r['time_vs_floor']:.3f}"
         print(
-            f"| {r['size']} | {r['windows']} | {r['mode']} | {r['peak_mib']:.0f} | {ratio} | {r['s_per_iter']:.1f} | {tf} |"
+            f"| {r['size']} | {r['windows']} | {r['mode']} | {r['peak_mib']:.0f} | {ratio} | {r['s_per_iter']:.1f} | "
+            f"{tf} |"
         )
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1))

@@ -4,7 +4,7 @@ resampling of one volume, not by the number of slices times the activations.
 Each size runs in its own subprocess (peak RSS is per process), with ``MALLOC_MMAP_THRESHOLD_=131072``
 so that RSS follows live memory. A synthetic int16 CT of 512 x 512 x D voxels (0.7 x 0.7 x 2.5 mm, HU
 in -1024..400) is attacked with the ``lung_ct_seg`` bundle (SMIA, 20 HU, label-free) on the source
-grid through ``monai_smia.apps.attack_run.AdversarialWriter`` (``verify=False``: no read-back). The
+grid through ``monai_smia.apps.attack.run.AdversarialWriter`` (``verify=False``: no read-back). The
 report gives the peak RSS minus the RSS after loading the bundle, the bytes of one source volume
 (float32) and their ratio; on CUDA also ``torch.cuda.max_memory_allocated``.
 
@@ -49,7 +49,7 @@ def make_source(depth: int, folder: Path) -> Path:
 def run_one(src: Path, depth: int, num_iter: int, device: str) -> dict[str, float]:
     import torch
 
-    from monai_smia.apps.attack_run import AdversarialWriter
+    from monai_smia.apps.attack.run import AdversarialWriter
     from monai_smia.bundle.victim import load_victim
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
@@ -93,14 +93,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for depth in args.depths:
             src = make_source(depth, Path(tmp))
-            cmd = [sys.executable, __file__, "--one", str(src), "--depths", str(depth), "--num-iter", str(args.num_iter)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(src),
+                "--depths",
+                str(depth),
+                "--num-iter",
+                str(args.num_iter),
+            ]
             out = subprocess.run([*cmd, "--device", args.device], check=True, capture_output=True, text=True, env=env)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| slices | volume (float32) | peak RSS - base | ratio |" + (" CUDA peak |" if args.device != "cpu" else ""))
+    print(
+        "\n| slices | volume (float32) | peak RSS - base | ratio |" + (" CUDA peak |" if args.device != "cpu" else "")
+    )
     for r in rows:
         cuda = f" {r['cuda_max_allocated_mib']:.0f} MiB |" if "cuda_max_allocated_mib" in r else ""
-        print(f"| {r['depth']} | {r['volume_float32_mib']:.0f} MiB | {r['peak_rss_minus_base_mib']:.0f} MiB | {r['peak_over_volume']:.1f} |{cuda}")
+        print(
+            f"| {r['depth']} | {r['volume_float32_mib']:.0f} MiB | {r['peak_rss_minus_base_mib']:.0f} MiB | "
+            f"{r['peak_over_volume']:.1f} |{cuda}"
+        )
 
 
 if __name__ == "__main__":

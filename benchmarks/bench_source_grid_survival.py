@@ -32,7 +32,7 @@ def _data_dir() -> Path:
 
 
 def run_one(source: Path, grid: str, dtype: str, device: str | None, num_iter: int, work: Path) -> dict:
-    from monai_smia.apps.attack_run import run_attack
+    from monai_smia.apps.attack.run import run_attack
 
     out = work / f"{source.name}_{grid}_{dtype}"
     t0 = time.perf_counter()
@@ -75,13 +75,19 @@ def main() -> None:
         for name in args.sources:
             for grid in args.grids:
                 for dtype in args.dtypes:
-                    rows.append(run_one(_data_dir() / SOURCES[name], grid, dtype, args.device, args.num_iter, Path(tmp)))
+                    rows.append(
+                        run_one(_data_dir() / SOURCES[name], grid, dtype, args.device, args.num_iter, Path(tmp))
+                    )
                     print(json.dumps(rows[-1]), flush=True)
-    print("\n| source | grid | NIfTI dtype | changed in memory | NIfTI read back | DICOM read back | ratio NIfTI | ratio DICOM |")
+    print(
+        "\n| source | grid | NIfTI dtype | changed in memory | NIfTI read back | DICOM read back | ratio NIfTI | "
+        "ratio DICOM |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['source']} | {r['grid']} | {r['dtype']} | {_fmt(r['in_memory'])} | {_fmt(r['nifti'])} | {_fmt(r['dicom'])} "
+            f"| {r['source']} | {r['grid']} | {r['dtype']} | {_fmt(r['in_memory'])} | {_fmt(r['nifti'])} | "
+            f"{_fmt(r['dicom'])} "
             f"| {_fmt(r['ratio_nifti'], False)} | {_fmt(r['ratio_dicom'], False)} |"
         )
     if args.json:

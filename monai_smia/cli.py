@@ -19,9 +19,9 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 ATTACK_HELP = (
-    "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA, DeepFool (classifiers), "
-    "DAG (segmentation), APGD and APGD-T (Croce & Hein 2020), SegPGD and CosPGD (segmentation), Square (gradient-free), "
-    "worst-case (AutoAttack-style ensemble of the strongest, per case)"
+    "noise (random sign noise), FGSM, PGD (Madry, random start), DEV (SMIA with alpha=0), SMIA, DeepFool "
+    "(classifiers), DAG (segmentation), APGD and APGD-T (Croce & Hein 2020), SegPGD and CosPGD (segmentation), "
+    "Square (gradient-free), worst-case (AutoAttack-style ensemble of the strongest, per case)"
 )
 
 
@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     bundles = ", ".join(builtin_bundles())
     parser = argparse.ArgumentParser(
         prog="monai-smia",
-        description="Stress-test MONAI networks with SMIA (Stabilized Medical Image Attack, ICLR 2021) and the baselines "
-        "it is compared with. Each command runs a MONAI bundle: one of this package's (" + bundles + ") or any bundle folder.",
+        description="Stress-test MONAI networks with SMIA (Stabilized Medical Image Attack, ICLR 2021) and the "
+        "baselines it is compared with. Each command runs a MONAI bundle: one of this package's ("
+        + bundles
+        + ") or any bundle folder.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,evaluate,attack,reproduce}")
@@ -77,22 +79,32 @@ def _add_eps_unit(parser: argparse.ArgumentParser) -> None:
 
 def _add_data_options(parser: argparse.ArgumentParser, output: str) -> None:
     """The options of the commands that prepare the real data themselves (demo, reproduce)."""
-    parser.add_argument("--data-dir", default=os.environ.get("MONAI_SMIA_DATA"), help="raw data folder (default: $MONAI_SMIA_DATA)")
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("MONAI_SMIA_DATA"), help="raw data folder (default: $MONAI_SMIA_DATA)"
+    )
     parser.add_argument("--output", default=output, help=f"output folder (default: ./{output})")
-    parser.add_argument("--cache", default=None, help="where prepared data is kept (default: $MONAI_SMIA_CACHE or ~/.cache/monai_smia)")
+    parser.add_argument(
+        "--cache", default=None, help="where prepared data is kept (default: $MONAI_SMIA_CACHE or ~/.cache/monai_smia)"
+    )
 
 
 def _add_reproduce(sub: Any) -> None:
     rep = sub.add_parser(
         "reproduce",
-        help="settle the SMIA paper's claims (Tables 1-6) with paired statistics on the lung CT, RetinaMNIST and MNIST bundles",
-        description="Attack the same test cases with FGSM, PGD, DEV, every SMIA reading, DeepFool / DAG and the sweeps of "
-        "the paper's Tables 2-4, under a projected budget and the paper's per-step eps; write reproduce.md, reproduce.json "
-        "and figures (each claim: holds / does not hold by a paired bootstrap interval). Resumes an interrupted run.",
+        help="settle the SMIA paper's claims (Tables 1-6) with paired statistics on the lung CT, RetinaMNIST and "
+            "MNIST bundles",
+        description="Attack the same test cases with FGSM, PGD, DEV, every SMIA reading, DeepFool / DAG and the "
+        "sweeps of the paper's Tables 2-4, under a projected budget and the paper's per-step eps; write "
+        "reproduce.md, reproduce.json and figures (each claim: holds / does not hold by a paired bootstrap "
+        "interval). Resumes an interrupted run.",
     )
     _add_data_options(rep, "monai_smia_reproduce")
-    rep.add_argument("--quick", action="store_true", help="fewer cases and sweep points: under 10 minutes on 2 CPU cores")
-    rep.add_argument("--bundles", nargs="+", default=None, help="bundles (default: lung_ct_seg retina_dr_cls mnist_cls)")
+    rep.add_argument(
+        "--quick", action="store_true", help="fewer cases and sweep points: under 10 minutes on 2 CPU cores"
+    )
+    rep.add_argument(
+        "--bundles", nargs="+", default=None, help="bundles (default: lung_ct_seg retina_dr_cls mnist_cls)"
+    )
     rep.add_argument("--protocols", nargs="+", default=None, help="projected and/or paper (default: both)")
     rep.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
@@ -124,7 +136,8 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
     ev.add_argument(
         "--dataset-dir",
         required=True,
-        help="the data: a data_prep folder (datalist.json), a Decathlon task folder (dataset.json), or the dataset_dir the bundle's own data keys read",
+        help="the data: a data_prep folder (datalist.json), a Decathlon task folder (dataset.json), or the "
+            "dataset_dir the bundle's own data keys read",
     )
     ev.add_argument("--output", required=True, help="output folder")
     from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS
@@ -134,13 +147,22 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"attacks to run (default: the bundle's, else {' '.join(DEFAULT_ATTACKS)}); accepted: {', '.join(ATTACKS)}. "
+        help=f"attacks to run (default: the bundle's, else {' '.join(DEFAULT_ATTACKS)}); accepted: "
+            f"{', '.join(ATTACKS)}. "
         f"{ATTACK_HELP}",
     )
-    ev.add_argument("--eps", nargs="+", type=_positive_float, default=None, help="budget(s) in the bundle's unit (several: an eps sweep); required for a bundle that declares none")
+    ev.add_argument(
+        "--eps",
+        nargs="+",
+        type=_positive_float,
+        default=None,
+        help="budget(s) in the bundle's unit (several: an eps sweep); required for a bundle that declares none",
+    )
     _add_eps_unit(ev)
     ev.add_argument("--num-iter", type=_positive_int, default=None, help="iterations of PGD, DEV and SMIA (default 10)")
-    ev.add_argument("--split", default=None, choices=("training", "validation", "test"), help="datalist split (default test)")
+    ev.add_argument(
+        "--split", default=None, choices=("training", "validation", "test"), help="datalist split (default test)"
+    )
     ev.add_argument("--max-cases", type=_positive_int, default=None, help="evaluate only the first N cases")
     ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     ev.add_argument(
@@ -153,7 +175,7 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
 
 
 def _add_attack(sub: Any, bundles: str) -> None:
-    from monai_smia.apps.evaluation import ATTACKS
+    from monai_smia.apps.evaluate.evaluation import ATTACKS
 
     at = sub.add_parser(
         "attack",
@@ -163,10 +185,17 @@ def _add_attack(sub: Any, bundles: str) -> None:
         "to OUTPUT. Finished cases are skipped on a rerun; inputs are never written to.",
     )
     at.add_argument("--bundle", required=True, help=f"a bundle name ({bundles}) or the path of a MONAI bundle folder")
-    at.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images, or data_prep folder")
+    at.add_argument(
+        "--input", required=True, help="image file, DICOM series folder, folder of images, or data_prep folder"
+    )
     at.add_argument("--output", required=True, help="output folder")
     at.add_argument("--attack", default="SMIA", choices=ATTACKS, help="attack (default SMIA)")
-    at.add_argument("--eps", type=_positive_float, default=None, help="budget in the bundle's unit (default: the bundle's; required for a bundle that declares none)")
+    at.add_argument(
+        "--eps",
+        type=_positive_float,
+        default=None,
+        help="budget in the bundle's unit (default: the bundle's; required for a bundle that declares none)",
+    )
     _add_eps_unit(at)
     at.add_argument("--num-iter", type=_positive_int, default=None, help="iterations (default 10)")
     at.add_argument("--max-cases", type=_positive_int, default=None, help="attack only the first N cases")
@@ -186,92 +215,10 @@ def _add_attack(sub: Any, bundles: str) -> None:
     )
 
 
-def _is_detection(bundle: str) -> bool:
-    """Whether the bundle's metadata says its network outputs boxes (a MONAI detection bundle)."""
-    import json
-
-    from monai_smia.bundle.victim import resolve_bundle, task_from_metadata
-
-    meta = json.loads((resolve_bundle(bundle) / "configs" / "metadata.json").read_text())
-    return task_from_metadata(meta)[0] == "detection"
-
-
 def _run(args: argparse.Namespace) -> None:
-    if args.command == "demo":
-        from monai_smia.apps.demo import DEMO_BUNDLES, run_demo
+    from monai_smia.apps.runners import run_command
 
-        run_demo(args.data_dir, args.output, args.cache, tuple(args.bundles or DEMO_BUNDLES), args.max_cases, args.device)
-    elif args.command == "evaluate" and _is_detection(args.bundle):
-        from monai_smia.apps.detection_eval import run_detection_evaluation
-        from monai_smia.bundle.victim import resolve_bundle
-
-        kwargs = {"attacks": args.attacks, "data_split": args.split, "eps": args.eps[0] if args.eps else None}
-        if args.eps is not None and (len(args.eps) > 1 or args.eps_unit):
-            raise ValueError("--eps: a detection bundle takes one budget, in its [0, 1] input units (no --eps-unit).")
-        if args.grid == "source":
-            raise ValueError("--grid source: a detection bundle is evaluated on the network grid only; leave --grid out.")
-        run_detection_evaluation(
-            resolve_bundle(args.bundle),
-            args.dataset_dir,
-            args.output,
-            num_iter=args.num_iter,
-            max_cases=args.max_cases,
-            device=args.device or "cpu",
-            **{k: v for k, v in kwargs.items() if v is not None},
-        )
-    elif args.command == "evaluate":
-        from monai_smia.apps.evaluation import check_attacks, evaluation_from_bundle
-
-        if args.attacks is not None:
-            check_attacks(args.attacks)
-        evaluation_from_bundle(
-            args.bundle,
-            dataset_dir=args.dataset_dir,
-            output_dir=args.output,
-            attacks=args.attacks,
-            eps=args.eps,
-            eps_unit=args.eps_unit,
-            num_iter=args.num_iter,
-            data_split=args.split,
-            max_cases=args.max_cases,
-            device=args.device,
-            grid=args.grid,
-        ).run()
-    elif args.command == "attack":
-        from monai_smia.apps.attack_run import run_attack
-
-        extra: dict = {"num_iter": args.num_iter} if args.num_iter is not None else {}
-        extra["save_dtype"] = args.dtype
-        if args.grid is not None:
-            extra["grid"] = args.grid
-        if args.eps_unit is not None:
-            extra["eps_unit"] = args.eps_unit
-        if args.max_cases is not None:
-            extra["max_cases"] = args.max_cases
-        summary = run_attack(args.bundle, args.input, args.output, attack=args.attack, eps=args.eps, device=args.device, **extra)
-        print(attack_line(summary, args.output))
-    elif args.command == "reproduce":
-        from monai_smia.apps.reproduce import reproduce_from_config
-
-        report = reproduce_from_config(
-            args.output, args.data_dir, args.cache, quick=args.quick, device=args.device, bundles=args.bundles, protocols=args.protocols
-        )
-        print(f"{report['holds']} of {len(report['claims'])} claims hold; see {args.output}/reproduce.md")
-
-
-def attack_line(summary: dict, output: str) -> str:
-    """The last line of ``monai-smia attack``: what it wrote and what the attack did."""
-    mean, survival = summary.get("mean") or {}, summary.get("survival_ratio") or {}
-    changed, success = mean.get("prediction_changed_fraction"), mean.get("success")
-    parts = [f"wrote {summary.get('num_cases', 0)} adversarial case(s) to {output}"]
-    parts.append(f"{summary.get('attack')} eps={summary.get('eps'):g}{summary.get('eps_unit') or ''} on the {summary.get('grid')} grid")
-    if changed is not None:
-        parts.append(f"prediction changed on {changed:.1%} of the output")
-    if success is not None:
-        parts.append(f"success {success:.2f}")
-    if survival:
-        parts.append("read back: " + ", ".join(f"{v} keeps {r:.2f} of the effect" for v, r in survival.items() if r is not None))
-    return "; ".join(parts)
+    run_command(args)
 
 
 def _check_device(device: str | None) -> None:
@@ -310,7 +257,9 @@ def _check_output(args: argparse.Namespace) -> None:
     try:
         tempfile.TemporaryFile(dir=parent).close()
     except OSError as e:
-        raise ValueError(f"--output {output!r}: cannot write in {str(parent)!r} ({e.strerror}); choose a writable folder.") from None
+        raise ValueError(
+            f"--output {output!r}: cannot write in {str(parent)!r} ({e.strerror}); choose a writable folder."
+        ) from None
 
 
 def _check_folders(args: argparse.Namespace) -> None:
@@ -354,7 +303,9 @@ def _quiet_libraries() -> None:
     logging.getLogger("ignite").setLevel(logging.WARNING)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     # MONAI's StatsHandler resets its logger's level each time it is built: a filter stays
-    logging.getLogger("monai.handlers.StatsHandler").addFilter(_warnings_and_above)  # one filter however often main runs
+    logging.getLogger("monai.handlers.StatsHandler").addFilter(
+        _warnings_and_above
+    )  # one filter however often main runs
     logging.getLogger().addFilter(_no_detection_notices)
     warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
     warnings.filterwarnings("ignore", message=".*Current default value of argument `labels=")
@@ -375,7 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"monai-smia {args.command}: interrupted; rerun the same command to resume (finished cases are kept).", file=sys.stderr)
+        print(
+            f"monai-smia {args.command}: interrupted; rerun the same command to resume (finished cases are kept).",
+            file=sys.stderr,
+        )
         return 130
     except Exception as err:
         if args.debug:

@@ -204,7 +204,9 @@ def test_nifti_source_roundtrip_and_rounding(data_dir, tmp_path):
     before = _hashes(src)
     pre, item = _pipeline(str(src), (6.0, 6.0, 6.0))
     net = _net()
-    attack = SMIAttackd("image", None, net, eps=EPS, bounds=None, num_iter=3, slice_dim=2, perturbation_key="perturbation")
+    attack = SMIAttackd(
+        "image", None, net, eps=EPS, bounds=None, num_iter=3, slice_dim=2, perturbation_key="perturbation"
+    )
     out = attack(item)
     assert out["image"].meta["adversarial_attack"]["label_free"]
     d_src = invert_perturbation(out, "perturbation", pre)

@@ -1,4 +1,4 @@
-"""The algorithm of DESIGN.md section 1, checked against independent computations and torchattacks."""
+"""The algorithm of docs/design.md, section 1, checked against independent computations and torchattacks."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_one_step_of_size_eps_is_fgsm():
 
 
 def test_second_iteration_matches_hand_computation():
-    """Iteration 2 is the first with the stabilization term: J = CE(f(x+d), y) - alpha * CE(f(x+d), softmax f(x + W*d))."""
+    """Iteration 2 is the first with the stabilization term:
+    J = CE(f(x+d), y) - alpha * CE(f(x+d), softmax f(x + W*d))."""
     net = seg_net()
     x, y = data()
     eps, step, alpha, sigma = 0.05, 0.02, 0.7, 1.3
@@ -179,7 +180,11 @@ def test_3d_segresnet_and_classifiers():
 @pytest.fixture(scope="module")
 def classifier():
     torch.manual_seed(0)
-    return DenseNet121(spatial_dims=2, in_channels=3, out_channels=5, init_features=8, growth_rate=8, block_config=(2, 2)).double().eval()
+    return (
+        DenseNet121(spatial_dims=2, in_channels=3, out_channels=5, init_features=8, growth_rate=8, block_config=(2, 2))
+        .double()
+        .eval()
+    )
 
 
 def test_fgsm_and_pgd_match_torchattacks(classifier):

@@ -14,7 +14,9 @@ def _classifier() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
 
 
-@pytest.mark.parametrize("option, value", [("stabilization", "hard"), ("stabilization_target", "differentiable"), ("smooth", "step")])
+@pytest.mark.parametrize(
+    "option, value", [("stabilization", "hard"), ("stabilization_target", "differentiable"), ("smooth", "step")]
+)
 def test_dev_refuses_a_stabilization_reading(option, value):
     with pytest.raises(ValueError, match=rf"^{option}: DEV is SMIA without the stabilization term"):
         make_attack("DEV", _classifier(), 0.1, **{option: value})
@@ -25,7 +27,9 @@ def test_dev_keeps_the_paper_protocol():
     assert dev.alpha == 0.0 and dev.eps == pytest.approx(0.4) and dev.step_size == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("name, task", [("DeepFool", "classification"), ("DAG", "segmentation"), ("PGD", None), ("FGSM", None)])
+@pytest.mark.parametrize(
+    "name, task", [("DeepFool", "classification"), ("DAG", "segmentation"), ("PGD", None), ("FGSM", None)]
+)
 def test_other_attacks_refuse_smia_readings_by_name(name, task):
     with pytest.raises(ValueError, match=rf"^stabilization: a reading of SMIA, not an option of {name}"):
         make_attack(name, _classifier(), 0.1, task=task, stabilization="hard")

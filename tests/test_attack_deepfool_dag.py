@@ -83,7 +83,12 @@ def test_deepfool_bad_input():
     with pytest.raises(ValueError, match="network: DeepFool attacks classifiers"):
         DeepFool(seg, eps=0.1)(torch.rand(1, 1, 8, 8))
     net = linear_classifier(3)
-    for kwargs, arg in (({"overshoot": -1}, "overshoot"), ({"max_iter": 0}, "max_iter"), ({"loss": torch.nn.functional.cross_entropy}, "loss"), ({"targeted": True}, "targeted")):
+    for kwargs, arg in (
+        ({"overshoot": -1}, "overshoot"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"loss": torch.nn.functional.cross_entropy}, "loss"),
+        ({"targeted": True}, "targeted"),
+    ):
         with pytest.raises(ValueError, match=arg):
             DeepFool(net, eps=0.1, **kwargs)
 
@@ -91,7 +96,11 @@ def test_deepfool_bad_input():
 @pytest.fixture(scope="module")
 def densenet():
     torch.manual_seed(0)
-    return DenseNet121(spatial_dims=2, in_channels=3, out_channels=5, init_features=8, growth_rate=8, block_config=(2, 2)).double().eval()
+    return (
+        DenseNet121(spatial_dims=2, in_channels=3, out_channels=5, init_features=8, growth_rate=8, block_config=(2, 2))
+        .double()
+        .eval()
+    )
 
 
 def test_deepfool_against_torchattacks(densenet):
@@ -236,6 +245,6 @@ def test_registry_names_tasks_and_options():
         make_attack("SMIA", net, 0.1, overshoot=0.1)
     with pytest.raises(ValueError, match="smooth"):
         make_attack("PGD", net, 0.1, smooth="step")
-    from monai_smia.apps import evaluation
+    from monai_smia.apps.evaluate import evaluation
 
     assert evaluation.make_attack is make_attack and evaluation.ATTACKS is ATTACKS

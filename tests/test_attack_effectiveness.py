@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from monai_smia.quick_victim import baseline_attacks, load_retinamnist, top1_accuracy, train_quick_classifier
+from quick_victim import baseline_attacks, load_retinamnist, top1_accuracy, train_quick_classifier
 
 
 def test_attacks_lower_top1_accuracy_on_retinamnist(data_dir):
@@ -18,7 +18,9 @@ def test_attacks_lower_top1_accuracy_on_retinamnist(data_dir):
             continue
         torch.manual_seed(0)
         results[name] = top1_accuracy(net, attack(x, y), y)
-    print(f"\nRetinaMNIST top-1 at eps=1/255: clean {clean:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
+    print(
+        f"\nRetinaMNIST top-1 at eps=1/255: clean {clean:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in results.items())
+    )
     assert clean > 0.4, f"quick victim too weak to judge attacks: clean top-1 {clean:.3f}"
     assert results["noise"] > clean - 0.05, "random sign noise of 1/255 should barely change accuracy"
     for name in ("FGSM", "PGD", "SMIA"):

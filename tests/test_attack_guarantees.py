@@ -1,4 +1,4 @@
-"""Property tests of the guarantees every attack keeps (DESIGN.md section 2)."""
+"""Property tests of the guarantees every attack keeps (docs/design.md, section 2)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ LABEL_FREE = {"deepfool", "dag", "worstcase", "apgd", "apgd_t"}
 def make_net(spatial_dims: int, in_ch: int, out_ch: int, task: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     if task == "seg":
-        net = UNet(spatial_dims, in_ch, out_ch, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch", dropout=0.2)
+        net = UNet(
+            spatial_dims, in_ch, out_ch, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch", dropout=0.2
+        )
     else:
         conv = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
         bn = torch.nn.BatchNorm2d if spatial_dims == 2 else torch.nn.BatchNorm3d
@@ -41,7 +43,7 @@ class _MeanPool(torch.nn.Module):
 
 class Overshoot(Attack):
     """An attack whose perturb ignores the budget, the mask and the bounds (2 * eps, alternating signs):
-    the base class must still enforce every guarantee (issue 9, item 7)."""
+    the base class must still enforce every guarantee."""
 
     def perturb(self, x, labels, mask, delta_init, generator):
         signs = torch.ones_like(x).flatten(1)

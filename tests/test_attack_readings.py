@@ -1,5 +1,5 @@
-"""SMIA's readings (DESIGN.md section 1 table) and the trace's cosines, checked against hand computations
-on a linear classifier, where every gradient has a closed form (no autograd in the expected values)."""
+"""SMIA's readings (docs/design.md, section 1, readings table) and the trace's cosines, checked against hand
+computations on a linear classifier, where every gradient has a closed form (no autograd in the expected values)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,9 @@ def test_differentiable_target_second_iteration(setup):
     g1 = (q - onehot) @ a - ALPHA * d_kl
     expected = x + proj(x, d1 + STEP * img(g1, x).sign())
 
-    attack = SMIA(net, eps=EPS, num_iter=2, step_size=STEP, alpha=ALPHA, sigma=SIGMA, stabilization_target="differentiable")
+    attack = SMIA(
+        net, eps=EPS, num_iter=2, step_size=STEP, alpha=ALPHA, sigma=SIGMA, stabilization_target="differentiable"
+    )
     assert torch.allclose(attack(x, y), expected, atol=1e-12, rtol=0)
     assert torch.allclose(attack.trace.stabilization_loss[1], (p * r).sum(1), atol=1e-12)
     g1_detached = (q - onehot) @ a - ALPHA * (q - p) @ a  # the default reading's gradient differs
@@ -150,7 +152,10 @@ def test_warnings_for_collapsing_settings(setup):
 
 def test_binary_kl_is_the_two_class_kl():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64),
+        torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64),
+    )
     two = lambda t: torch.cat([torch.zeros_like(t), t], dim=1)  # noqa: E731  sigmoid(z) = softmax([0, z])[1]
     assert torch.allclose(stabilization_kl(a, b), stabilization_kl(two(a), two(b)), atol=1e-12)
     assert torch.allclose(stabilization_kl(a, a), torch.zeros(3, dtype=torch.float64), atol=1e-15)

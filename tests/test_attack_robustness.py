@@ -1,4 +1,4 @@
-"""APGD, SegPGD, CosPGD, Square and WorstCase (issue 19): hand computations, seeding and batching, bad
+"""APGD, SegPGD, CosPGD, Square and WorstCase: hand computations, seeding and batching, bad
 input, the registry. Comparisons with torchattacks and effectiveness on the committed victims are in
 ``test_attack_robustness_real.py``; the guarantees in ``test_attack_guarantees.py``."""
 

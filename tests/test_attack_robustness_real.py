@@ -1,4 +1,4 @@
-"""APGD, SegPGD, CosPGD and WorstCase on the committed victims and real data (issue 19): as strong as
+"""APGD, SegPGD, CosPGD and WorstCase on the committed victims and real data: as strong as
 torchattacks' APGD/APGD-T on MNIST digits, and at least as strong as PGD at equal budget and iterations.
 
 Tolerances are in cases: two implementations of the same attack draw different random starts, so a

@@ -1,4 +1,4 @@
-"""``monai_smia.apps.attack_run`` and the bundles' ``configs/attack.json`` on real data: CT (NIfTI and a DICOM
+"""``monai_smia.apps.attack.run`` and the bundles' ``configs/attack.json`` on real data: CT (NIfTI and a DICOM
 series) through the 2D lung bundle, fundus PNGs through retina_dr_cls, digits through mnist_cls.
 Checks geometry, budget, DICOM validity, resume, bad inputs and that sources stay byte-identical."""
 
@@ -21,7 +21,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from monai_smia.apps.attack_run import AdversarialWriter, discover_cases, run_attack
+from monai_smia.apps.attack.run import AdversarialWriter, discover_cases, run_attack
 from monai_smia.apps.data_prep.layout import write_datalist
 from monai_smia.io import load_source_volume
 
@@ -328,7 +328,7 @@ def test_bad_arguments_name_the_problem(lung_bundle, ct_inputs, tmp_path):
 
 
 def test_source_grid_file_carries_exactly_the_attack(ct_run):
-    """Issue 13: read back through the bundle's preprocessing, every written file (float NIfTI, DICOM)
+    """Read back through the bundle's preprocessing, every written file (float NIfTI, DICOM)
     is the attacked network input bit for bit, so the attack's effect survives in full."""
     out, summary, _ = ct_run
     assert summary["grid"] == "source" and set(summary["survival_ratio"]) == {"nifti", "dicom"}

@@ -120,6 +120,11 @@ def test_label_free_ground_truth_mask_and_metadata(ct_item):
     assert a.meta["filename_or_obj"] == ct_item["image"].meta["filename_or_obj"]
     assert not a.meta[ATTACK_META_KEY]["label_free"] and b.meta[ATTACK_META_KEY]["label_free"]
     assert b.meta[ATTACK_META_KEY]["error_clean"] == 0.0 and b.meta[ATTACK_META_KEY]["changed_fraction"] > 0
+    # one meaning of "success" (metrics.case_success); the diagnostics say only whether the error rate rose
+    for info in (a.meta[ATTACK_META_KEY], b.meta[ATTACK_META_KEY]):
+        assert "success" not in info
+        assert info["error_rate_rose"] is (info["error_adversarial"] > info["error_clean"])
+    assert b.meta[ATTACK_META_KEY]["error_rate_rose"]
     assert not torch.equal(a, b)
     delta = out_gt["delta"]
     assert torch.equal(delta[ct_item["mask"] == 0], torch.zeros_like(delta[ct_item["mask"] == 0]))
@@ -250,7 +255,15 @@ def test_attack_inferer_simple_and_sliding_window(ct_item):
     x = ct_item["image"].as_tensor()[None, :, :32, :32, :14]
     net3d = _unet(dims=3)
     attack = PGD(net3d, eps=EPS, num_iter=2, bounds=None)
+    simple = AttackInferer(attack, SimpleInferer())
     with torch.no_grad():
-        pred = AttackInferer(attack, SimpleInferer())(x, net3d)
+        pred = simple(x, net3d)
         pred_sw = AttackInferer(attack, SlidingWindowInferer(roi_size=(32, 32, 14)))(x, net3d)
+        clean = net3d(x)
     assert pred.shape == (1, 2, 32, 32, 14) and torch.allclose(pred, pred_sw, atol=1e-5)
+    # the prediction is the attacked one: the input moved by up to eps, and so did the output
+    d = simple.last_adversarial - x
+    assert 0.5 * EPS < float(d.abs().max()) <= EPS + 1e-3
+    assert not torch.allclose(pred, clean, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(pred, net3d(simple.last_adversarial), atol=1e-5)

@@ -1,4 +1,4 @@
-"""Bad image files through the CLI (issue 12): exit 2, one line naming the file and the reason, nothing
+"""Bad image files through the CLI: exit 2, one line naming the file and the reason, nothing
 written, the input unchanged. Files are broken copies of real data: TotalSegmentator's small example CT
 (int16 HU, 3 mm) and RetinaMNIST fundus images."""
 

@@ -71,7 +71,10 @@ def test_verify_net_in_out(bundle: Path):
     from monai.bundle import verify_net_in_out
 
     if _is_detection(bundle):
-        pytest.skip("verify_net_in_out compares one output tensor; a RetinaNet returns head dicts (tested in test_detection_data.py)")
+        pytest.skip(
+            "verify_net_in_out compares one output tensor; a RetinaNet returns head dicts (tested in "
+            "test_detection_data.py)"
+        )
 
     verify_net_in_out(
         net_id="network_def",

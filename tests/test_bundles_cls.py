@@ -23,13 +23,19 @@ import pytest
 from conftest import subprocess_env
 import torch
 
+from monai_smia.apps.evaluate.config import EVALUATOR_CONFIG
 from monai_smia.bundle.loading import load_split, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MONAI_SMIA_DATA", ROOT / ".." / "shared" / "data"))
 BUNDLES = {
     # bundle: (data_prep module, extra args, source file, top-1 target on the test split)
-    "retina_dr_cls": ("monai_smia.apps.data_prep.medmnist", ["--dataset", "retinamnist"], "fundus/retinamnist.npz", 0.50),
+    "retina_dr_cls": (
+        "monai_smia.apps.data_prep.medmnist",
+        ["--dataset", "retinamnist"],
+        "fundus/retinamnist.npz",
+        0.50,
+    ),
     "mnist_cls": ("monai_smia.apps.data_prep.mnist", [], "digits/mnist/t10k-images-idx3-ubyte.gz", 0.98),
 }
 TOLERANCE = 0.003  # one test image of RetinaMNIST is 0.0025; float summation order may flip a borderline argmax
@@ -95,7 +101,9 @@ def test_committed_checkpoint_matches_eval_metrics(prepared, tmp_path):
     expected = meta["eval_metrics"]["test_top1_accuracy"]
     # evaluate.json (a train.json override) for the clean condition: its records give the victim's test top-1
     args = _bundle_cmd(bundle, "train", data, output_dir=tmp_path, attack="clean", device="cpu")
-    args[args.index("--config_file") + 1] = f"['bundles/{bundle}/configs/train.json','bundles/{bundle}/configs/evaluate.json']"
+    args[args.index("--config_file") + 1] = (
+        f"['bundles/{bundle}/configs/train.json','{EVALUATOR_CONFIG}','bundles/{bundle}/configs/evaluate.json']"
+    )
     _run(args)
     clean = [json.loads(p.read_text()) for p in (tmp_path / "cases" / "clean").glob("*/*.json")]
     measured = {"accuracy": sum(r["top1"] for r in clean) / len(clean)}

@@ -17,8 +17,8 @@ pytest.importorskip("ignite")
 from monai.bundle import ConfigParser  # noqa: E402
 
 from monai_smia.apps.data_prep import lung_ct  # noqa: E402
-from monai_smia.training import evaluate_segmentation_bundle  # noqa: E402
-from monai_smia.training.evaluate import load_checkpoint  # noqa: E402
+from monai_smia.bundle.evaluate import evaluate_segmentation_bundle  # noqa: E402
+from monai_smia.bundle.evaluate import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MONAI_SMIA_DATA", ROOT / ".." / "shared" / "data"))
@@ -71,7 +71,9 @@ def test_verify_net_in_out(name: str) -> None:
             "--bundle_root", f"bundles/{name}", "--device", "cpu", "--n", "2",
         ]
     )
-    assert r.returncode == 0 and "data shape of network is verified with no error" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert r.returncode == 0 and "data shape of network is verified with no error" in r.stdout + r.stderr, r.stderr[
+        -3000:
+    ]
 
 
 @pytest.mark.parametrize("name", BUNDLES)
@@ -94,6 +96,7 @@ def test_checkpoint_loads_weights_only(name: str) -> None:
     assert all(torch.equal(before[k], v) for k, v in net2.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLES)
 def test_one_epoch_training_smoke(name: str, lung_data: Path, tmp_path: Path) -> None:
     r = _run(
@@ -114,6 +117,7 @@ def test_one_epoch_training_smoke(name: str, lung_data: Path, tmp_path: Path) ->
     torch.load(ckpt, weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLES)
 def test_committed_eval_metrics_reproduce(name: str, lung_data: Path) -> None:
     with open(ROOT / "bundles" / name / "configs" / "metadata.json") as f:

@@ -83,7 +83,7 @@ def test_a_broken_json_file_of_the_bundle_is_named(name, command, mnist, tmp_pat
 
 
 def test_a_box_that_is_not_a_number_is_named():
-    from monai_smia.detection.data import check_boxes
+    from monai_smia.apps.detection.data import check_boxes
 
     with pytest.raises(ValueError, match=r"case_7: field 'box' must hold numbers .* got \[\['a', 1, 2, 3\]\]"):
         check_boxes([["a", 1, 2, 3]], [0], (48, 48), case="case_7")

@@ -125,7 +125,7 @@ def test_label_free_source_grid_reuses_its_clean_prediction(data_dir, tmp_path, 
     voxels, records the changed share and success, and the handler reuses the inferer's clean prediction."""
     from zoo_fixtures import decathlon_spleen, zoo_bundle
 
-    from monai_smia.apps.evaluation_source import SourceGridAttackInferer
+    from monai_smia.apps.evaluate.source import SourceGridAttackInferer
 
     task = decathlon_spleen(data_dir, tmp_path / "Task09_Spleen")
     bundle = zoo_bundle(tmp_path / "infer_only", shape="inference_only")

@@ -1,4 +1,4 @@
-"""Attacks on a MONAI RetinaNetDetector (monai_smia.detection.attack): the guarantees every attack keeps
+"""Attacks on a MONAI RetinaNetDetector (monai_smia.apps.detection.attack): the guarantees every attack keeps
 (budget, bounds, detector untouched, determinism, batching), property-tested with hypothesis, and the
 bad-input errors. A tiny random detector keeps this fast on a CPU."""
 
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monai_smia.detection import DetectorHeads, make_detection_attack, retinanet_detector, retinanet_network
+from monai_smia.apps.detection import DetectorHeads, make_detection_attack, retinanet_detector, retinanet_network
 
 NAMES = ["noise", "FGSM", "PGD", "DEV", "SMIA", "DAG"]
 
@@ -75,7 +75,7 @@ def test_deterministic_and_batch_independent(name):
 def test_gradient_attacks_raise_the_detector_loss():
     x = _images(5)
     heads = DetectorHeads(DET)
-    from monai_smia.detection.attack import pack_targets
+    from monai_smia.apps.detection.attack import pack_targets
 
     tgt = pack_targets(BOXES, None, (32, 32), "xyxy", False)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from monai_smia.apps.data_prep.msd_lung_det import mask_to_boxes, prepare_msd_lung_det
-from monai_smia.detection.data import check_boxes, load_detection_split
+from monai_smia.apps.detection.data import check_boxes, load_detection_split
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "lung_tumour_det"
@@ -85,10 +85,11 @@ def test_ead2019_detection_layout(tmp_path):
     assert len(items) == 3 and all(i["box"] == [[2, 3, 5, 9], [10, 15, 12, 18]] and i["label"] == [1, 4] for i in items)
 
 
+@pytest.mark.slow
 def test_committed_checkpoint_matches_eval_metrics(det_dataset, tmp_path):
     import torch
 
-    from monai_smia.apps.detection_eval import run_detection_evaluation
+    from monai_smia.apps.detection.evaluate import run_detection_evaluation
 
     _, out = det_dataset
     model = BUNDLE / "models" / "model.pt"
@@ -115,30 +116,45 @@ def _bundle_run(dataset: Path, out: Path, attack: str, max_cases: int, batch_siz
     args = ["-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset),
             "--output_dir", str(out), "--attack", attack, "--max_cases", str(max_cases), "--batch_size", str(batch_size)]  # fmt: skip
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29547", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            "29547",
+            *args,
+        ]
     else:
         cmd = [sys.executable, *args, "--device", "$torch.device('cpu')"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {json.loads(p.read_text())["case_id"]: json.loads(p.read_text()) for p in (out / "cases" / attack).glob("*/*.json")}
+    return {
+        json.loads(p.read_text())["case_id"]: json.loads(p.read_text())
+        for p in (out / "cases" / attack).glob("*/*.json")
+    }
 
 
 def _assert_records_close(got: dict, want: dict) -> None:
     assert set(got) == set(want) and got["case_id"] == want["case_id"]
     for key, value in want.items():
         if key not in ("case_id", "attack", "eps"):
-            np.testing.assert_allclose(np.asarray(got[key], dtype=float), np.asarray(value, dtype=float), atol=1e-5, err_msg=key)
+            np.testing.assert_allclose(
+                np.asarray(got[key], dtype=float), np.asarray(value, dtype=float), atol=1e-5, err_msg=key
+            )
 
 
+@pytest.mark.slow
 def test_evaluate_json_is_an_evaluator_override(det_dataset, tmp_path):
     """evaluate.json overrides train.json's validate section: one condition runs through MONAI's
     SupervisedEvaluator; its records equal the attack and detector called directly; random starts are
     seeded per case (the same records at another batch size, and from two torchrun processes); a rerun resumes."""
     import torch
 
-    from monai_smia.apps.detection_eval import load_detection_bundle
-    from monai_smia.detection import detect, make_detection_attack
-    from monai_smia.detection.engine import detection_record
+    from monai_smia.apps.detection.evaluate import load_detection_bundle
+    from monai_smia.apps.detection import detect, make_detection_attack
+    from monai_smia.apps.detection.engine import detection_record
 
     _, dataset = det_dataset
     fgsm = _bundle_run(dataset, tmp_path / "a", "FGSM", 5, 2)
@@ -180,7 +196,15 @@ def test_detection_evaluate_bad_input(case, tmp_path, capsys):
         (bundle / "models" / "model.pt").write_bytes(pickle.dumps(Hostile()))
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
     (tmp_path / "data").mkdir()
-    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")]
+    args = [
+        "evaluate",
+        "--bundle",
+        str(bundle),
+        "--dataset-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert main([*args, *(["--attacks", "BIM"] if case == "attack" else [])]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err

@@ -1,4 +1,4 @@
-"""One seed and one success for a case, whether it is evaluated or attacked (issue 9, item 5).
+"""One seed and one success for a case, whether it is evaluated or attacked.
 
 ``evaluate`` batches cases (ids ``0000_<name>``) and ``attack`` takes them one by one (ids ``<name>``);
 both seed a case by its image file's name, so PGD's random start, the adversarial prediction and the
@@ -11,7 +11,7 @@ import csv
 import numpy as np
 import torch
 
-from monai_smia.apps.attack_run import run_attack
+from monai_smia.apps.attack.run import run_attack
 from monai_smia.attacks import volume
 from monai_smia.cli import main
 
@@ -29,7 +29,9 @@ def test_evaluate_and_attack_draw_the_same_start_and_agree_on_success(mnist, tmp
 
     monkeypatch.setattr(volume, "draw_random_start", recording)
     args = ["--bundle", "mnist_cls", "--attacks", "PGD", "--eps", "0.1", "--num-iter", "3", "--max-cases", "4"]
-    assert main(["evaluate", *args, "--dataset-dir", str(data), "--output", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    assert (
+        main(["evaluate", *args, "--dataset-dir", str(data), "--output", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    )
     run[0] = "attack"
     summary = run_attack("mnist_cls", data, tmp_path / "at", attack="PGD", eps=0.1, eps_unit="", num_iter=3,
                          grid="network", max_cases=4, device="cpu", progress=False)  # fmt: skip

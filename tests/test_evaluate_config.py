@@ -15,12 +15,20 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, subprocess_env
 
-from monai_smia.apps.evaluation_config import SETTINGS, distributed_overrides, evaluation_overrides
+from monai.bundle import ConfigParser
+
+from monai_smia.apps.evaluate.config import (
+    EVALUATOR_CONFIG,
+    SETTINGS,
+    bundle_configs,
+    distributed_overrides,
+    evaluation_overrides,
+)
 from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.cli import main
 
 OWN = ("mnist_cls", "retina_dr_cls", "lung_ct_seg", "lung_ct_seg3d")
-CONFIGS = "['configs/train.json','configs/evaluate.json']"
+CONFIGS = f"['configs/train.json','{EVALUATOR_CONFIG}','configs/evaluate.json']"
 
 
 
@@ -109,14 +117,17 @@ def test_shipped_evaluate_json_is_the_train_override_zoo_bundles_get(name):
     own = json.loads((configs / "evaluate.json").read_text())
     train = json.loads((configs / "train.json").read_text())
     assert {"preprocessing", "dataset", "dataloader", "inferer", "evaluator"} <= set(train["validate"])
+    assert len((configs / "evaluate.json").read_text().splitlines()) <= 60  # settings and overrides only
+    assert bundle_configs(configs.parent)[0] == [configs / "train.json", EVALUATOR_CONFIG, configs / "evaluate.json"]
     task, k = task_from_metadata(json.loads((configs / "metadata.json").read_text()))
-    batch = own["validate#dataloader"]["batch_size"]
-    generic = evaluation_overrides(task, k, True, "validate", batch)
-    assert {key: own[key] for key in generic} == generic
+    files = [configs / "train.json", EVALUATOR_CONFIG, configs / "evaluate.json"]
+    merged = ConfigParser(ConfigParser.load_config_files(files))
+    generic = evaluation_overrides(task, k, True, "validate", own["validate#dataloader#batch_size"])
+    assert {key: merged[key] for key in generic} == generic  # the wiring a model-zoo bundle gets, plus settings
     assert set(SETTINGS) <= set(own) and own["eps"] > 0
-    assert own["validate#attack_inferer"]["_target_"] == "monai_smia.inferers.AttackInferer"
-    assert own["validate#attack_inferer"]["inferer"] == "@validate#inferer"
-    assert own["validate#prepare_batch"]["extra_keys"] == {"labels": "label"}
+    assert merged["validate#attack_inferer"]["_target_"] == "monai_smia.inferers.AttackInferer"
+    assert merged["validate#attack_inferer"]["inferer"] == "@validate#inferer"
+    assert merged["validate#prepare_batch"]["extra_keys"] == {"labels": "label"}
     assert set(own["validate#key_metric"]) == ({"top1"} if task == "classification" else {"dice"})
     multi = json.loads((configs / "multi_gpu_evaluate.json").read_text())
     assert {key: multi[key] for key in distributed_overrides("validate")} == distributed_overrides("validate")
@@ -128,7 +139,8 @@ def test_shipped_evaluate_json_is_the_train_override_zoo_bundles_get(name):
 def test_attack_that_does_not_fit_the_task_is_refused(bundle, attack, tmp_path, capsys):
     out = tmp_path / "out"
     (tmp_path / "data").mkdir()  # an existing (empty) dataset folder: the attack/task check comes first
-    args = ["evaluate", "--bundle", bundle, "--dataset-dir", str(tmp_path / "data"), "--output", str(out), "--attacks", "FGSM", attack]
+    args = ["evaluate", "--bundle", bundle, "--dataset-dir", str(tmp_path / "data"), "--output", str(out)]
+    args += ["--attacks", "FGSM", attack]
     assert main([*args, "--device", "cpu"]) == 2
     err = capsys.readouterr().err  # a first import in this process may add MONAI's own notices before it
     errors = [line for line in err.splitlines() if line.startswith("monai-smia evaluate: error:")]
@@ -144,7 +156,18 @@ def test_inference_only_bundle_is_evaluated_label_free(data_dir, tmp_path):
     task = decathlon_spleen(data_dir, tmp_path / "Task09_Spleen")
     bundle = zoo_bundle(tmp_path / "infer_only", shape="inference_only")
     out = tmp_path / "out"
-    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(task), "--output", str(out), "--attacks", "FGSM", "SMIA"]
+    args = [
+        "evaluate",
+        "--bundle",
+        str(bundle),
+        "--dataset-dir",
+        str(task),
+        "--output",
+        str(out),
+        "--attacks",
+        "FGSM",
+        "SMIA",
+    ]
     before = {p: p.read_bytes() for p in task.rglob("*") if p.is_file()}
     assert main([*args, "--eps", "20", "--eps-unit", "HU", "--num-iter", "2", "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -1,4 +1,4 @@
-"""``monai-smia evaluate --grid source`` (issue 13): the slice-wise lung bundle attacked on the source
+"""``monai-smia evaluate --grid source``: the slice-wise lung bundle attacked on the source
 voxels of TotalSegmentator's small example CT (int16 HU, 3 mm), through the bundle's preprocessing."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_evaluate_on_the_source_grid(ct_data, tmp_path, capsys, monkeypatch):
     """Records and reports say grid source; the source-grid perturbation stays within eps HU on the int16
     lattice; the network input is the bundle's preprocessing of the attacked source; a rerun with
     --grid network into the same folder is refused naming grid."""
-    from monai_smia.apps import evaluation_source
+    from monai_smia.apps.evaluate import source as evaluation_source
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = evaluation_source.source_grid_case

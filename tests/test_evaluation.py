@@ -12,7 +12,8 @@ import torch
 from conftest import REPO_ROOT, subprocess_env
 
 from monai_smia.cli import main
-from monai_smia.apps.evaluation import evaluation_from_bundle
+from monai_smia.apps.evaluate.config import EVALUATOR_CONFIG
+from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
 
 
 
@@ -24,7 +25,9 @@ from monai_smia.apps.evaluation import evaluation_from_bundle
 @pytest.fixture(scope="module")
 def retina_report(retina, tmp_path_factory):
     out = tmp_path_factory.mktemp("retina_eval")
-    evaluation_from_bundle("retina_dr_cls", dataset_dir=str(retina), output_dir=str(out), max_cases=120, device="cpu").run()
+    evaluation_from_bundle(
+        "retina_dr_cls", dataset_dir=str(retina), output_dir=str(out), max_cases=120, device="cpu"
+    ).run()
     return out
 
 
@@ -69,7 +72,12 @@ def test_resume_from_partial_output(retina, retina_report, tmp_path):
     smia_cases[5].write_text('{"case_id": "trunc')
     kept = {p: p.stat().st_mtime_ns for p in sorted((out / "cases" / "FGSM").glob("*/*.json"))}
     evaluation_from_bundle(
-        "retina_dr_cls", dataset_dir=str(retina), output_dir=str(out), max_cases=120, device="cpu", attacks=["FGSM", "SMIA"]
+        "retina_dr_cls",
+        dataset_dir=str(retina),
+        output_dir=str(out),
+        max_cases=120,
+        device="cpu",
+        attacks=["FGSM", "SMIA"],
     ).run()
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "finished cases were recomputed"
     assert len(list((out / "cases" / "SMIA").glob("*/*.json"))) == 120
@@ -80,7 +88,8 @@ def test_resume_from_partial_output(retina, retina_report, tmp_path):
 
 
 def test_rerun_with_other_settings_is_refused(mnist, tmp_path, capsys):
-    """A rerun into a finished folder resumes only with the same settings; any other value exits 2 and writes nothing."""
+    """A rerun into a finished folder resumes only with the same settings; any other value exits 2 and writes
+    nothing."""
     out = tmp_path / "run"
     base = ["evaluate", "--dataset-dir", str(mnist), "--output", str(out), "--max-cases", "2", "--device", "cpu"]
     assert main([*base, "--bundle", "mnist_cls", "--attacks", "SMIA", "--num-iter", "2"]) == 0
@@ -109,15 +118,24 @@ def _run_condition(mnist, out, nproc: int) -> dict:
     """One condition (PGD: random starts) through ``python -m monai.bundle run``, under torchrun with
     ``multi_gpu_evaluate.json`` (gloo on CPUs) when ``nproc > 1``; returns the stored records."""
     bundle = REPO_ROOT / "bundles/mnist_cls"
-    files = ["train.json", "evaluate.json", *(["multi_gpu_evaluate.json"] if nproc > 1 else [])]
-    configs = "[" + ",".join(f"'{bundle}/configs/{f}'" for f in files) + "]"
+    files = ["train.json", EVALUATOR_CONFIG, "evaluate.json", *(["multi_gpu_evaluate.json"] if nproc > 1 else [])]
+    configs = "[" + ",".join(f"'{bundle / 'configs' / f}'" for f in files) + "]"  # an absolute f is kept as is
     args = [
         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(bundle),
         "--dataset_dir", str(mnist), "--output_dir", str(out), "--max_cases", "7", "--validate#dataloader#batch_size", "1",
         "--attack", "PGD", "--eps", "0.1", "--num_iter", "3", "--num_figure_cases", "0",
     ]  # fmt: skip
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29533", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            "29533",
+            *args,
+        ]
     else:
         cmd = [sys.executable, *args, "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=900)
@@ -125,10 +143,13 @@ def _run_condition(mnist, out, nproc: int) -> dict:
     return {p.name: json.loads(p.read_text()) for p in sorted((out / "cases" / "PGD").glob("*/*.json"))}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(mnist, tmp_path):
     one = _run_condition(mnist, tmp_path / "one", 1)
     two = _run_condition(mnist, tmp_path / "two", 2)
-    assert len(one) == 7 and list(one) == list(two)  # every case exactly once (DistributedSampler(even_divisible=False))
+    assert len(one) == 7 and list(one) == list(
+        two
+    )  # every case exactly once (DistributedSampler(even_divisible=False))
     for name, rec in one.items():
         for metric in ("top1", "linf", "l2", "psnr", "ssim"):
             assert two[name][metric] == pytest.approx(rec[metric], abs=1e-9), (name, metric)
@@ -142,15 +163,81 @@ def test_cli_help_and_errors(capsys, tmp_path):
         assert e.value.code == 0
     assert "--dataset-dir" in capsys.readouterr().out
     (tmp_path / "data").mkdir()
-    assert main(["evaluate", "--bundle", "no_such_bundle", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                "no_such_bundle",
+                "--dataset-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "bundle 'no_such_bundle' not found" in capsys.readouterr().err
-    assert main(["evaluate", "--bundle", str(tmp_path), "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(tmp_path),
+                "--dataset-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "is not a MONAI bundle" in capsys.readouterr().err
-    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o"), "--attacks", "CW"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                "mnist_cls",
+                "--dataset-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "o"),
+                "--attacks",
+                "CW",
+            ]
+        )
+        == 2
+    )
     assert "unknown attack(s) 'CW'" in capsys.readouterr().err
-    assert main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                "mnist_cls",
+                "--dataset-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "datalist.json not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(tmp_path / "data"), "--output", str(tmp_path), "--eps", "-0.1"])
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                "mnist_cls",
+                "--dataset-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path),
+                "--eps",
+                "-0.1",
+            ]
+        )
     assert e.value.code == 2
     assert "budgets must be > 0" in capsys.readouterr().err

@@ -30,6 +30,15 @@ def _assert_png(path: Path) -> None:
     assert not list(path.parent.glob(f".{path.name}.*")), "temporary file left behind"
 
 
+def _drawn(monkeypatch) -> list:
+    """Capture every figure the reports module saves (it is still written), to check what was drawn."""
+    from monai_smia.reports import figures
+
+    seen, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, **kw: (seen.append(fig), save(fig, path, **kw))[1])
+    return seen
+
+
 def _split_perturbation(shape: tuple[int, ...], size: float) -> torch.Tensor:
     """+size on the first half of rows, -size on the second half (mean 0, variance size**2)."""
     d = torch.full(shape, size, dtype=torch.float64)
@@ -306,9 +315,9 @@ def test_eps_sweep_table_and_curve(tmp_path: Path):
 # ------------------------------------------------------------------ figures on real data
 
 
-def test_figures_from_a_real_attack(data_dir: Path, tmp_path: Path):
+def test_figures_from_a_real_attack(data_dir: Path, tmp_path: Path, monkeypatch):
     from monai_smia import SMIA
-    from monai_smia.quick_victim import load_retinamnist, train_quick_classifier
+    from quick_victim import load_retinamnist, train_quick_classifier
 
     if not (data_dir / "fundus" / "retinamnist.npz").is_file():
         pytest.skip("fundus/retinamnist.npz is absent from the data folder")
@@ -326,17 +335,30 @@ def test_figures_from_a_real_attack(data_dir: Path, tmp_path: Path):
     assert all(math.isnan(v) for v in summaries["DEV"]["stabilization_loss"])
     with torch.no_grad():
         clean_pred, adv_pred = net(x).argmax(1), net(adv["SMIA"]).argmax(1)
+    drawn = _drawn(monkeypatch)
     _assert_png(trace_curves_figure(tmp_path / "fig2.png", summaries, title="RetinaMNIST"))
+    dev_loss, sta_loss = drawn[0].axes[0], drawn[0].axes[1]
+    assert [line.get_label().split()[0] for line in dev_loss.lines] == ["DEV", "SMIA"]
+    assert np.allclose(dev_loss.lines[1].get_ydata(), summaries["SMIA"]["deviation_loss"])
+    assert [line.get_label().split()[0] for line in sta_loss.lines] == ["SMIA"]  # DEV has no stabilization loss
     cases = [{"case_id": f"test_{i}", "image": x[i], "adv_image": adv["SMIA"][i], "label": y[i], "clean_pred": clean_pred[i],
               "adv_pred": adv_pred[i]} for i in range(3)]  # fmt: skip
     _assert_png(
         case_figure(tmp_path / "cases.png", cases, task="classification", display_range=(0.0, 1.0), attack_name="SMIA")
     )
+    axes = drawn[1].axes
+    assert len(axes) == 9  # a row per case: clean, adversarial, perturbation
+    for i in range(3):
+        clean_ax, adv_ax, d_ax = axes[3 * i : 3 * i + 3]
+        assert f"pred {int(clean_pred[i])}" in clean_ax.get_title() and f"pred {int(adv_pred[i])}" in adv_ax.get_title()
+        shown = clean_ax.images[0].get_array(), adv_ax.images[0].get_array()
+        assert 0 < np.abs(np.asarray(shown[1], float) - np.asarray(shown[0], float)).max() <= 2 / 255 + 1e-6
+        assert f"max |d| = {float((adv['SMIA'][i] - x[i]).abs().max()):.3g}" in d_ax.get_title()
     with pytest.raises(ValueError, match="adv_image"):
         case_figure(tmp_path / "bad.png", [{"image": x[0]}], task="classification")
 
 
-def test_segmentation_figure_on_real_ct(data_dir: Path, tmp_path: Path):
+def test_segmentation_figure_on_real_ct(data_dir: Path, tmp_path: Path, monkeypatch):
     nib = pytest.importorskip("nibabel")
     ct = data_dir / "ct" / "totalsegmentator" / "example_ct_sm.nii.gz"
     seg = data_dir / "ct" / "totalsegmentator" / "example_seg.nii.gz"
@@ -348,9 +370,17 @@ def test_segmentation_figure_on_real_ct(data_dir: Path, tmp_path: Path):
     d = 20.0 * torch.sign(torch.randn(image.shape, generator=torch.Generator().manual_seed(0)))
     broken = label.copy()
     broken[: label.shape[0] // 2] = False
+    drawn = _drawn(monkeypatch)
     path = case_figure(tmp_path / "seg.png", [{"case_id": "ct", "image": image, "adv_image": image + d, "label": label,
                        "clean_pred": label, "adv_pred": broken}], display_range=(-1000, 400), transpose=True)  # fmt: skip
     _assert_png(path)
+    clean_ax, adv_ax, d_ax, clean_pred_ax, adv_pred_ax = drawn[0].axes
+    assert "max |d| = 20" in d_ax.get_title()
+    assert np.abs(np.asarray(d_ax.images[0].get_array())).max() == pytest.approx(20.0)
+    # the overlays show the two predictions: the broken one has less foreground on the shown slice
+    clean_fg = (~np.ma.getmaskarray(clean_pred_ax.images[1].get_array())).sum()
+    adv_fg = (~np.ma.getmaskarray(adv_pred_ax.images[1].get_array())).sum()
+    assert clean_fg > 0 and adv_fg < clean_fg
     from monai_smia.reports.figures import pick_axial_slice
 
     assert pick_axial_slice(label) >= 10
@@ -379,7 +409,10 @@ def test_psnr_mean_leaves_out_unperturbed_cases():
     """An attack that leaves a case unchanged has PSNR inf: not averaged in (the mean would be inf), but counted."""
     from monai_smia.reports.summary import summarize_records
 
-    rows = [{"case_id": str(i), "attack": "DeepFool", "psnr": p, "linf": 0.1} for i, p in enumerate([float("inf"), 30.0, 40.0])]
+    rows = [
+        {"case_id": str(i), "attack": "DeepFool", "psnr": p, "linf": 0.1}
+        for i, p in enumerate([float("inf"), 30.0, 40.0])
+    ]
     out = summarize_records(rows, metrics=["psnr", "linf"])["DeepFool"]
     assert out["psnr"] == 35.0 and out["psnr_unperturbed_cases"] == 1 and out["num_cases"] == 3
     lo, hi = out["psnr_ci95"]

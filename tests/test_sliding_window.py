@@ -184,7 +184,7 @@ def test_source_grid_gradient_through_the_preprocessing_is_window_wise():
     from monai.data import MetaTensor
     from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
 
-    from monai_smia.apps.attack_source import SourceGridNetwork
+    from monai_smia.apps.attack.source import SourceGridNetwork
     from monai_smia.transforms.differentiable import DifferentiablePreprocessing
 
     affine = torch.tensor(

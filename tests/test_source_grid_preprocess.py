@@ -1,4 +1,4 @@
-"""Source-grid attacks (issue 13): the bundle's preprocessing as a differentiable function of the source
+"""Source-grid attacks: the bundle's preprocessing as a differentiable function of the source
 voxels, the slice-wise network with bounded memory, and the stored-value lattice."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from monai_smia.apps.attack_source import (
+from monai_smia.apps.attack.source import (
     SliceWiseNetwork,
     SourceGridNetwork,
     SourceLattice,
@@ -143,8 +143,8 @@ def test_scaled_integer_nifti_keeps_a_lattice_perturbation_exactly(tmp_path):
     source-grid attack makes it) is written in the source's type and scaling without losing a step."""
     import nibabel as nib
 
-    from monai_smia.apps.attack_cases import SourceCase
-    from monai_smia.apps.attack_outputs import source_lattice
+    from monai_smia.apps.attack.cases import SourceCase
+    from monai_smia.apps.attack.outputs import source_lattice
     from monai_smia.io import save_adversarial_nifti
 
     rng = np.random.default_rng(0)

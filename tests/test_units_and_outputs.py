@@ -66,8 +66,8 @@ def test_hounsfield_input_reads_the_metadata_then_the_window():
 def test_both_commands_give_the_same_budget_for_a_unit(mnist, tmp_path):
     """``--eps-unit /255`` on mnist_cls: 8/255 in both commands; evaluate drops the bundle's own eps_scale (1.0,
     which belongs to its default unit) instead of keeping it for the unit given."""
-    from monai_smia.apps.attack_run import run_attack
-    from monai_smia.apps.evaluation import evaluation_from_bundle
+    from monai_smia.apps.attack.run import run_attack
+    from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
 
     ev = evaluation_from_bundle("mnist_cls", dataset_dir=mnist, output_dir=tmp_path / "ev", attacks=["FGSM"], eps=[8.0],
                                 eps_unit="/255", max_cases=2, device="cpu")  # fmt: skip
@@ -99,8 +99,8 @@ def test_output_inside_the_input_is_refused(command, mnist, tmp_path, capsys):
 
 def test_bundle_run_output_inside_the_dataset_is_refused(mnist, tmp_path):
     """The evaluator config path (``python -m monai.bundle run``) keeps the same rule, before anything is written."""
-    from monai_smia.apps.evaluation import RobustnessEvaluation
-    from monai_smia.apps.evaluation_config import EvaluationCondition
+    from monai_smia.apps.evaluate.evaluation import RobustnessEvaluation
+    from monai_smia.apps.evaluate.config import EvaluationCondition
 
     with pytest.raises(ValueError, match="output_dir .* lies inside the input dataset_dir"):
         RobustnessEvaluation(MNIST, mnist, mnist / "eval", eps=[0.1])
@@ -113,7 +113,7 @@ def test_bundle_run_output_inside_the_dataset_is_refused(mnist, tmp_path):
 def test_ctrl_c_keeps_finished_cases_and_a_rerun_resumes(command, mnist, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the middle of a run: one line saying how to resume, exit 130, no traceback, the finished
     cases kept (evaluate: the clean condition; attack: the first case); the same command then finishes."""
-    from monai_smia.apps import attack_run
+    from monai_smia.apps.attack import run as attack_run
     from monai_smia.attacks import FGSM
 
     calls = {"n": 0, "stop": 1 if command == "evaluate" else 2}
@@ -228,7 +228,7 @@ def test_evaluate_prints_the_table_of_every_budget(mnist, tmp_path, capsys):
 
 
 def test_ctrl_c_in_reproduce_is_one_line_and_130(data_dir, tmp_path, monkeypatch, capsys):
-    from monai_smia.apps import reproduce
+    from monai_smia.apps.reproduce import workflow as reproduce
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -40,9 +40,10 @@ def test_train_override_bundle_evaluates_with_a_hu_budget(spleen, task, tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["clean", "FGSM", "SMIA"]
     assert summary["clean"]["num_cases"] == 1  # the bundle's own validate data: the last labelled case
+    assert 0 < summary["clean"]["dice"] <= 1
     for name in ("FGSM", "SMIA"):
         assert summary[name]["linf"] == pytest.approx(20.0, rel=1e-4)  # reported back in HU
-        assert np.isfinite(summary[name]["dice"])
+        assert 0 <= summary[name]["dice"] < summary["clean"]["dice"]  # the attack moved the prediction away
     prov = json.loads((out / "provenance.json").read_text())
     settings = prov["attack_settings"]
     assert settings["eps_scale"] == pytest.approx(HU_SCALE)
@@ -97,7 +98,25 @@ def test_inference_only_bundle_is_attacked_label_free(task, tmp_path):
     out = tmp_path / "adv"
     src = task / "imagesTs" / "spleen_3.nii.gz"
     before = src.read_bytes()
-    rc = main(["attack", "--bundle", str(bundle), "--input", str(src), "--output", str(out), "--eps", "20", "--eps-unit", "HU", "--num-iter", "2", "--device", "cpu"])
+    rc = main(
+        [
+            "attack",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--eps",
+            "20",
+            "--eps-unit",
+            "HU",
+            "--num-iter",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     adv = np.asarray(nib.load(str(out / "spleen_3_adv.nii.gz")).dataobj, dtype=np.float64)
     ref = np.asarray(nib.load(str(src)).dataobj, dtype=np.float64)
@@ -153,11 +172,25 @@ def test_bad_input_matrix(case, task, tmp_path, capsys):
     elif case in ("traversal", "no_image"):
         without_data_keys(bundle)
         meta = json.loads((data / "dataset.json").read_text())
-        meta["training"][0] = {"image": "../../../etc/passwd"} if case == "traversal" else {"label": "./labelsTr/spleen_1.nii.gz"}
+        meta["training"][0] = (
+            {"image": "../../../etc/passwd"} if case == "traversal" else {"label": "./labelsTr/spleen_1.nii.gz"}
+        )
         (data / "dataset.json").write_text(json.dumps(meta))
         extra, named = ["--split", "training"], "leaves the dataset folder" if case == "traversal" else "has no 'image'"
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
-    args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(data), "--output", str(out), "--eps", "20", "--eps-unit", "HU"]
+    args = [
+        "evaluate",
+        "--bundle",
+        str(bundle),
+        "--dataset-dir",
+        str(data),
+        "--output",
+        str(out),
+        "--eps",
+        "20",
+        "--eps-unit",
+        "HU",
+    ]
     assert main([*args, "--num-iter", "2", *(extra or ["--device", "cpu"])]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("monai-smia evaluate: error:") and len(err.splitlines()) == 1 and named in err, err
@@ -174,7 +207,26 @@ def test_a_case_that_fails_to_load_is_named(spleen, task, tmp_path, capsys):
     shutil.copytree(task, data)
     (data / "imagesTr" / "spleen_2.nii.gz").write_bytes(b"")
     args = ["evaluate", "--bundle", str(bundle), "--dataset-dir", str(data), "--output", str(tmp_path / "out")]
-    assert main([*args, "--eps", "20", "--eps-unit", "HU", "--split", "training", "--attacks", "FGSM", "--num-iter", "2", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                *args,
+                "--eps",
+                "20",
+                "--eps-unit",
+                "HU",
+                "--split",
+                "training",
+                "--attacks",
+                "FGSM",
+                "--num-iter",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err  # the clean pass's progress bar precedes the error on stderr
     message = err.split("monai-smia evaluate: error:")[-1].strip()
     assert "error:" in err and "\n" not in message and "spleen_2.nii.gz" in message and "spleen_1" not in message, err

@@ -29,17 +29,26 @@ def decathlon_spleen(data_dir: Path, out: Path) -> Path:
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     # (case, CT, TotalSegmentator mask, first slice of a 24-slice crop through the spleen)
-    pairs = [("spleen_1", "example_ct_sm.nii.gz", "example_seg.nii.gz", 0), ("spleen_2", "example_ct.nii.gz", "example_seg_v1.nii.gz", 85)]
+    pairs = [
+        ("spleen_1", "example_ct_sm.nii.gz", "example_seg.nii.gz", 0),
+        ("spleen_2", "example_ct.nii.gz", "example_seg_v1.nii.gz", 85),
+    ]
     training = []
     for name, ct, seg, z0 in pairs:
         img, lab = nib.load(str(ts / ct)), nib.load(str(ts / seg))
         crop = img.slicer[:, :, z0 : z0 + 24]  # nibabel keeps the crop's affine
-        nib.save(nib.Nifti1Image(np.asarray(crop.dataobj).astype(np.int16), crop.affine), str(out / "imagesTr" / f"{name}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.asarray(crop.dataobj).astype(np.int16), crop.affine),
+            str(out / "imagesTr" / f"{name}.nii.gz"),
+        )
         spleen = (np.asarray(lab.dataobj)[:, :, z0 : z0 + 24] == 1).astype(np.uint8)
         nib.save(nib.Nifti1Image(spleen, crop.affine), str(out / "labelsTr" / f"{name}.nii.gz"))
         training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
     img = nib.load(str(ts / "example_ct_sm.nii.gz"))
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 6:30].astype(np.int16), img.affine), str(out / "imagesTs" / "spleen_3.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 6:30].astype(np.int16), img.affine),
+        str(out / "imagesTs" / "spleen_3.nii.gz"),
+    )
     meta = {
         "name": "Spleen",
         "modality": {"0": "CT"},
@@ -109,7 +118,12 @@ def _train_config() -> dict:
                 "cache_rate": 1.0,
             },
             "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1, "shuffle": False},
-            "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 16], "sw_batch_size": 4, "overlap": 0.25},
+            "inferer": {
+                "_target_": "SlidingWindowInferer",
+                "roi_size": [32, 32, 16],
+                "sw_batch_size": 4,
+                "overlap": 0.25,
+            },
             "postprocessing": "%train#postprocessing",
             "handlers": [{"_target_": "StatsHandler", "iteration_log": False}],
             "key_metric": {
@@ -138,7 +152,11 @@ def _evaluate_override() -> dict:
     return {
         "validate#dataset#cache_rate": 0,
         "validate#handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'", "load_dict": {"model": "@network"}},
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "$@ckpt_dir + '/model.pt'",
+                "load_dict": {"model": "@network"},
+            },
             {"_target_": "StatsHandler", "iteration_log": False},
             {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": ["val_mean_dice"], "summary_ops": "*"},
         ],
@@ -176,8 +194,12 @@ def _metadata() -> dict:
         "authors": "monai-smia tests",
         "copyright": "Copyright (c) MONAI Consortium",
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1, "spatial_shape": [96, 96, 96]}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2, "spatial_shape": [96, 96, 96]}},
+            "inputs": {
+                "image": {"type": "image", "format": "hounsfield", "num_channels": 1, "spatial_shape": [96, 96, 96]}
+            },
+            "outputs": {
+                "pred": {"type": "image", "format": "segmentation", "num_channels": 2, "spatial_shape": [96, 96, 96]}
+            },
         },
     }
 
@@ -203,7 +225,10 @@ def zoo_bundle(out: Path, shape: str = "train_override") -> Path:
 def without_data_keys(bundle: Path) -> Path:
     """The Decathlon-fed shape: drop ``validate#dataset`` from train.json and the evaluate.json override
     that refers to it, so the bundle's cases come from the data folder's ``dataset.json``."""
-    drops = {"train.json": lambda c: c["validate"].pop("dataset"), "evaluate.json": lambda c: c.pop("validate#dataset#cache_rate")}
+    drops = {
+        "train.json": lambda c: c["validate"].pop("dataset"),
+        "evaluate.json": lambda c: c.pop("validate#dataset#cache_rate"),
+    }
     for name, drop in drops.items():
         path = bundle / "configs" / name
         config = json.loads(path.read_text())

@@ -1,1 +1,2 @@
-"""Workflows users run: robustness evaluation, adversarial export, demo and data preparation (``python -m`` entry points)."""
+"""Workflows users run, one sub-package each: robustness evaluation, adversarial export, reproduction of the paper,
+detection, data preparation (``python -m`` entry points), and the demo."""

@@ -13,16 +13,16 @@ Data, in order of preference:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from monai_smia.io.cache import default_cache, source_key
 from monai_smia.io.datalist import load_datalist
 from monai_smia.io.paths import check_folder
 
-__all__ = ["DEMO_BUNDLES", "default_cache", "prepare_demo_data", "run_demo"]
+__all__ = ["DEMO_BUNDLES", "prepare_demo_data", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +30,13 @@ DEMO_BUNDLES = ("lung_ct_seg", "retina_dr_cls")
 #: the demo evaluates the first test volumes only, to finish in minutes on 2 CPU cores (the evaluate command runs all)
 DEMO_MAX_CASES = {"lung_ct_seg": 2, "lung_ct_seg3d": 2}
 TOTALSEG_URL = "https://github.com/wasserth/TotalSegmentator/raw/master/tests/reference_files/"
-TOTALSEG_SAMPLE = ("example_ct.nii.gz", "example_seg_v1.nii.gz", "example_ct_sm.nii.gz", "example_seg.nii.gz", "pulm_ct_cropped.nii.gz")
-
-
-def default_cache() -> Path:
-    """``MONAI_SMIA_CACHE`` or ``~/.cache/monai_smia``."""
-    return Path(os.environ.get("MONAI_SMIA_CACHE", Path.home() / ".cache" / "monai_smia"))
-
-
-def _key(path: Path) -> str:
-    return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+TOTALSEG_SAMPLE = (
+    "example_ct.nii.gz",
+    "example_seg_v1.nii.gz",
+    "example_ct_sm.nii.gz",
+    "example_seg.nii.gz",
+    "pulm_ct_cropped.nii.gz",
+)
 
 
 def _download_lung_sample(cache: Path) -> Path:
@@ -64,11 +61,13 @@ def prepare_demo_data(bundle: str, data_dir: str | os.PathLike | None, cache: st
         from monai_smia.apps.data_prep import lung_ct, phantom
 
         if raw is not None and (raw / "ct").is_dir():
-            out = cache / f"lung_ct_{_key(raw)}"
+            out = cache / f"lung_ct_{source_key(raw)}"
             lung_ct.prepare(raw, out)
             return out, f"real chest/abdomen CT from {raw} (monai_smia.apps.data_prep.lung_ct)"
         if raw is not None:
-            raise FileNotFoundError(f"{raw} has no ct/ folder: point --data-dir at a folder laid out like ../shared/data")
+            raise FileNotFoundError(
+                f"{raw} has no ct/ folder: point --data-dir at a folder laid out like ../shared/data"
+            )
         try:
             sample = _download_lung_sample(cache)
             out = cache / "lung_ct_public_sample"
@@ -84,7 +83,7 @@ def prepare_demo_data(bundle: str, data_dir: str | os.PathLike | None, cache: st
         if raw is not None and (raw / "fundus" / "retinamnist.npz").is_file():
             from monai_smia.apps.data_prep.medmnist import prepare_medmnist
 
-            out = cache / f"retinamnist_{_key(raw)}"
+            out = cache / f"retinamnist_{source_key(raw)}"
             prepare_medmnist(raw, out, "retinamnist")
             return out, f"RetinaMNIST from {raw / 'fundus' / 'retinamnist.npz'}"
         from monai_smia.apps.data_prep.download import prepare_dataset
@@ -105,7 +104,7 @@ def run_demo(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate each bundle on its demo data; print and return ``{bundle: summary}``."""
-    from monai_smia.apps.evaluation import evaluation_from_bundle
+    from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
 
     cache = check_folder(cache if cache is not None else default_cache(), "cache (--cache)", may_be_missing=True)
     if data_dir is not None:  # an explicit folder that is not there is refused, never replaced by a download
@@ -130,5 +129,8 @@ def run_demo(
         )
         results[bundle] = evaluation.run()
         figures = sorted(p.name for p in (out / bundle).glob("*.png"))
-        print(f"[{bundle}] reports in {out / bundle}: summary.md, summary.json, per_case.csv, provenance.json; figures: {', '.join(figures)}")
+        print(
+            f"[{bundle}] reports in {out / bundle}: summary.md, summary.json, per_case.csv, provenance.json; figures: "
+            f"{', '.join(figures)}"
+        )
     return results

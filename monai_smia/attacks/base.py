@@ -1,6 +1,6 @@
 """Base classes that own every guarantee an attack keeps, so no attack can forget one.
 
-Guarantees (``../shared/DESIGN.md`` section 2): ``|x_adv - x| <= eps``; ``x_adv`` within ``bounds``;
+Guarantees (docs/design.md, section 2): ``|x_adv - x| <= eps``; ``x_adv`` within ``bounds``;
 the network runs in eval mode and its parameters, ``requires_grad`` flags, train/eval mode and
 ``.grad`` are as they were afterwards; inputs are never modified in place; results do not depend
 on how samples are batched; the same seed gives the same result.

@@ -1,7 +1,7 @@
 """Minimal-norm attacks (DeepFool, DAG): they search for the smallest perturbation that changes the
 prediction, with no budget of their own.
 
-Such an attack is reported twice (DESIGN.md section 1, baselines): unconstrained (how large a
+Such an attack is reported twice (docs/design.md, section 1, baselines): unconstrained (how large a
 perturbation it needed: the median L2 norm) and projected onto the L-infinity ball of ``eps``
 (success within the budget, comparable with FGSM, PGD and SMIA). :meth:`Attack.__call__` returns the
 projected result, so every guarantee of an attack holds; the unconstrained one stays on the attack

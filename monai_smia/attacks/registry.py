@@ -32,7 +32,7 @@ ATTACKS = (
 DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA")
 #: attacks that only fit one task, and that task
 TASK_ATTACKS = {"DeepFool": "classification", "DAG": "segmentation", "SegPGD": "segmentation", "CosPGD": "segmentation"}
-#: the robustness-evaluation attacks (issue 19) and the options :func:`make_attack` passes on to them
+#: the robustness-evaluation attacks and the options :func:`make_attack` passes on to them
 ROBUSTNESS = {
     "APGD": ("restarts",),
     "APGD-T": ("restarts", "num_targets"),
@@ -41,7 +41,7 @@ ROBUSTNESS = {
     "Square": ("num_queries", "p_init"),
     "worst-case": ("attacks", "num_queries"),
 }
-#: SMIA's reading options that :func:`make_attack` passes on (DESIGN.md section 1)
+#: SMIA's reading options that :func:`make_attack` passes on (docs/design.md, section 1)
 SMIA_READINGS = ("stabilization", "stabilization_target", "smooth", "protocol")
 
 

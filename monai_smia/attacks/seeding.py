@@ -1,5 +1,5 @@
 """Per-sample random streams, so that an attack that draws random numbers gives each sample the same
-result whatever batch it is in (DESIGN.md section 2: results do not depend on how samples are batched).
+result whatever batch it is in (docs/design.md, section 2: results do not depend on how samples are batched).
 
 Each sample's stream is seeded from a hash of its own starting noise ``delta_init`` (which callers draw
 per case from the case's seed) or, without one, of the run's seed (the generator's initial seed, else

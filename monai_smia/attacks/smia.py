@@ -5,7 +5,7 @@ Each iteration ascends ``DEV - alpha * STA``: the deviation loss of ``f(x + d)``
 cross-entropy between ``f(x + d)`` and the (gradient-stopped) prediction on ``x + W * d``, where
 ``W`` is a Gaussian kernel smoothing the accumulated perturbation. The first iteration (``d = 0``)
 uses the deviation alone. ``alpha = 0`` is exactly PGD without random start (the paper's DEV
-ablation). The default follows the paper's Eq. 3-4 (DESIGN.md section 1), not the released code.
+ablation). The default follows the paper's Eq. 3-4 (docs/design.md, section 1), not the released code.
 
 The paper is ambiguous, so each defensible reading is an option of :class:`SMIA`, documented with
 the sentence of the paper or the line of the authors' released code (github imogenqi/SMA,

@@ -21,10 +21,19 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from monai_smia.bundle.files import read_config_file
 from monai_smia.io.datalist import DATALIST, load_datalist
 from monai_smia.io.paths import check_folder
 
-__all__ = ["CaseError", "CaseErrors", "bundle_cases", "find_case_error", "out_of_memory", "out_of_memory_message", "root_cause"]
+__all__ = [
+    "CaseError",
+    "CaseErrors",
+    "bundle_cases",
+    "find_case_error",
+    "out_of_memory",
+    "out_of_memory_message",
+    "root_cause",
+]
 
 DECATHLON = "dataset.json"
 
@@ -33,7 +42,7 @@ def _bundle_data(config_file: Path, key: str, root: Path, dataset_dir: Path) -> 
     if not config_file.is_file():
         return None
     parser = ConfigParser()
-    parser.read_config(str(config_file))
+    parser.read_config(read_config_file(config_file))
     parser["bundle_root"] = str(root)
     parser["dataset_dir"] = str(dataset_dir)
     try:
@@ -62,7 +71,11 @@ def out_of_memory(err: BaseException) -> bool:
     cause = root_cause(err)
     text = str(cause)
     oom = type(cause).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (CUDA), without importing torch here
-    return oom or isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+    return (
+        oom
+        or isinstance(cause, MemoryError)
+        or (isinstance(cause, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+    )
 
 
 def out_of_memory_message(case: str, shape: Any, device: Any) -> str:
@@ -130,7 +143,11 @@ def bundle_cases(
         ValueError: a listed case has no image, or a path leaves ``dataset_dir``.
     """
     root, data = Path(bundle_root), Path(dataset_dir).absolute()
-    check_folder(data, "dataset folder", "pass the folder that holds the cases (datalist.json, dataset.json or the bundle's data)")
+    check_folder(
+        data,
+        "dataset folder",
+        "pass the folder that holds the cases (datalist.json, dataset.json or the bundle's data)",
+    )
     if (data / DATALIST).is_file():
         raw, where = load_datalist(data, split), f"{data / DATALIST} {split!r}"
     else:
@@ -179,4 +196,6 @@ class CaseErrors:
             return self.transform(item)
         except Exception as e:
             cause = root_cause(e)
-            raise CaseError(f"{item.get('image')!r}: {type(cause).__name__}: {cause}; check or replace this file.") from e
+            raise CaseError(
+                f"{item.get('image')!r}: {type(cause).__name__}: {cause}; check or replace this file."
+            ) from e

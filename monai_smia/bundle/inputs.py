@@ -84,7 +84,9 @@ def input_spec(metadata: Mapping[str, Any], preprocessing: Any, inferer: Any = N
 
     fixed = None if isinstance(inferer, SliceInferer) else _fixed_shape(image, preprocessing)
     task, classes = task_from_metadata(dict(metadata))
-    return InputSpec(int(channels) if channels else None, ndim, _png_window_max(preprocessing), fixed, task, classes or None)
+    return InputSpec(
+        int(channels) if channels else None, ndim, _png_window_max(preprocessing), fixed, task, classes or None
+    )
 
 
 def _check_size(path: Path, size: tuple[int, ...], spec: InputSpec) -> None:
@@ -132,12 +134,15 @@ def _check_nifti(path: Path, spec: InputSpec) -> None:
     found = _uncompressed_size(path, expected)
     if found < 0:
         raise CaseError(
-            f"{str(path)!r} is cut short (its gzip stream ends before the {expected} bytes its header needs); replace this file."
+            f"{str(path)!r} is cut short (its gzip stream ends before the {expected} bytes its header needs); replace "
+            "this file."
         )
     if found < expected:
         raise CaseError(f"{str(path)!r} is cut short ({found} of {expected} bytes); replace this file.")
     dims = len(shape)
-    while dims > (spec.spatial_ndim or 3) and shape[dims - 1] == 1:  # trailing singleton dims (a 2D image saved as X, Y, 1)
+    while (
+        dims > (spec.spatial_ndim or 3) and shape[dims - 1] == 1
+    ):  # trailing singleton dims (a 2D image saved as X, Y, 1)
         dims -= 1
     if spec.spatial_ndim is not None and dims != spec.spatial_ndim:
         kind = "slice-wise (3D volumes)" if spec.spatial_ndim == 3 else f"{spec.spatial_ndim}D"
@@ -166,7 +171,9 @@ def _check_png(path: Path, spec: InputSpec) -> None:
             f"{str(path)!r} is a {PIL_CHANNELS[mode]}-channel {mode!r} image of size {size}; the bundle takes {want}."
         )
     if spec.spatial_ndim == 3:
-        raise CaseError(f"{str(path)!r} is a 2D image of size {size}; the bundle takes 3D volumes (NIfTI or a DICOM series).")
+        raise CaseError(
+            f"{str(path)!r} is a 2D image of size {size}; the bundle takes 3D volumes (NIfTI or a DICOM series)."
+        )
     _check_size(path, tuple(size), spec)
     if spec.max_value is not None and mode not in ("L", "RGB"):
         raise CaseError(
@@ -179,8 +186,8 @@ def check_image_file(path: str | os.PathLike, spec: InputSpec) -> None:
 
     A folder is a DICOM series: every file is decoded and the slice spacing checked
     (:func:`monai_smia.io.dicom_read.find_dicom_series`: a cut-short slice or a gap is named) before any
-    bundle preprocessing runs; other suffixes are left to the bundle's reader. A file that passed is not read again while its size
-    and modification time stay the same.
+    bundle preprocessing runs; other suffixes are left to the bundle's reader. A file that passed is not read again
+    while its size and modification time stay the same.
     """
     p = Path(path)
     if not p.exists():
@@ -271,7 +278,9 @@ def _check_label_map(image: str, label: str, size: int, mtime_ns: int, classes: 
         raise CaseError(f"{label!r} is not a readable NIfTI label map ({e}); replace this file.") from e
     shape = tuple(int(s) for s in nib.load(image).shape)
     if tuple(int(s) for s in lab.shape) != shape:
-        raise CaseError(f"{label!r} has shape {tuple(lab.shape)}, its image {image!r} has {shape}; pair them correctly.")
+        raise CaseError(
+            f"{label!r} has shape {tuple(lab.shape)}, its image {image!r} has {shape}; pair them correctly."
+        )
     bad = [v for v in values.tolist() if v != int(v) or (classes is not None and not 0 <= v < classes)]
     if bad:
         raise CaseError(f"{label!r} holds label values {bad[:5]} outside the bundle's classes 0..{(classes or 1) - 1}.")

@@ -21,6 +21,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer, SimpleInferer
 
+from monai_smia.bundle.files import load_config_files, read_config_file, read_metadata
 from monai_smia.bundle.loading import load_weights
 
 __all__ = ["Victim", "resolve_bundle", "load_victim", "BUILTIN_BUNDLES_DIR"]
@@ -55,7 +56,9 @@ def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
     if not (path / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"{path} is not a MONAI bundle: it has no configs/metadata.json")
     if not any((path / "configs" / f"{c}.json").is_file() for c in ("train", "inference")):
-        raise FileNotFoundError(f"{path} is not a usable MONAI bundle: it has neither configs/train.json nor configs/inference.json")
+        raise FileNotFoundError(
+            f"{path} is not a usable MONAI bundle: it has neither configs/train.json nor configs/inference.json"
+        )
     for f in sorted((path / "configs").glob("*.json")):
         st = f.stat()
         _check_json(str(f.resolve()), st.st_size, st.st_mtime_ns)
@@ -70,7 +73,9 @@ def _check_json(path: str, size: int, mtime_ns: int) -> None:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text ({e.reason}); fix this file of the bundle.") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix this file of the bundle.") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix this file of the bundle."
+        ) from None
 
 
 @dataclass
@@ -99,7 +104,7 @@ def is_train_override(config_file: Path) -> bool:
     (``validate#...`` keys), rather than being a stand-alone monai-smia evaluation config."""
     if not config_file.is_file():
         return False
-    config = ConfigParser.load_config_file(str(config_file))
+    config = read_config_file(config_file)
     return "evaluation" not in config and any("#" in str(k) for k in config)
 
 
@@ -130,8 +135,7 @@ def load_victim(
             without labels; ``train.json`` is used only when the bundle has no ``inference.json``.
     """
     root = resolve_bundle(bundle)
-    with open(root / "configs" / "metadata.json") as f:
-        meta = json.load(f)
+    meta = read_metadata(root)
     configs = root / "configs"
     use_train = (configs / "train.json").is_file() and (labels or not (configs / "inference.json").is_file())
     parser = ConfigParser()
@@ -139,7 +143,7 @@ def load_victim(
     if use_train and is_train_override(configs / "evaluate.json"):
         files.append(configs / "evaluate.json")  # the model zoo's idiom: evaluate.json overrides train.json
     try:
-        parser.read_config([str(f) for f in files])
+        parser.read_config(load_config_files(files))
     except KeyError as e:
         raise ValueError(
             f"{files[-1]} overrides {e.args[0] if e.args else e} that {files[0].name} of {root.name} does not define; "
@@ -151,9 +155,7 @@ def load_victim(
     parser["device"] = f"$torch.device('{torch.device(device)}')"
     if use_train and "validate" in parser.config and "preprocessing" in parser["validate"]:
         pre_key, inf_key, has_labels = "validate#preprocessing", "validate#inferer", True
-    else:
-        if not use_train:
-            parser.read_config(str(configs / "inference.json"))
+    else:  # inference.json (already read, with the overrides above) or a train.json without validate#preprocessing
         pre_key, inf_key, has_labels = "preprocessing", "inferer", False
     network = parser.get_parsed_content("network_def", instantiate=True)
     ckpt = Path(checkpoint) if checkpoint is not None else root / "models" / "model.pt"
@@ -165,7 +167,11 @@ def load_victim(
     except KeyError:
         inferer = SimpleInferer()
     task, num_classes = task_from_metadata(meta)
-    plain = {k: v for k, v in parser.config.items() if isinstance(v, (int, float, str, list)) and not str(v).startswith(("$", "@"))}
+    plain = {
+        k: v
+        for k, v in parser.config.items()
+        if isinstance(v, (int, float, str, list)) and not str(v).startswith(("$", "@"))
+    }
     return Victim(
         root=root,
         name=root.name,

@@ -34,7 +34,12 @@ class ImageQualityMetric(CumulativeIterationMetric):
         reduction: MONAI reduction of :meth:`aggregate` (``"none"`` keeps the per-case values).
     """
 
-    def __init__(self, name: str = "psnr", bounds: Sequence[float] | None = None, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
+    def __init__(
+        self,
+        name: str = "psnr",
+        bounds: Sequence[float] | None = None,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+    ) -> None:
         super().__init__()
         if name not in _QUALITY:
             raise ValueError(f"name must be one of {', '.join(_QUALITY)}, got {name!r}.")
@@ -50,5 +55,7 @@ class ImageQualityMetric(CumulativeIterationMetric):
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
-            raise RuntimeError("ImageQualityMetric.aggregate: nothing accumulated yet (call the metric on a batch first).")
+            raise RuntimeError(
+                "ImageQualityMetric.aggregate: nothing accumulated yet (call the metric on a batch first)."
+            )
         return do_metric_reduction(data, reduction or self.reduction)[0]

@@ -5,8 +5,9 @@ into one record per case: task metrics against the label (top-1, or Dice/IoU/pix
 perturbation statistics of the adversarial batch against the clean one (L-inf, L2, variance, PSNR,
 SSIM; in the user's ``eps`` unit), the attack's per-iteration diagnostics, the logits of a
 classifier, and, without labels, ``changed``: the share of the output whose prediction differs from
-the clean prediction (an ``AttackInferer`` with ``compute_success=True``). Each record goes to ``store.save(record)`` at once, so an interrupted run resumes
-(:class:`monai_smia.reports.CaseStore` is such a store).
+the clean prediction (an ``AttackInferer`` with ``compute_success=True``). Each record goes to
+``store.save(record)`` at once, so an interrupted run resumes (:class:`monai_smia.reports.CaseStore` is such a
+store).
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ def _as_tensor(x: Any) -> torch.Tensor:
 def _task_metrics(task: str, logits: torch.Tensor, label: torch.Tensor | None) -> dict[str, np.ndarray]:
     if label is None:
         return {}
-    return classification_case_metrics(logits, label) if task == "classification" else segmentation_case_metrics(logits, label)
+    return (
+        classification_case_metrics(logits, label)
+        if task == "classification"
+        else segmentation_case_metrics(logits, label)
+    )
 
 
-def _perturbation(x: torch.Tensor, x_adv: torch.Tensor, bounds: Sequence[float] | None, scale: float) -> dict[str, np.ndarray]:
+def _perturbation(
+    x: torch.Tensor, x_adv: torch.Tensor, bounds: Sequence[float] | None, scale: float
+) -> dict[str, np.ndarray]:
     stats = perturbation_case_metrics(x.cpu(), x_adv.cpu(), bounds=None if bounds is None else tuple(bounds))
     for k in ("linf", "l2"):
         stats[k] = stats[k] / scale
@@ -86,7 +93,9 @@ def case_records(
         if task == "classification":
             rec["logits"] = logits[b].tolist()
         info = diagnostics[b] if x_adv is not None and b < len(diagnostics) else {}
-        if label is None and "changed_fraction" in info:  # label-free: share of the output whose prediction left the clean one
+        if (
+            label is None and "changed_fraction" in info
+        ):  # label-free: share of the output whose prediction left the clean one
             rec["changed"] = float(info["changed_fraction"])
         if "positive_cosine_share" in info and attack not in _NO_TRACE:
             rec["positive_cosine_share"] = info["positive_cosine_share"]
@@ -108,7 +117,7 @@ class CaseRecordHandler:
         inferer: the evaluator's inferer; an ``AttackInferer`` supplies ``last_adversarial``,
             ``last_diagnostics`` and ``last_clean`` (the label-free success reference; without it, one
             more forward through its ``inferer``); an inferer with ``last_record_extras`` (one dict per case, e.g.
-            :class:`~monai_smia.apps.evaluation_source.SourceGridAttackInferer`) adds its entries to the records.
+            :class:`~monai_smia.apps.evaluate.source.SourceGridAttackInferer`) adds its entries to the records.
         bounds: valid input range (PSNR/SSIM data range); ``None``: each clean image's range.
         eps_scale: network-input units per ``eps`` unit.
         figure_cases: case ids whose arrays are kept for the example figures.
@@ -140,7 +149,9 @@ class CaseRecordHandler:
     def __call__(self, engine: Any) -> None:
         out, batch = engine.state.output, engine.state.batch
         if not isinstance(out, dict):
-            raise TypeError("CaseRecordHandler needs a batch-level output dict (SupervisedEvaluator with decollate=False).")
+            raise TypeError(
+                "CaseRecordHandler needs a batch-level output dict (SupervisedEvaluator with decollate=False)."
+            )
         x = _as_tensor(out["image"])
         x_adv = getattr(self.inferer, "last_adversarial", None) if self.attack != "clean" else None
         label = out.get("label")
@@ -150,7 +161,18 @@ class CaseRecordHandler:
         ids = [str(c) for c in batch[self.case_key]]
         clean = self._clean_logits(engine, x) if label is None and x_adv is not None else None
         records = case_records(
-            self.task, self.attack, self.eps, ids, x, x_adv, logits, label, diagnostics, self.bounds, self.eps_scale, clean
+            self.task,
+            self.attack,
+            self.eps,
+            ids,
+            x,
+            x_adv,
+            logits,
+            label,
+            diagnostics,
+            self.bounds,
+            self.eps_scale,
+            clean,
         )
         extras = getattr(self.inferer, "last_record_extras", None) if x_adv is not None else None
         for b, rec in enumerate(records):
@@ -158,7 +180,9 @@ class CaseRecordHandler:
                 rec.update(extras[b])
             self.store.save(rec)
             if rec["case_id"] in self.figure_cases and callable(getattr(self.store, "save_example", None)):
-                self.store.save_example(self.attack, self.eps, rec["case_id"], self._example(b, x, x_adv, logits, label))
+                self.store.save_example(
+                    self.attack, self.eps, rec["case_id"], self._example(b, x, x_adv, logits, label)
+                )
 
     def _clean_logits(self, engine: Any, x: torch.Tensor) -> torch.Tensor | None:
         """The clean output through the attack inferer's own inferer (label-free: the success reference): the
@@ -173,9 +197,14 @@ class CaseRecordHandler:
             return _as_tensor(inner(x, engine.network))
 
     @staticmethod
-    def _example(b: int, x: torch.Tensor, x_adv: torch.Tensor | None, logits: torch.Tensor, label: torch.Tensor | None) -> dict[str, Any]:
+    def _example(
+        b: int, x: torch.Tensor, x_adv: torch.Tensor | None, logits: torch.Tensor, label: torch.Tensor | None
+    ) -> dict[str, Any]:
         logits = logits.float().cpu()
-        example = {"image": x[b].cpu().numpy(), "pred": logits[b].argmax(0).numpy() if logits.ndim > 2 else int(logits[b].argmax())}
+        example = {
+            "image": x[b].cpu().numpy(),
+            "pred": logits[b].argmax(0).numpy() if logits.ndim > 2 else int(logits[b].argmax()),
+        }
         if x_adv is not None:
             example["adv_image"] = x_adv[b].cpu().numpy()
         if label is not None:

@@ -44,7 +44,7 @@ class CaseSeedHandler:
         inferer: an inferer with a ``generator`` attribute (``AttackInferer``); anything else is left alone.
         seed, attack, eps: the run seed and the condition (``eps`` in the user's unit, ``None`` for clean).
         case_key: batch key of the case ids, used when the batch has no ``seed_key`` entry (the
-            cases' image names, which :class:`~monai_smia.apps.evaluation_config.EvaluationCondition` adds).
+            cases' image names, which :class:`~monai_smia.apps.evaluate.config.EvaluationCondition` adds).
     """
 
     def __init__(self, inferer: Any, seed: int, attack: str, eps: float | None, case_key: str = "case_id") -> None:

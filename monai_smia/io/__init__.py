@@ -5,6 +5,7 @@ from __future__ import annotations
 from monai_smia.io.dicom_read import (
     LoadSeriesImage,
     LoadSeriesImaged,
+    SeriesFolderReader,
     SingleSeriesITKReader,
     check_dicom_series,
     find_dicom_series,
@@ -22,6 +23,7 @@ __all__ = [
     "DicomSeriesReport",
     "LoadSeriesImage",
     "LoadSeriesImaged",
+    "SeriesFolderReader",
     "NiftiReport",
     "SingleSeriesITKReader",
     "check_dicom_series",

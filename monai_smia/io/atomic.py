@@ -120,7 +120,9 @@ def _within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def check_replaceable_dir(out: str | os.PathLike, protected: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> None:
+def check_replaceable_dir(
+    out: str | os.PathLike, protected: Iterable[str | os.PathLike] = (), overwrite: bool = False
+) -> None:
     """Raise unless writing the folder ``out`` (replacing it when it exists) loses nothing.
 
     Args:

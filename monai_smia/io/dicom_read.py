@@ -31,6 +31,7 @@ itk, _has_itk = optional_import("itk")
 __all__ = [
     "LoadSeriesImage",
     "LoadSeriesImaged",
+    "SeriesFolderReader",
     "SingleSeriesITKReader",
     "check_dicom_series",
     "find_dicom_series",
@@ -64,7 +65,9 @@ def _check_file(path: Path) -> Any:
         if "PixelData" in ds:
             ds.pixel_array  # noqa: B018 - decodes (and length-checks) the pixel data
     except Exception as e:
-        raise ValueError(f"DICOM file {str(path)!r} is corrupt or cut short ({e}); replace it or remove it from the series.") from e
+        raise ValueError(
+            f"DICOM file {str(path)!r} is corrupt or cut short ({e}); replace it or remove it from the series."
+        ) from e
     return ds
 
 
@@ -108,7 +111,8 @@ def _check_spacing(folder: str | os.PathLike, files: Sequence[str], datasets: Se
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"DICOM series in {str(folder)!r} is not evenly spaced: {abs(gaps[i]):.3f} mm between {str(files[i])!r} and "
+            f"DICOM series in {str(folder)!r} is not evenly spaced: {abs(gaps[i]):.3f} mm between {str(files[i])!r} "
+            "and "
             f"{str(files[i + 1])!r}, {median:.3f} mm elsewhere; a slice is missing or unreadable."
         )
 
@@ -170,6 +174,19 @@ class SingleSeriesITKReader(ITKReader):
         return super().read(data, **kwargs)
 
 
+class SeriesFolderReader(SingleSeriesITKReader):
+    """:class:`SingleSeriesITKReader` that claims folders only.
+
+    Registered on a ``LoadImage``/``LoadImaged`` through MONAI's public ``register``, it reads every folder
+    as one DICOM series ahead of the other readers (no fallback: its errors name the folder); files go to
+    the readers the loader had before.
+    """
+
+    def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
+        names = ensure_tuple(filename)
+        return bool(names) and all(isinstance(f, (str, os.PathLike)) and Path(f).is_dir() for f in names)
+
+
 class LoadSeriesImage(LoadImage):
     """MONAI's ``LoadImage``; a folder is read as one DICOM series by :class:`SingleSeriesITKReader`
     with no fallback to other readers (errors name the folder). Arguments as ``LoadImage``."""
@@ -191,6 +208,6 @@ class LoadSeriesImaged(LoadImaged):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._loader.__class__ = LoadSeriesImage  # same state as LoadImage; only __call__ differs
+        self.register(SeriesFolderReader())
 
 

@@ -121,7 +121,8 @@ def _source_uids(ds: Any) -> tuple[str, str]:
     sop = str(ds.get("SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
     if not sop_class or not sop:
         raise ValueError(
-            f"DICOM file {getattr(ds, 'filename', '?')!r} has no SOP Class/Instance UID (neither in the dataset nor the file meta)."
+            f"DICOM file {getattr(ds, 'filename', '?')!r} has no SOP Class/Instance UID (neither in the dataset nor "
+            "the file meta)."
         )
     return sop_class, sop
 
@@ -181,7 +182,9 @@ def _derived_dataset(
     return ds
 
 
-def _perturbed_slice(f: str, pert: np.ndarray, pert_affine: np.ndarray, eps: float, k: int) -> tuple[Any, np.ndarray, float, float]:
+def _perturbed_slice(
+    f: str, pert: np.ndarray, pert_affine: np.ndarray, eps: float, k: int
+) -> tuple[Any, np.ndarray, float, float]:
     """One source file's dataset, its adversarial stored values (int16), the largest stored change and its slope."""
     try:
         ds = pydicom.dcmread(f)
@@ -279,7 +282,9 @@ def write_adversarial_dicom_series(
     except TypeError as e:  # pragma: no cover - default=str makes this rare
         raise TypeError(f"settings must be JSON-serialisable: {e}") from e
     out = Path(output_folder)
-    check_replaceable_dir(out, [source_folder], overwrite)  # refuse before reading the series (atomic_output_dir checks again)
+    check_replaceable_dir(
+        out, [source_folder], overwrite
+    )  # refuse before reading the series (atomic_output_dir checks again)
     files = find_dicom_series(source_folder, series_uid)
     pert, pert_affine = _as_volume(perturbation)
     if affine is not None:

@@ -1,10 +1,10 @@
 """Write ``source + perturbation`` as NIfTI on the source grid, and bring a network-grid perturbation back there.
 
-A source-grid attack (:mod:`monai_smia.apps.attack_source`, the default of ``monai-smia attack``)
+A source-grid attack (:mod:`monai_smia.apps.attack.source`, the default of ``monai-smia attack``)
 already holds its perturbation on the source voxels in source units: :func:`save_adversarial_nifti`
 writes it as it is (float32, or the source's integer type and scaling, where a perturbation of whole
 stored steps is kept exactly: :func:`lattice_steps`). An attack on the network's grid (reoriented,
-resampled, cropped) needs its perturbation ``d`` brought back first (DESIGN.md section 3): through the
+resampled, cropped) needs its perturbation ``d`` brought back first (docs/design.md, section 4): through the
 inverse spatial transforms with bilinear interpolation (:func:`invert_perturbation`, MONAI's
 ``Invertd``). Either way the written file has the source's shape, affine, orientation and spacing and
 differs from it by at most ``eps`` (in the source's own units, e.g. HU) at every voxel.
@@ -79,10 +79,6 @@ def invert_perturbation(
     return out
 
 
-def _is_dicom_source(source: str | os.PathLike) -> bool:
-    return Path(source).is_dir()
-
-
 def load_source_volume(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, Any]:
     """Read a NIfTI file (nibabel) or a DICOM series folder (MONAI ``ITKReader``) at its own grid.
 
@@ -140,7 +136,8 @@ def _perturbation_array(perturbation: Any, shape: Sequence[int], affine: np.ndar
         arr = arr[0]
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(
-            f"perturbation has spatial shape {tuple(arr.shape)}, the source {tuple(shape)}; bring it back to the source "
+            f"perturbation has spatial shape {tuple(arr.shape)}, the source {tuple(shape)}; bring it back to the "
+            "source "
             "grid first (invert_perturbation)."
         )
     if isinstance(perturbation, MetaTensor):
@@ -178,7 +175,9 @@ def lattice_steps(q: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     return np.where(np.abs(q - near) <= tol, near, np.trunc(q))
 
 
-def _float_image(values: np.ndarray, d: np.ndarray, affine: np.ndarray, handle: Any, eps: float, bounds: Any) -> nib.Nifti1Image:
+def _float_image(
+    values: np.ndarray, d: np.ndarray, affine: np.ndarray, handle: Any, eps: float, bounds: Any
+) -> nib.Nifti1Image:
     adv = values + d
     if bounds is not None:
         adv = np.clip(adv, bounds[0], bounds[1])

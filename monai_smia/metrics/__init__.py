@@ -1,4 +1,5 @@
-"""Metrics of a robustness evaluation: perturbation statistics, task metrics, the one success definition, bootstrap statistics."""
+"""Metrics of a robustness evaluation: perturbation statistics, task metrics, the one success definition,
+bootstrap statistics."""
 
 from __future__ import annotations
 

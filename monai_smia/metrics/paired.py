@@ -1,4 +1,4 @@
-"""Paired comparison of two methods scored on the same cases (DESIGN.md section 1, baselines).
+"""Paired comparison of two methods scored on the same cases (docs/design.md, section 1, baselines).
 
 Comparing two attacks by whether their separate bootstrap intervals overlap cannot tell whether a
 difference is real: both are scored on the same cases, and most of the spread is between cases, not
@@ -110,7 +110,9 @@ def paired_differences(
     vb_all = {str(k): float(v) for k, v in b.items()}
     ids = [k for k in sorted(ka) if math.isfinite(va_all[k]) and math.isfinite(vb_all[k])]
     if not ids:
-        raise ValueError(f"{names[0]} vs {names[1]}: no case has a finite value on both sides ({len(ka)} case(s) given).")
+        raise ValueError(
+            f"{names[0]} vs {names[1]}: no case has a finite value on both sides ({len(ka)} case(s) given)."
+        )
     va = np.array([va_all[k] for k in ids], dtype=np.float64)
     vb = np.array([vb_all[k] for k in ids], dtype=np.float64)
     return ids, va, vb, len(ka) - len(ids)

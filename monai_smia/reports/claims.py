@@ -18,7 +18,7 @@ import numpy as np
 
 from monai_smia.io.atomic import write_json_atomic
 from monai_smia.metrics.paired import HOLDS, compare_paired
-from monai_smia.reports.figures import _pyplot, save_figure
+from monai_smia.reports.figures import pyplot, save_figure
 from monai_smia.reports.store import atomic_write_text, to_jsonable
 
 __all__ = [
@@ -112,7 +112,9 @@ def format_claims_markdown(rows: Sequence[Mapping[str, Any]], readings: Sequence
             continue
         held = sum(r["verdict"] == HOLDS for r in rows_t)
         lines += [f"#### {title} ({held} of {len(rows_t)} hold)", ""]
-        lines += ["| bundle | protocol | reading | claim | measured | mean difference (a - b) [95% paired CI] | verdict |"]
+        lines += [
+            "| bundle | protocol | reading | claim | measured | mean difference (a - b) [95% paired CI] | verdict |"
+        ]
         lines += ["|---|---|---|---|---|---|---|"] + [_md_row(r) for r in rows_t] + [""]
     return "\n".join(lines)
 
@@ -168,8 +170,15 @@ def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[
         "",
     ]
     for bundle, info in meta.get("bundles", {}).items():
-        lines.append(f"- {bundle} ({info.get('task')}): {info.get('source')}; eps {info.get('eps')} {info.get('eps_unit')}")
-    lines += ["", "Protocols: `projected` = an L-infinity budget eps with step 2.5 eps / T; `paper` = per-step eps, ball T * eps.", ""]
+        lines.append(
+            f"- {bundle} ({info.get('task')}): {info.get('source')}; eps {info.get('eps')} {info.get('eps_unit')}"
+        )
+    lines += [
+        "",
+        "Protocols: `projected` = an L-infinity budget eps with step 2.5 eps / T; `paper` = per-step eps, ball T * "
+        "eps.",
+        "",
+    ]
     if meta.get("grid"):
         lines += [f"Grid: {meta['grid']} (the attacks perturb the network input, not the source file's voxels).", ""]
     return lines
@@ -177,11 +186,13 @@ def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[
 
 def _forest(path: Path, title: str, rows: Sequence[Mapping[str, Any]]) -> Path:
     """One panel per metric (their scales differ): each claim's mean difference and paired interval."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     groups = [[r for r in rows if r["metric"] == m] for m in metrics]
     heights = [0.26 * len(g) + 0.9 for g in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False
+    )
     for ax, metric, group in zip(axes[:, 0], metrics, groups):
         y = np.arange(len(group))[::-1]
         for yi, r in zip(y, group):
@@ -198,7 +209,11 @@ def _forest(path: Path, title: str, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 
 def write_claims(
-    output_dir: str | Path, specs: Sequence[ClaimSpec], meta: Mapping[str, Any], num_resamples: int = 1000, seed: int = 0
+    output_dir: str | Path,
+    specs: Sequence[ClaimSpec],
+    meta: Mapping[str, Any],
+    num_resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``specs`` and write ``reproduce.md``, ``reproduce.json`` and figures into ``output_dir``."""
     out = Path(output_dir)
@@ -214,7 +229,11 @@ def write_claims(
     text += format_claims_overview(rows) + "\n### Every claim\n\n" + format_claims_markdown(rows)
     warned = sorted({r["warning"] for r in rows if r.get("warning")})
     if warned:
-        text += "\n(warned): the attack warned that this setting collapses:\n\n" + "\n".join(f"- {w}" for w in warned) + "\n"
+        text += (
+            "\n(warned): the attack warned that this setting collapses:\n\n"
+            + "\n".join(f"- {w}" for w in warned)
+            + "\n"
+        )
     text += "\nFigures: " + ", ".join(figures) + "\n"
     write_json_atomic(out / "reproduce.json", to_jsonable(report), allow_nan=False, trailing_newline=True)
     atomic_write_text(out / "reproduce.md", text)

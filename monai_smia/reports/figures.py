@@ -22,7 +22,7 @@ from monai_smia.io.atomic import atomic_file
 
 matplotlib, _has_mpl = optional_import("matplotlib")
 
-__all__ = ["case_figure", "pick_axial_slice", "robustness_curve_figure", "save_figure", "trace_curves_figure"]
+__all__ = ["case_figure", "pick_axial_slice", "pyplot", "robustness_curve_figure", "save_figure", "trace_curves_figure"]
 
 TRACE_CURVES = (
     ("deviation_loss", "deviation loss"),
@@ -32,7 +32,12 @@ TRACE_CURVES = (
 )
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (figures are only written to files).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
     if not _has_mpl:
         raise ImportError("figures need matplotlib: pip install matplotlib")
     matplotlib.use("Agg", force=False)
@@ -43,7 +48,7 @@ def _pyplot() -> Any:
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG through a temporary file and :func:`os.replace`; closes it."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     try:
         with atomic_file(path, suffix=".png") as tmp:
@@ -180,7 +185,7 @@ def case_figure(
         raise ValueError(f"task must be 'segmentation' or 'classification', got {task!r}.")
     if not cases:
         raise ValueError("case_figure needs at least one case.")
-    plt = _pyplot()
+    plt = pyplot()
     prepared = [_prepare_case(c, task, axial_axis) for c in cases]
     for c in prepared:
         if window is not None:
@@ -214,7 +219,9 @@ def _transpose_case(c: dict[str, Any], task: str) -> None:
 
 
 def _display_range(img: np.ndarray, display_range: tuple[float, float] | None) -> tuple[float, float]:
-    lo, hi = display_range if display_range is not None else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
+    lo, hi = (
+        display_range if display_range is not None else (float(np.percentile(img, 1)), float(np.percentile(img, 99)))
+    )
     return (float(img.min()), float(img.max()) + 1e-12) if hi <= lo else (lo, hi)
 
 
@@ -280,7 +287,7 @@ def trace_curves_figure(path: str | Path, summaries: Mapping[str, Any], title: s
     """
     if not summaries:
         raise ValueError("trace_curves_figure needs at least one attack summary.")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
     for n, (name, s) in enumerate(summaries.items()):
@@ -336,7 +343,7 @@ def robustness_curve_figure(
     """
     if not summaries_by_eps:
         raise ValueError("robustness_curve_figure needs at least one eps.")
-    plt = _pyplot()
+    plt = pyplot()
     ci_key = f"{metric}_ci{round(confidence * 100):d}"
     eps_values = sorted(summaries_by_eps, key=float)
     attacks: dict[str, None] = {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import platform
 import sys
@@ -19,12 +20,18 @@ from monai_smia.reports.store import to_jsonable
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks."""
+    """SHA-256 of a file, read in chunks; computed once per file version (path, size, modification time)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"cannot hash {path}: no such file (check the checkpoint path).")
+    st = path.stat()
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns, chunk_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int, chunk_size: int) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             h.update(chunk)
     return h.hexdigest()

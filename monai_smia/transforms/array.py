@@ -38,7 +38,8 @@ def attack_diagnostics(
     ``positive_cosine_share``, ``final_variance``, ``zero_gradient_iterations``); and, when
     predictions were computed, ``error_clean``/``error_adversarial`` (share of outputs whose
     prediction differs from the reference: the labels, or the clean prediction when label-free),
-    ``changed_fraction`` and ``success`` (the attack raised the error rate).
+    ``changed_fraction`` and ``error_rate_rose`` (the adversarial error rate is above the clean one; attack
+    success as the reports count it is :func:`monai_smia.metrics.case_success`).
     """
     info: dict[str, Any] = {
         "attack": type(attack).__name__,
@@ -70,7 +71,7 @@ def attack_diagnostics(
         info["error_clean"] = result.error_clean[index]
         info["error_adversarial"] = result.error_adversarial[index]
         info["changed_fraction"] = result.changed[index]
-        info["success"] = bool(result.error_adversarial[index] > result.error_clean[index])
+        info["error_rate_rose"] = bool(result.error_adversarial[index] > result.error_clean[index])
     return info
 
 
@@ -150,7 +151,8 @@ class AdversarialAttack(Randomizable, Transform):
         x = convert_to_tensor(img, track_meta=False)
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             raise ValueError(
-                f"the image must be channel-first (C, *spatial) without a batch dim, got shape {getattr(x, 'shape', None)}."
+                "the image must be channel-first (C, *spatial) without a batch dim, got shape "
+                f"{getattr(x, 'shape', None)}."
             )
         if not x.is_floating_point():
             x = x.float()
@@ -258,7 +260,8 @@ class SMIAttack(AdversarialAttack):
         dims = img.ndim - 1 - (1 if self.slice_dim is not None else 0)
         if dims not in (1, 2, 3):
             raise ValueError(
-                f"SMIAttack: the item of shape {tuple(img.shape)} with slice_dim={self.slice_dim} gives {dims} spatial dims "
+                f"SMIAttack: the item of shape {tuple(img.shape)} with slice_dim={self.slice_dim} gives {dims} "
+                "spatial dims "
                 "for the network; expected 1, 2 or 3."
             )
         if dims not in self._attacks:

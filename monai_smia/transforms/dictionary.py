@@ -205,7 +205,8 @@ DEPRECATED_ALIASES = ("Attackd", "AttackD", "AttackDict")
 def __getattr__(name: str) -> Any:
     if name in DEPRECATED_ALIASES:
         warnings.warn(
-            f"monai_smia.transforms.{name} is deprecated and will be removed after version 0.1; use AdversarialAttackd.",
+            f"monai_smia.transforms.{name} is deprecated and will be removed after version 0.1; use "
+            "AdversarialAttackd.",
             FutureWarning,  # shown by default (a DeprecationWarning is hidden outside __main__ and tests)
             stacklevel=2,
         )

@@ -1,6 +1,6 @@
 """A bundle's deterministic preprocessing as a differentiable function of the source voxels.
 
-A source-grid attack (issue 13) keeps its perturbation on the image as it was loaded
+A source-grid attack keeps its perturbation on the image as it was loaded
 (``LoadImaged`` and ``EnsureChannelFirstd``: the file's own grid and units, e.g. HU) and lets the
 bundle's remaining preprocessing (``Orientationd``, ``Spacingd``, ``ScaleIntensityRanged``,
 padding, cropping, ``EnsureTyped``) run inside the attack. MONAI's own transforms are used

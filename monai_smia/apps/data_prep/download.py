@@ -52,12 +52,12 @@ from monai_smia.apps.data_prep.fetch import (
     MNIST_MD5,
     MNIST_URL,
     DownloadUnavailableError,
-    default_cache,
     fetch,
 )
 from monai_smia.apps.data_prep.medmnist import MEDMNIST, prepare_medmnist
 from monai_smia.apps.data_prep.mnist import prepare_mnist
 from monai_smia.apps.data_prep.paper_datasets import prepare_aptos, prepare_covid, prepare_ead, prepare_kaggle_dr
+from monai_smia.io.cache import default_cache
 
 __all__ = ["DownloadUnavailableError", "DATASETS", "fetch", "prepare_dataset", "main"]
 
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output dataset folder (written atomically)")
     parser.add_argument("--manual-dir", default=None, help="folder with a manual download (skips the network)")
     parser.add_argument(
-        "--cache", default=None, help="download cache (default ~/.cache/monai-smia or $MONAI_SMIA_CACHE)"
+        "--cache", default=None, help="download cache (default ~/.cache/monai_smia or $MONAI_SMIA_CACHE)"
     )
     parser.add_argument("--size", type=int, default=224, help="fundus image size for aptos2019/kaggle_dr")
     args = parser.parse_args(argv)

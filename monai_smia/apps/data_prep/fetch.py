@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monai.utils import optional_import
 
-__all__ = ["DownloadUnavailableError", "MANUAL", "default_cache", "fetch"]
+__all__ = ["DownloadUnavailableError", "MANUAL", "fetch"]
 
 Image, _has_pil = optional_import("PIL.Image")
 nib, _has_nib = optional_import("nibabel")
@@ -40,13 +40,16 @@ MANUAL = {
     "mnist": "download the four *-idx?-ubyte.gz files of MNIST by hand into one folder, then run "
     "`python -m monai_smia.apps.data_prep.mnist --data-dir FOLDER --out OUT --use-train-files`",
     "covid19_ct": "download COVID-19-CT-Seg_20cases.zip and Lung_Mask.zip from https://zenodo.org/records/3757476, "
-    "unzip both into one folder, then run `python -m monai_smia.apps.data_prep.download --dataset covid19_ct --manual-dir FOLDER "
+    "unzip both into one folder, then run `python -m monai_smia.apps.data_prep.download --dataset covid19_ct "
+    "--manual-dir FOLDER "
     "--out OUT`",
     "aptos2019": "sign in to Kaggle, accept the rules of https://www.kaggle.com/c/aptos2019-blindness-detection, "
-    "download and unzip its data (train.csv, train_images/), then run `python -m monai_smia.apps.data_prep.download --dataset "
+    "download and unzip its data (train.csv, train_images/), then run `python -m monai_smia.apps.data_prep.download "
+    "--dataset "
     "aptos2019 --manual-dir FOLDER --out OUT`",
     "kaggle_dr": "sign in to Kaggle, accept the rules of https://www.kaggle.com/c/diabetic-retinopathy-detection, "
-    "download and unzip trainLabels.csv and train/ (*.jpeg), then run `python -m monai_smia.apps.data_prep.download --dataset "
+    "download and unzip trainLabels.csv and train/ (*.jpeg), then run `python -m monai_smia.apps.data_prep.download "
+    "--dataset "
     "kaggle_dr --manual-dir FOLDER --out OUT`",
     "ead2019_det": "as ead2019, with --dataset ead2019_det (boxes from the masks' connected components)",
     "ead2019": "register at https://ead2019.grand-challenge.org, download the semantic segmentation training data, "
@@ -89,9 +92,5 @@ def fetch(url: str, filepath: str | os.PathLike, md5: str | None, dataset: str) 
     if not filepath.is_file():
         raise DownloadUnavailableError(f"download of {url} produced no file. Manual alternative: {MANUAL[dataset]}")
     return filepath
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("MONAI_SMIA_CACHE", Path.home() / ".cache" / "monai-smia"))
 
 

@@ -120,7 +120,8 @@ def resample_in_plane(image: Any, spacing_xy: Sequence[float], label: bool = Fal
 def _check_same_grid(image: Any, label: Any, image_path: Path, label_path: Path) -> None:
     if image.GetSize() != label.GetSize():
         raise ValueError(
-            f"image/label shape mismatch: {image_path} has size {image.GetSize()} but {label_path} has {label.GetSize()}"
+            f"image/label shape mismatch: {image_path} has size {image.GetSize()} but {label_path} has "
+            f"{label.GetSize()}"
         )
     for what, a, b in (
         ("spacing", image.GetSpacing(), label.GetSpacing()),
@@ -225,7 +226,9 @@ def split_patients(patients: Sequence[str], table: dict[str, str] | None = None)
     return out
 
 
-def _checked_inputs(data_dir: Path, spacing: Sequence[float], cases: Sequence[CTCase]) -> tuple[list[float], list[CTCase]]:
+def _checked_inputs(
+    data_dir: Path, spacing: Sequence[float], cases: Sequence[CTCase]
+) -> tuple[list[float], list[CTCase]]:
     """The in-plane spacing as two values and the cases whose image is present (others skipped, logged)."""
     spacing = [float(s) for s in spacing]
     if len(spacing) == 1:
@@ -246,7 +249,9 @@ def _checked_inputs(data_dir: Path, spacing: Sequence[float], cases: Sequence[CT
     return spacing, present
 
 
-def _convert_case(sitk: Any, c: CTCase, data_dir: Path, spacing: Sequence[float], tmp: Path, qc: bool) -> dict[str, Any]:
+def _convert_case(
+    sitk: Any, c: CTCase, data_dir: Path, spacing: Sequence[float], tmp: Path, qc: bool
+) -> dict[str, Any]:
     """Write one case's image, label (and QC picture) into ``tmp``; return its datalist item."""
     logger.info("converting %s (%s)", c.case, c.label_source)
     image, label = load_case(c, data_dir, spacing)
@@ -321,7 +326,8 @@ def prepare(
             tmp,
             items,
             name="lung_ct",
-            source="real CT from the shared data folder (TCIA Lung-PET-CT-Dx, Chest Imaging Platform, TotalSegmentator)",
+            source="real CT from the shared data folder "
+            "(TCIA Lung-PET-CT-Dx, Chest Imaging Platform, TotalSegmentator)",
             synthetic=False,
             labels={"0": "background", "1": "lung"},
             label_sources=list(LABEL_SOURCES),
@@ -332,10 +338,14 @@ def prepare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m monai_smia.apps.data_prep.lung_ct", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m monai_smia.apps.data_prep.lung_ct", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--data-dir", required=True, help="shared data folder holding ct/ (e.g. ../shared/data)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
-    p.add_argument("--spacing", type=float, nargs="+", default=[1.5, 1.5], help="in-plane spacing in mm (default 1.5 1.5)")
+    p.add_argument(
+        "--spacing", type=float, nargs="+", default=[1.5, 1.5], help="in-plane spacing in mm (default 1.5 1.5)"
+    )
     p.add_argument("--overwrite", action="store_true", help="rebuild even if --out is up to date")
     p.add_argument("--no-qc", action="store_true", help="skip the PNG visual checks")
     args = p.parse_args(argv)

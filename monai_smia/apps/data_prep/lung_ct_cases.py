@@ -76,8 +76,12 @@ CASES: tuple[CTCase, ...] = (
         f"{TS}/labels_v2.json",
         allow_empty=True,
     ),
-    CTCase("ts_pulm_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/pulm_ct_cropped.nii.gz", None, "hu_threshold"),
-    CTCase("ts_aorta_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/aorta_ct_cropped.nii.gz", None, "hu_threshold"),
+    CTCase(
+        "ts_pulm_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/pulm_ct_cropped.nii.gz", None, "hu_threshold"
+    ),
+    CTCase(
+        "ts_aorta_ct_cropped", "totalsegmentator_contrast_chest", f"{TS}/aorta_ct_cropped.nii.gz", None, "hu_threshold"
+    ),
 )
 
 PATIENT_SPLIT: dict[str, str] = {

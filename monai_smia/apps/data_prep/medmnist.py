@@ -91,7 +91,8 @@ def find_npz(data_dir: str | os.PathLike, dataset: str) -> Path:
             return c
     raise FileNotFoundError(
         f"no {info.name}.npz found; looked at {', '.join(str(c) for c in candidates)}. "
-        f"Download it with `python -m monai_smia.apps.data_prep.download --dataset {info.name} --out DIR` on a machine with a "
+        f"Download it with `python -m monai_smia.apps.data_prep.download --dataset {info.name} --out DIR` on a "
+        "machine with a "
         "network, or fetch the official MedMNIST v2 file by hand (see data_prep/download.py) and pass its path."
     )
 

@@ -73,7 +73,8 @@ def find_mnist_files(data_dir: str | os.PathLike, prefix: str = "t10k") -> tuple
             return img, lab
     raise FileNotFoundError(
         f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz not found in {data_dir} "
-        f"(nor in {data_dir / 'digits' / 'mnist'}); fetch them with `python -m monai_smia.apps.data_prep.download --dataset mnist "
+        f"(nor in {data_dir / 'digits' / 'mnist'}); fetch them with `python -m monai_smia.apps.data_prep.download "
+        "--dataset mnist "
         "--out DIR` on a machine with a network, or download them by hand (see data_prep/download.py)."
     )
 

@@ -68,7 +68,8 @@ def mask_to_boxes(mask: np.ndarray) -> np.ndarray:
 
 
 def find_patch_dir(data_dir: str | os.PathLike) -> Path:
-    """The folder holding ``val_patches.h5`` and ``test_patches.h5`` (``data_dir`` itself or ``data_dir/ct/msd_lung_patches``)."""
+    """The folder holding ``val_patches.h5`` and ``test_patches.h5``: ``data_dir`` itself or
+    ``data_dir/ct/msd_lung_patches``."""
     root = Path(data_dir)
     for cand in (root, root / PATCH_SUBDIR):
         if all((cand / f"{s}_patches.h5").is_file() for s in SOURCES):
@@ -86,7 +87,9 @@ def _read_source(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{path}: missing keys {missing}; expected 'images' and 'labels' of shape (N, 1, H, W)")
         images, labels = np.asarray(f["images"], dtype=np.float32), np.asarray(f["labels"])
     if images.ndim != 4 or images.shape[1] != 1 or labels.shape != images.shape:
-        raise ValueError(f"{path}: expected images and labels of one shape (N, 1, H, W), got {images.shape} and {labels.shape}")
+        raise ValueError(
+            f"{path}: expected images and labels of one shape (N, 1, H, W), got {images.shape} and {labels.shape}"
+        )
     if not np.isfinite(images).all():
         raise ValueError(f"{path}: images contain NaN or Inf")
     return images, labels
@@ -128,7 +131,8 @@ def prepare_msd_lung_det(
                 splits[where[key]].append(_item(name, mask_to_boxes(lab[0]), source=source, index=i))
         write_datalist(
             tmp, splits, name="msd_lung_tumour_det",
-            source="Medical Segmentation Decathlon Task06 lung-tumour 2D patches (CC BY-SA 4.0), one box per tumour component",
+            source="Medical Segmentation Decathlon Task06 lung-tumour 2D patches (CC BY-SA 4.0), "
+            "one box per tumour component",
             box_mode=BOX_MODE, spatial_dims=2, label_names=list(LABEL_NAMES),
             image_shape=list(data["test"][0].shape[2:]), intensity_range=[0.0, 1.0],
         )  # fmt: skip

@@ -26,7 +26,14 @@ from monai_smia.apps.data_prep.png_classification import IMAGE_DIR
 Image, _has_pil = optional_import("PIL.Image")
 nib, _has_nib = optional_import("nibabel")
 
-__all__ = ["convert_graded_fundus", "find_covid_pairs", "prepare_aptos", "prepare_covid", "prepare_ead", "prepare_kaggle_dr"]
+__all__ = [
+    "convert_graded_fundus",
+    "find_covid_pairs",
+    "prepare_aptos",
+    "prepare_covid",
+    "prepare_ead",
+    "prepare_kaggle_dr",
+]
 
 # ----------------------------------------------------------------------------------------------------------------
 # COVID-19 CT lung segmentation (Ma et al.)
@@ -275,7 +282,8 @@ def _ead_boxes(label: np.ndarray) -> tuple[list[list[float]], list[int]]:
 
 def prepare_ead(out: Path, dataset: str, cache: Path, manual_dir: Path | None, **_: Any) -> Path:
     """EAD-2019 as segmentation (``ead2019``: 5-page masks as ``.npy``) or detection (``ead2019_det``: one box
-    per connected component of each class, MONAI's detection datalist as :mod:`~monai_smia.apps.data_prep.msd_lung_det`)."""
+    per connected component of each class, MONAI's detection datalist as
+    :mod:`~monai_smia.apps.data_prep.msd_lung_det`)."""
     folder = _require_manual(dataset, manual_dir)
     detection = dataset.endswith("_det")
     pairs = _ead_pairs(folder, dataset)

@@ -1,0 +1,374 @@
+"""One condition (attack x eps) of a robustness evaluation as a MONAI evaluator config.
+
+The evaluator wiring is shipped once, as :data:`EVALUATOR_CONFIG` (``configs/evaluator.json`` beside this
+module), merged after a bundle's ``train.json`` and overriding its ``validate`` section as model-zoo bundles
+do: the evaluator's inferer becomes an :class:`~monai_smia.inferers.AttackInferer` around
+``@validate#inferer``, ``PrepareBatchExtraInput({"labels": "label"})`` hands the labels over, metric
+handlers report the task metric and PSNR/SSIM/L-inf of the adversarial images, and a
+:class:`~monai_smia.handlers.CaseRecordHandler` stores every case as it completes. A bundle's own
+``evaluate.json`` comes last: the budget, the task metric (``validate#key_metric``) and the batch size.
+One condition runs with::
+
+    B=bundles/NAME/configs; E=monai_smia/apps/evaluate/configs/evaluator.json
+    python -m monai.bundle run --config_file "['$B/train.json','$E','$B/evaluate.json']" \\
+        --bundle_root bundles/NAME --dataset_dir DATA --output_dir OUT --attack SMIA --eps 0.1
+
+:class:`EvaluationCondition` (the config's ``condition``) holds what the config derives from the bundle
+and the settings: the cases, the budget in network units, the bounds, the case store and the
+run-settings check. A bundle whose ``evaluate.json`` is not written on top of :data:`EVALUATOR_CONFIG` (a
+model-zoo bundle) gets the same entries from :func:`evaluation_overrides`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SliceInferer
+
+from monai_smia.apps.attack.cases import GRIDS
+from monai_smia.apps.evaluate.source import source_grid_overrides
+from monai_smia.attacks.registry import check_attacks, make_attack
+from monai_smia.bundle.data import bundle_cases, find_case_error, out_of_memory, out_of_memory_message, root_cause
+from monai_smia.bundle.files import load_config_files, read_config_file, read_metadata
+from monai_smia.bundle.inputs import check_case_files, input_spec
+from monai_smia.bundle.victim import is_train_override, task_from_metadata
+from monai_smia.handlers.seeding import seed_key
+from monai_smia.io.paths import check_output_outside
+from monai_smia.io.units import (
+    check_eps_unit,
+    parse_bounds,
+    resolve_bounds,
+    resolve_eps_scale,
+    source_intensity_scale,
+    warn_whole_range,
+)
+from monai_smia.reports import CaseStore, atomic_write_bytes, check_run_settings, file_sha256
+from monai_smia.transforms.differentiable import split_preprocessing
+
+__all__ = ["EvaluationCondition", "EvaluationStore", "CaseErrorNamer", "SETTINGS", "evaluation_overrides", "condition_parser"]
+
+#: the evaluation settings a bundle's evaluate.json declares (top-level keys), with the package defaults
+SETTINGS: dict[str, Any] = {
+    "attack": "SMIA",
+    "attacks": ["noise", "FGSM", "PGD", "DEV", "SMIA"],
+    "eps": None,
+    "eps_unit": "",
+    "eps_scale": None,
+    "num_iter": 10,
+    "alpha": 1.0,
+    "sigma": 1.0,
+    "bounds": "auto",
+    "data_split": "test",
+    "max_cases": None,
+    "seed": 0,
+    "num_figure_cases": 2,
+}
+
+
+class EvaluationStore(CaseStore):
+    """The per-case store plus the example arrays drawn in the figures (``examples/<tag>_<case>.npz``)."""
+
+    def example_path(self, attack: str, eps: float | None, case_id: str) -> Path:
+        tag = "clean" if eps is None else f"{attack}_eps{eps:g}"
+        return self.root / "examples" / f"{tag}_{case_id}.npz"
+
+    def save_example(self, attack: str, eps: float | None, case_id: str, example: dict[str, Any]) -> Path:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.asarray(v) for k, v in example.items()})
+        return atomic_write_bytes(self.example_path(attack, eps, case_id), buf.getvalue())
+
+
+def _rank() -> tuple[int, bool]:
+    dist = torch.distributed
+    on = dist.is_available() and dist.is_initialized()
+    return (dist.get_rank() if on else 0), on
+
+
+class EvaluationCondition:
+    """What one condition of a bundle evaluation derives from the bundle and the settings.
+
+    Resolves the budget (``eps`` in ``eps_unit``; ``scale`` network-input units per unit, from the
+    bundle's ``ScaleIntensityRange(d)`` window for HU) and the bounds (``"auto"``: from the
+    preprocessing), lists the cases (:func:`monai_smia.bundle.bundle_cases`, each with a stable
+    ``case_id``), and refuses an ``output_dir`` holding results of other settings
+    (:func:`~monai_smia.reports.check_run_settings`; rank 0 records them).
+
+    Args:
+        bundle_root, dataset_dir, output_dir: the bundle, the data and the results folder.
+        preprocessing, inferer: ``@validate#preprocessing`` and ``@validate#inferer`` of the bundle.
+        attack: a name of :data:`~monai_smia.attacks.ATTACKS`, or ``"clean"``.
+        eps: budget in ``eps_unit`` (ignored for ``"clean"``).
+        checkpoint: the weights (default ``models/model.pt`` of the bundle).
+        grid: ``"network"`` (default: attack the network input) or ``"source"``: attack the source
+            voxels through the preprocessing (:mod:`monai_smia.apps.evaluate.source`).
+    """
+
+    def __init__(
+        self,
+        bundle_root: str | os.PathLike,
+        dataset_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        preprocessing: Any,
+        inferer: Any = None,
+        attack: str = "SMIA",
+        eps: float | None = None,
+        eps_unit: str = "",
+        eps_scale: float | None = None,
+        num_iter: int = 10,
+        alpha: float = 1.0,
+        sigma: float = 1.0,
+        bounds: Any = "auto",
+        data_split: str = "test",
+        max_cases: int | None = None,
+        seed: int = 0,
+        num_figure_cases: int = 2,
+        checkpoint: str | os.PathLike | None = None,
+        use_labels: bool = True,
+        grid: str = "network",
+    ) -> None:
+        if grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}.")
+        self.grid = str(grid)
+        self.root, self.dataset_dir, self.output_dir = Path(bundle_root).resolve(), Path(dataset_dir), Path(output_dir)
+        check_output_outside(self.output_dir, self.dataset_dir, "output_dir", "dataset_dir")
+        self.metadata = read_metadata(self.root)
+        self.task, self.num_classes = task_from_metadata(self.metadata)
+        self.attack = str(attack)
+        if self.attack != "clean":
+            check_attacks([self.attack], self.task)
+            if eps is None or isinstance(eps, bool) or not float(eps) > 0:
+                raise ValueError(f"eps: {self.root.name} needs a budget > 0 for {self.attack} (pass --eps), got {eps!r}.")
+        self.eps = None if self.attack == "clean" else float(eps)  # type: ignore[arg-type]
+        self.eps_unit, self.preprocessing, self.inferer = eps_unit or "", preprocessing, inferer
+        self.num_iter, self.alpha, self.sigma, self.seed = int(num_iter), float(alpha), float(sigma), int(seed)
+        self.data_split, self.max_cases, self.use_labels = data_split, max_cases, bool(use_labels)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else self.root / "models" / "model.pt"
+        self.scale, self.scale_note = self._eps_scale(eps_scale)
+        self.bounds, self.bounds_note = resolve_bounds(parse_bounds(bounds), preprocessing)
+        if self.eps is not None:
+            warn_whole_range(self.eps, self.scale, self.eps_unit, self.bounds, self.root.name)
+        if self.grid == "source":  # a preprocessing that cannot run inside the attack: refused before any write
+            split_preprocessing(preprocessing)
+            source_intensity_scale(preprocessing)
+        self.items, self.case_source = self._cases()
+        spec = input_spec(self.metadata, preprocessing, inferer)
+        check_case_files(self.items, spec, require=("label",) if self.use_labels else ())  # before anything is written
+        self.figure_cases = [it["case_id"] for it in self.items[: int(num_figure_cases)]]
+        self.rank, self.distributed = _rank()
+        self.store = EvaluationStore(self.output_dir)
+        check_run_settings(self.output_dir, self.run_settings(), write=self.rank == 0)
+
+    def _eps_scale(self, eps_scale: float | None) -> tuple[float, dict[str, Any]]:
+        if eps_scale is not None:
+            return float(eps_scale), {"eps_unit": check_eps_unit(self.eps_unit), "eps_scale": "given"}
+        return resolve_eps_scale(self.eps_unit, self.preprocessing, None, bundle=self.root.name, metadata=self.metadata)
+
+    def _cases(self) -> tuple[list[dict[str, Any]], str]:
+        items, source = bundle_cases(self.root, self.dataset_dir, self.data_split)
+        if self.max_cases is not None:
+            items = items[: int(self.max_cases)]
+        out = [{**it, "case_id": f"{i:04d}_{seed_key(it['image'])}", "seed_key": seed_key(it["image"])} for i, it in enumerate(items)]
+        return out, source
+
+    def run_settings(self) -> dict[str, Any]:
+        """What every stored case of the output folder depends on (attacks and budgets are keys of the store)."""
+        cases = json.dumps([[it["case_id"], Path(it["image"]).name, Path(str(it.get("label", ""))).name] for it in self.items])
+        return {
+            "bundle": self.root.name,
+            "checkpoint_sha256": file_sha256(self.checkpoint),
+            "cases_from": self.case_source,
+            "cases_sha256": hashlib.sha256(cases.encode()).hexdigest(),
+            "data_split": self.data_split,
+            "eps_unit": self.eps_unit,
+            "eps_scale": self.scale,
+            "num_iter": self.num_iter,
+            "step_size": "2.5 * eps / T",
+            "alpha": self.alpha,
+            "sigma": self.sigma,
+            "bounds": list(self.bounds) if self.bounds is not None else None,
+            "seed": self.seed,
+            "grid": self.grid,
+        }
+
+    @property
+    def eps_source(self) -> float | None:
+        """The budget in source intensity units (e.g. HU) for a source-grid attack."""
+        return None if self.eps is None else self.eps * self.scale / source_intensity_scale(self.preprocessing)
+
+    @property
+    def source_to_eps(self) -> float:
+        """The user's eps units per source intensity unit."""
+        return source_intensity_scale(self.preprocessing) / self.scale
+
+    @property
+    def is_main_rank(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def description(self) -> str:
+        grid = " (source grid)" if self.grid == "source" else ""
+        return f"{self.root.name} {self.attack}" + ("" if self.eps is None else f" eps={self.eps:g}{self.eps_unit}{grid}")
+
+    def spatial_dims(self) -> int:
+        """2 for a slice-wise (``SliceInferer``) bundle, else the rank of its declared input shape."""
+        if isinstance(self.inferer, SliceInferer):
+            return 2
+        shape = self.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("spatial_shape", [0, 0])
+        return len(shape)
+
+    def pending_items(self) -> list[dict[str, Any]]:
+        """The cases without a stored record of this condition (all ranks see the same list)."""
+        self._barrier()  # every rank reads the store before any rank writes to it
+        done = set(self.store.pending(self.attack, self.eps, [it["case_id"] for it in self.items]))
+        self._barrier()
+        if not done and self.rank == 0:  # a rerun that finds everything stored says so instead of exiting silently
+            print(f"{self.description}: all {len(self.items)} cases already stored in {self.output_dir}; nothing to do.")
+        return [it for it in self.items if it["case_id"] in done]
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def make_attack(self, network: torch.nn.Module) -> Any:
+        """The condition's attack on ``network`` at ``eps * scale`` network units; ``None`` for clean."""
+        if self.attack == "clean":
+            return None
+        return make_attack(self.attack, network, self.eps * self.scale, self.num_iter, self.alpha, self.sigma, self.spatial_dims(), self.bounds)
+
+
+class CaseErrorNamer:
+    """On ``EXCEPTION_RAISED``: re-raise as a one-line ``ValueError`` naming the case's file and the root
+    cause (a loading error names the file being loaded, not the previous batch)."""
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Any, err: Exception) -> None:
+        from monai.utils import ensure_tuple
+
+        if isinstance(err, KeyboardInterrupt):
+            raise err  # Ctrl-C is not the case's fault: the CLI says so and keeps the finished cases
+        loading = find_case_error(err)
+        if loading is not None:
+            raise ValueError(str(loading)) from err
+        batch = engine.state.batch if isinstance(engine.state.batch, dict) else {}
+        image = batch.get("image")
+        meta = getattr(image, "meta", {}) or {}
+        files = [str(f) for f in ensure_tuple(meta.get("filename_or_obj", ()))] or list(batch.get("case_id", []))
+        if out_of_memory(err):
+            shape = tuple(image.shape[1:]) if isinstance(image, torch.Tensor) else None
+            raise ValueError(out_of_memory_message(", ".join(files) or "a case", shape, getattr(engine.state, "device", "the device"))) from err
+        raise ValueError(f"{', '.join(files) or 'a case'}: {root_cause(err)}") from err
+
+
+def _metric(target: dict[str, Any], keys: list[str], disabled: str | None = None) -> dict[str, Any]:
+    out = {"_target_": "IgniteMetricHandler", "metric_fn": target, "output_transform": f"$monai.handlers.from_engine({keys!r})"}
+    return {**out, "_disabled_": disabled} if disabled else out
+
+
+def _key_metric(task: str, num_classes: int, labels: bool) -> dict[str, Any] | None:
+    if not labels:
+        return None
+    if task == "classification":
+        return {"top1": {"_target_": "ignite.metrics.Accuracy", "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}}
+    pred = "o['pred'].argmax(1, keepdim=True)" if num_classes != 1 else "(o['pred'] > 0).long()"
+    return {
+        "dice": {
+            "_target_": "MeanDice",
+            "include_background": False,
+            "num_classes": max(2, num_classes),
+            "output_transform": f"$lambda o: ({pred}, o['label'])",
+        }
+    }
+
+
+#: monai-smia's evaluator wiring, shipped once: merged after a bundle's train.json and before its evaluate.json
+EVALUATOR_CONFIG = Path(__file__).resolve().parent / "configs" / "evaluator.json"
+#: the key that marks a bundle's evaluate.json as written on top of :data:`EVALUATOR_CONFIG`
+EVALUATOR_KEY = "evaluator_config"
+
+
+def _in_section(value: Any, section: str) -> Any:
+    """``value`` of :data:`EVALUATOR_CONFIG` (written for ``validate``) with its references moved to ``section``."""
+    if isinstance(value, dict):
+        return {k: _in_section(v, section) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_section(v, section) for v in value]
+    return value.replace("@validate#", f"@{section}#" if section else "@") if isinstance(value, str) else value
+
+
+def evaluation_overrides(
+    task: str, num_classes: int, labels: bool = True, section: str = "validate", batch_size: int = 1
+) -> dict[str, Any]:
+    """The evaluator entries a bundle's evaluate.json and :data:`EVALUATOR_CONFIG` give together (``section``:
+    ``"validate"`` for a train.json override, ``""`` for an inference.json's top-level evaluator): the shipped
+    wiring, the task metric, the batch size and, without ``labels``, the label-free attack."""
+    wiring = {k: v for k, v in read_config_file(EVALUATOR_CONFIG).items() if not k.startswith("_")}
+    p = f"{section}#" if section else ""
+    out: dict[str, Any] = {}
+    for key, value in wiring.items():
+        out[p + key[len("validate#") :] if key.startswith("validate#") else key] = _in_section(value, section)
+        if key == "validate#prepare_batch":
+            out[f"{p}key_metric"] = _key_metric(task, num_classes, labels)
+    out[f"{p}dataloader"]["batch_size"] = batch_size
+    if not labels:
+        out["condition"]["use_labels"] = out[f"{p}attack_inferer"]["use_labels"] = False
+        out[f"{p}attack_inferer"]["compute_success"] = True
+        out[f"{p}prepare_batch"]["_disabled_"] = True
+    return out
+
+
+def distributed_overrides(section: str = "validate") -> dict[str, Any]:
+    """The sampler entries of a ``multi_gpu_evaluate.json``: every case exactly once across ranks."""
+    p = f"{section}#" if section else ""
+    sampler = {"_target_": "DistributedSampler", "dataset": f"@{p}dataset", "even_divisible": False, "shuffle": False}
+    return {f"{p}sampler": sampler, f"{p}dataloader#sampler": f"@{p}sampler"}
+
+
+def bundle_configs(root: Path) -> tuple[list[Path], str]:
+    """The config files one condition merges (``train.json`` + an ``evaluate.json`` override, with
+    :data:`EVALUATOR_CONFIG` between them when the override is written on top of it; else ``inference.json``)
+    and the section holding the evaluator (``"validate"`` or ``""``)."""
+    configs = root / "configs"
+    if (configs / "train.json").is_file() and isinstance(read_config_file(configs / "train.json").get("validate"), dict):
+        files = [configs / "train.json"]
+        if is_train_override(configs / "evaluate.json"):
+            own = EVALUATOR_KEY in read_config_file(configs / "evaluate.json")
+            files.extend([EVALUATOR_CONFIG, configs / "evaluate.json"] if own else [configs / "evaluate.json"])
+        return files, "validate"
+    return [configs / "inference.json"], ""
+
+
+def condition_parser(root: Path, settings: dict[str, Any], labels: bool = True, distributed: bool = False, batch_size: int | None = None) -> ConfigParser:
+    """A parser of the bundle's evaluator config for one condition: its config files merged (the entries
+    of :func:`evaluation_overrides` added when its evaluate.json is not a monai-smia one, e.g. a
+    model-zoo bundle's), then ``settings`` (top-level keys), the sampler and the batch size set."""
+    files, section = bundle_configs(root)
+    parser = ConfigParser()
+    parser.read_config(load_config_files(files))
+    meta = read_metadata(root)
+    task, num_classes = task_from_metadata(meta)
+    if EVALUATOR_CONFIG not in files:  # not a monai-smia evaluate.json (e.g. a model-zoo bundle): the shipped entries
+        defaults = {k: v for k, v in SETTINGS.items() if k not in parser.config}
+        for key, value in {**defaults, **evaluation_overrides(task, num_classes, labels, section)}.items():
+            parser[key] = value
+    for key, value in {**settings, **(distributed_overrides(section) if distributed else {})}.items():
+        parser[key] = value
+    if "grid" in settings:  # monai-smia evaluate's setting; a bundle's own config attacks the network input
+        parser["condition#grid"] = "@grid"
+        if settings["grid"] == "source":
+            for key, value in source_grid_overrides(section, labels).items():
+                parser[key] = value
+    if batch_size is not None:
+        parser[f"{section}#dataloader#batch_size" if section else "dataloader#batch_size"] = int(batch_size)
+    return parser

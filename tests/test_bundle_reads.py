@@ -1,0 +1,40 @@
+"""One evaluation run reads each bundle file at most twice and loads the checkpoint at most twice
+(the configs are parsed once per file version, whatever the number of conditions)."""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import io
+import os
+
+import torch
+
+from monai_smia.bundle import files
+from monai_smia.cli import main
+
+
+def test_one_evaluation_reads_the_bundle_once(mnist, tmp_path, monkeypatch):
+    opened: collections.Counter[str] = collections.Counter()
+    loads: collections.Counter[str] = collections.Counter()
+    real_open, real_load = builtins.open, torch.load
+
+    def counting_open(file, *args, **kwargs):
+        name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else ""
+        if f"{os.sep}mnist_cls{os.sep}" in name:
+            opened[os.path.basename(name)] += 1
+        return real_open(file, *args, **kwargs)
+
+    def counting_load(f, *args, **kwargs):
+        loads[os.path.basename(os.fspath(f))] += 1
+        return real_load(f, *args, **kwargs)
+
+    files.clear()
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)  # pathlib reads through io.open
+    monkeypatch.setattr(torch, "load", counting_load)
+    args = ["evaluate", "--bundle", "mnist_cls", "--dataset-dir", str(mnist), "--output", str(tmp_path / "out")]
+    assert main([*args, "--attacks", "noise", "FGSM", "PGD", "SMIA", "--num-iter", "2", "--max-cases", "4"]) == 0
+    assert opened["train.json"] >= 1 and opened["evaluate.json"] >= 1, opened  # the counter sees the reads
+    assert max(opened.values()) <= 2, opened
+    assert loads["model.pt"] <= 2, loads
