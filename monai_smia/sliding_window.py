@@ -233,7 +233,8 @@ def describe_inferer(inferer: SlidingWindowInferer) -> str:
     """``SlidingWindowInferer(roi_size=..., sw_batch_size=..., overlap=..., mode=...)`` for error messages."""
     mode = getattr(inferer.mode, "value", inferer.mode)
     return (
-        f"{type(inferer).__name__}(roi_size={tuple(ensure_tuple(inferer.roi_size))}, sw_batch_size={inferer.sw_batch_size}, "
+        f"{type(inferer).__name__}(roi_size={tuple(ensure_tuple(inferer.roi_size))}, "
+        f"sw_batch_size={inferer.sw_batch_size}, "
         f"overlap={inferer.overlap}, mode={mode!r})"
     )
 
@@ -252,7 +253,8 @@ class _WindowwiseSlidingWindow(torch.autograd.Function):
                 raise
             except (ValueError, RuntimeError, IndexError, TypeError) as err:
                 raise ValueError(
-                    f"{describe_inferer(inferer)} cannot blend the network's output ({' '.join(str(err).split())[:200]}); "
+                    f"{describe_inferer(inferer)} cannot blend the network's output "
+                    f"({' '.join(str(err).split())[:200]}); "
                     "a sliding-window inferer needs dense outputs (B, K, *spatial)."
                 ) from err
         found, tensors = _flatten(out)

@@ -51,7 +51,9 @@ def check_eps_unit(eps_unit: Any, option: str = "--eps-unit") -> str:
     unit = "" if eps_unit is None else eps_unit
     if not isinstance(unit, str) or unit.strip() not in EPS_UNITS:
         choices = ", ".join(repr(u) for u in EPS_UNITS)
-        raise ValueError(f"{option} {eps_unit!r} is not a unit: choose one of {choices} ('' or 'input': network units).")
+        raise ValueError(
+            f"{option} {eps_unit!r} is not a unit: choose one of {choices} ('' or 'input': network units)."
+        )
     return unit.strip()
 
 
@@ -151,7 +153,8 @@ def bounds_from_preprocessing(preprocessing: Any, image_key: str = "image") -> t
         window = intensity_window(t, image_key) if isinstance(t, (ScaleIntensityRange, ScaleIntensityRanged)) else None
         if window is not None:
             lo, hi = sorted((window["b_min"], window["b_max"]))
-            found = ((lo, hi), f"{window['transform']} clip") if window["clip"] else (None, f"{window['transform']} without clip: unclamped")
+            name = window["transform"]
+            found = ((lo, hi), f"{name} clip") if window["clip"] else (None, f"{name} without clip: unclamped")
         elif isinstance(t, ScaleIntensityd):
             s = t.scaler
             if s.minv is not None and s.maxv is not None:
@@ -162,7 +165,8 @@ def bounds_from_preprocessing(preprocessing: Any, image_key: str = "image") -> t
 
 
 def parse_bounds(bounds: Any) -> tuple[float, float] | str | None:
-    """A ``bounds`` argument checked: ``"auto"`` (from the bundle's preprocessing), ``None`` (no clamp) or ``(lo, hi)``."""
+    """A ``bounds`` argument checked: ``"auto"`` (from the bundle's preprocessing), ``None`` (no clamp) or
+    ``(lo, hi)``."""
     if bounds is None:
         return None
     if isinstance(bounds, str):
@@ -173,7 +177,9 @@ def parse_bounds(bounds: Any) -> tuple[float, float] | str | None:
     return (lo, hi)
 
 
-def resolve_bounds(bounds: tuple[float, float] | str | None, preprocessing: Any) -> tuple[tuple[float, float] | None, str]:
+def resolve_bounds(
+    bounds: tuple[float, float] | str | None, preprocessing: Any
+) -> tuple[tuple[float, float] | None, str]:
     """The valid range to attack in and a note for the provenance: ``"auto"`` reads it off the
     preprocessing (:func:`bounds_from_preprocessing`); given bounds (or ``None``) are used as they are."""
     if bounds == "auto":
