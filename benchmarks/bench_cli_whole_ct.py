@@ -66,7 +66,7 @@ def _peak_of(cmd: list[str]) -> tuple[float, float, str]:
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
         "print(p.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-        "print((p.stdout + p.stderr).strip().splitlines()[-1] if (p.stdout + p.stderr).strip() else '')"
+        "print((p.stdout.strip() or p.stderr.strip() or ' ').splitlines()[-1])"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, *cmd], capture_output=True, text=True, check=True
