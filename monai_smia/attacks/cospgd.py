@@ -10,13 +10,12 @@ the attack spreads over the whole image instead of pushing already broken pixels
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from monai_smia.attacks.base import IterativeAttack
+from monai_smia.attacks.pgd import PGD
 from monai_smia.losses import per_sample_mean, pixel_loss, soft_prediction
 
 __all__ = ["CosPGD", "cospgd_loss"]
@@ -42,7 +41,7 @@ def cospgd_loss(logits: torch.Tensor, target: torch.Tensor, targeted: bool = Fal
     return per_sample_mean(loss * (cos if logits.shape[1] > 1 else cos.unsqueeze(1)))
 
 
-class CosPGD(IterativeAttack):
+class CosPGD(PGD):
     """CosPGD with L-infinity budget ``eps``: ``num_iter`` signed steps of ``step_size`` (default
     ``2.5 * eps / T``) on :func:`cospgd_loss`, for 2D and 3D segmentation outputs.
 
@@ -52,19 +51,10 @@ class CosPGD(IterativeAttack):
         x_adv = attack(images, label_maps)
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        eps: float,
-        num_iter: int = 10,
-        step_size: float | None = None,
-        bounds: Sequence[float] | None = (0.0, 1.0),
-        random_start: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, bounds=bounds, **kwargs
-        )
+    def __init__(self, network: torch.nn.Module, eps: float, *args: Any, **kwargs: Any) -> None:
+        """Arguments as :class:`~monai_smia.attacks.pgd.PGD` (``num_iter``, ``step_size``, ``bounds``,
+        ``random_start``, ...), without ``loss``: the attack defines its own."""
+        super().__init__(network, eps, *args, **kwargs)
         if self.loss is not None:
             raise ValueError("CosPGD defines its own loss (cosine-scaled cross-entropy); drop loss=.")
 

@@ -10,12 +10,11 @@ current prediction of pixel ``j`` equals its label (no gradient through that cho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from monai_smia.attacks.base import IterativeAttack
+from monai_smia.attacks.pgd import PGD
 from monai_smia.losses import hard_prediction, per_sample_mean, pixel_loss
 
 __all__ = ["SegPGD", "segpgd_loss"]
@@ -29,7 +28,7 @@ def segpgd_loss(logits: torch.Tensor, target: torch.Tensor, weight: float) -> to
     return per_sample_mean(torch.where(correct, (1.0 - weight) * loss, weight * loss))
 
 
-class SegPGD(IterativeAttack):
+class SegPGD(PGD):
     """SegPGD with L-infinity budget ``eps``: ``num_iter`` signed steps of ``step_size`` (default
     ``2.5 * eps / T``) on :func:`segpgd_loss` with ``lambda_t = t / (2T)``, ``t = 0..T-1``.
 
@@ -42,19 +41,10 @@ class SegPGD(IterativeAttack):
         x_adv = attack(images, label_maps)
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        eps: float,
-        num_iter: int = 10,
-        step_size: float | None = None,
-        bounds: Sequence[float] | None = (0.0, 1.0),
-        random_start: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, bounds=bounds, **kwargs
-        )
+    def __init__(self, network: torch.nn.Module, eps: float, *args: Any, **kwargs: Any) -> None:
+        """Arguments as :class:`~monai_smia.attacks.pgd.PGD` (``num_iter``, ``step_size``, ``bounds``,
+        ``random_start``, ...), without ``loss``: the attack defines its own."""
+        super().__init__(network, eps, *args, **kwargs)
         if self.loss is not None:
             raise ValueError("SegPGD defines its own loss (the paper's Eq. 4); drop loss=.")
         self._t = 0
