@@ -7,13 +7,13 @@ memory of one window batch:
 
 - pass 1 is MONAI's own sliding-window forward without gradient (exactly what inference computes);
 - pass 2, in the backward pass, recomputes the windows ``sw_batch_size`` at a time (or ``grad_batch_size``)
-  with gradient and
-  pushes each window's share of the output gradient back through the network. With ``m`` the blending
-  (importance) map, ``c = sum_w place_w(m)`` the overlap normalisation and ``g`` the output gradient
-  on the padded grid: ``dL/dx_w = J_f(x_w)^T (m * crop_w(g / c))``, accumulated into the padded input
-  and brought back through the padding.
+  with gradient and pushes each window's share of the output gradient back through the network. With
+  ``m`` the blending (importance) map, ``c = sum_w place_w(m)`` the overlap normalisation and ``g`` the
+  output gradient on the padded grid: ``dL/dx_w = J_f(x_w)^T (m * crop_w(g) / crop_w(c))``, accumulated
+  into the padded input and brought back through the padding.
 
-Peak memory: one window batch's graph, the aggregated outputs and their gradient, and the volume. The
+Peak memory: one window batch's graph, the aggregated outputs and their gradient, the overlap count and
+the volume. The
 network's parameters get no gradient (this serves attacks, which freeze them). Outputs must keep the
 input's spatial size (MONAI's zoomed multi-resolution outputs are refused with a clear error).
 """
