@@ -5,7 +5,6 @@ range), and no command writes into its input folder. Through the CLI, on real da
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
@@ -99,8 +98,8 @@ def test_output_inside_the_input_is_refused(command, mnist, tmp_path, capsys):
 
 def test_bundle_run_output_inside_the_dataset_is_refused(mnist, tmp_path):
     """The evaluator config path (``python -m monai.bundle run``) keeps the same rule, before anything is written."""
-    from monai_smia.apps.evaluate.evaluation import RobustnessEvaluation
     from monai_smia.apps.evaluate.config import EvaluationCondition
+    from monai_smia.apps.evaluate.evaluation import RobustnessEvaluation
 
     with pytest.raises(ValueError, match="output_dir .* lies inside the input dataset_dir"):
         RobustnessEvaluation(MNIST, mnist, mnist / "eval", eps=[0.1])
