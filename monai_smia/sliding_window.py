@@ -31,6 +31,7 @@ from monai.inferers import SliceInferer, SlidingWindowInferer
 from monai.utils import PytorchPadMode, ensure_tuple, ensure_tuple_rep, fall_back_tuple, look_up_option
 
 from monai_smia.attacks.progress import window_bar
+from monai_smia.errors import out_of_memory
 
 __all__ = [
     "WindowGeometry",
@@ -249,9 +250,9 @@ class _WindowwiseSlidingWindow(torch.autograd.Function):
         with torch.no_grad():
             try:
                 out = inferer(inputs, network)
-            except torch.OutOfMemoryError:
-                raise
             except (ValueError, RuntimeError, IndexError, TypeError) as err:
+                if out_of_memory(err):  # CUDA or host: the caller names the case and what to lower
+                    raise
                 raise ValueError(
                     f"{describe_inferer(inferer)} cannot blend the network's output "
                     f"({' '.join(str(err).split())[:200]}); "

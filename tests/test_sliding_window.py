@@ -266,3 +266,16 @@ def test_amp_attacks_recompute_the_windows_under_the_forward_autocast():
     assert seen and all(seen)  # every window recomputed with gradient ran under autocast
     full(x, net)
     assert float((ww.last_adversarial == full.last_adversarial).double().mean()) >= 0.99
+
+
+def test_host_out_of_memory_in_the_forward_pass_is_not_called_a_blending_error():
+    """A CPU allocator failure inside MONAI's pass stays an out-of-memory error (the run names the case and what to
+    lower), not "cannot blend the network's output"."""
+
+    class Starved(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+
+    x = torch.rand(1, 1, 32, 32, 32, requires_grad=True)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        windowwise_sliding_window(x, SlidingWindowInferer((16, 16, 16)), Starved())

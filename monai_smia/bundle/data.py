@@ -22,6 +22,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 
 from monai_smia.bundle.files import read_config_file
+from monai_smia.errors import out_of_memory, root_cause
 from monai_smia.io.datalist import DATALIST, load_datalist
 from monai_smia.io.paths import check_folder
 
@@ -57,25 +58,6 @@ def _bundle_data(config_file: Path, key: str, root: Path, dataset_dir: Path) -> 
             raise type(cause)(*cause.args) from e  # the bundle's own data loader said what is wrong
         raise ValueError(f"{config_file}: cannot evaluate {key!r} with dataset_dir={str(dataset_dir)!r} ({e}).") from e
     return list(data)
-
-
-def root_cause(err: BaseException) -> BaseException:
-    """The innermost exception of a chain (MONAI wraps a transform's error in "applying transform ...")."""
-    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return err
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """Whether ``err``'s root cause is a device (CUDA) or host allocator running out of memory."""
-    cause = root_cause(err)
-    text = str(cause)
-    oom = type(cause).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (CUDA), without importing torch here
-    return (
-        oom
-        or isinstance(cause, MemoryError)
-        or (isinstance(cause, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
-    )
 
 
 def out_of_memory_message(case: str, shape: Any, device: Any) -> str:
