@@ -20,7 +20,15 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle.utils import merge_kv
 
-__all__ = ["file_version", "read_config_file", "load_config_files", "read_metadata", "load_state", "clear"]
+__all__ = [
+    "check_config_file",
+    "clear",
+    "file_version",
+    "load_config_files",
+    "load_state",
+    "read_config_file",
+    "read_metadata",
+]
 
 _CONFIGS: dict[tuple[str, int, int], Any] = {}
 _STATES: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
@@ -35,12 +43,30 @@ def file_version(path: str | os.PathLike) -> tuple[str, int, int]:
     return str(p), st.st_size, st.st_mtime_ns
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """``ConfigParser.load_config_file(path)`` (JSON or YAML, duplicate keys refused), read once per file version."""
+def _parsed(path: str | os.PathLike, load: Any) -> Any:
+    """``load(path)`` once per file version; a file that is not UTF-8 or not valid JSON is named in one line."""
     key = file_version(path)
     if key not in _CONFIGS:
-        _CONFIGS[key] = ConfigParser.load_config_file(str(path))
-    return copy.deepcopy(_CONFIGS[key])
+        try:
+            _CONFIGS[key] = load(path)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{key[0]} is not UTF-8 text ({e.reason}); fix this file of the bundle.") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{key[0]} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                "fix this file of the bundle."
+            ) from None
+    return _CONFIGS[key]
+
+
+def check_config_file(path: str | os.PathLike) -> None:
+    """Parse ``path`` into the cache (a later :func:`read_config_file` reuses it), naming it if it does not parse."""
+    _parsed(path, lambda p: ConfigParser.load_config_file(str(p)))
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """``ConfigParser.load_config_file(path)`` (JSON or YAML, duplicate keys refused), read once per file version."""
+    return copy.deepcopy(_parsed(path, lambda p: ConfigParser.load_config_file(str(p))))
 
 
 def load_config_files(files: Sequence[str | os.PathLike]) -> dict[str, Any]:
@@ -56,10 +82,7 @@ def load_config_files(files: Sequence[str | os.PathLike]) -> dict[str, Any]:
 def read_metadata(root: str | os.PathLike) -> dict[str, Any]:
     """The bundle's ``configs/metadata.json`` (plain JSON), read once per file version."""
     path = Path(root) / "configs" / "metadata.json"
-    key = file_version(path)
-    if key not in _CONFIGS:
-        _CONFIGS[key] = json.loads(path.read_text(encoding="utf-8"))
-    return copy.deepcopy(_CONFIGS[key])
+    return copy.deepcopy(_parsed(path, lambda p: json.loads(Path(p).read_text(encoding="utf-8"))))
 
 
 def load_state(path: str | os.PathLike) -> Any:

@@ -10,8 +10,6 @@ bundles alike.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +19,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer, SimpleInferer
 
-from monai_smia.bundle.files import load_config_files, read_config_file, read_metadata
+from monai_smia.bundle.files import check_config_file, load_config_files, read_config_file, read_metadata
 from monai_smia.bundle.loading import load_weights
 
-__all__ = ["Victim", "resolve_bundle", "load_victim", "BUILTIN_BUNDLES_DIR"]
+__all__ = ["BUILTIN_BUNDLES_DIR", "Victim", "load_victim", "resolve_bundle"]
 
 #: the bundles shipped inside the package (``monai_smia/bundles`` links to the repository's ``bundles/``)
 BUILTIN_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -59,23 +57,9 @@ def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
         raise FileNotFoundError(
             f"{path} is not a usable MONAI bundle: it has neither configs/train.json nor configs/inference.json"
         )
-    for f in sorted((path / "configs").glob("*.json")):
-        st = f.stat()
-        _check_json(str(f.resolve()), st.st_size, st.st_mtime_ns)
+    for f in sorted((path / "configs").glob("*.json")):  # a file that does not parse is named before any run
+        check_config_file(f)
     return path.resolve()
-
-
-@functools.lru_cache(maxsize=256)
-def _check_json(path: str, size: int, mtime_ns: int) -> None:
-    """A bundle's JSON file parses (checked once while its size and modification time stay the same)."""
-    try:
-        json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e.reason}); fix this file of the bundle.") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix this file of the bundle."
-        ) from None
 
 
 @dataclass
