@@ -160,8 +160,12 @@ class CaseStore:
         self.root = Path(root)
         self.cases_dir = self.root / "cases"
 
+    def folder(self, attack: str, eps: float | None) -> Path:
+        """The folder of one condition's records."""
+        return self.cases_dir / _safe_name(str(attack)) / _eps_tag(eps)
+
     def path(self, attack: str, eps: float | None, case_id: str) -> Path:
-        return self.cases_dir / _safe_name(str(attack)) / _eps_tag(eps) / f"{_safe_name(str(case_id))}.json"
+        return self.folder(attack, eps) / f"{_safe_name(str(case_id))}.json"
 
     def load(self, attack: str, eps: float | None, case_id: str) -> dict[str, Any] | None:
         """The stored record, or ``None`` when absent or unreadable (then logged and to be recomputed)."""
@@ -204,7 +208,7 @@ class CaseStore:
 
     def has_records(self, attack: str, eps: float | None) -> bool:
         """Whether any record of ``attack`` at ``eps`` is stored (a folder holding at least one record file)."""
-        folder = self.path(attack, eps, "_").parent
+        folder = self.folder(attack, eps)
         return folder.is_dir() and any(not p.name.startswith(".") for p in folder.glob("*.json"))
 
     def records(self, attack: str | None = None, eps: float | None | str = "any") -> list[dict[str, Any]]:
