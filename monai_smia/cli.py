@@ -147,9 +147,8 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"attacks to run (default: the bundle's, else {' '.join(DEFAULT_ATTACKS)}); accepted: "
-            f"{', '.join(ATTACKS)}. "
-        f"{ATTACK_HELP}",
+        help=f"attacks to run (default: the bundle's, else {' '.join(DEFAULT_ATTACKS)}); "
+        f"accepted: {', '.join(ATTACKS)}. {ATTACK_HELP}",
     )
     ev.add_argument(
         "--eps",
@@ -303,9 +302,8 @@ def _quiet_libraries() -> None:
     logging.getLogger("ignite").setLevel(logging.WARNING)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     # MONAI's StatsHandler resets its logger's level each time it is built: a filter stays
-    logging.getLogger("monai.handlers.StatsHandler").addFilter(
-        _warnings_and_above
-    )  # one filter however often main runs
+    # one filter however often main runs
+    logging.getLogger("monai.handlers.StatsHandler").addFilter(_warnings_and_above)
     logging.getLogger().addFilter(_no_detection_notices)
     warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
     warnings.filterwarnings("ignore", message=".*Current default value of argument `labels=")
