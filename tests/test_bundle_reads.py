@@ -1,5 +1,5 @@
-"""One evaluation run reads each bundle file at most twice and loads the checkpoint at most twice
-(the configs are parsed once per file version, whatever the number of conditions)."""
+"""One evaluation run reads each bundle file at most twice, loads the checkpoint at most twice and builds
+its network once (the configs are parsed once per file version, whatever the number of conditions)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from monai_smia.bundle import files
+from monai_smia.bundle import files, loading
 from monai_smia.cli import main
 
 
@@ -29,7 +29,16 @@ def test_one_evaluation_reads_the_bundle_once(mnist, tmp_path, monkeypatch):
         loads[os.path.basename(os.fspath(f))] += 1
         return real_load(f, *args, **kwargs)
 
+    built: list[str] = []
+    real_weights = loading.load_weights
+
+    def counting_weights(network, path, *args, **kwargs):
+        built.append(type(network).__name__)
+        return real_weights(network, path, *args, **kwargs)
+
     files.clear()
+    monkeypatch.setattr(loading, "load_weights", counting_weights)
+    monkeypatch.setattr("monai_smia.bundle.bundle.load_weights", counting_weights)
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(io, "open", counting_open)  # pathlib reads through io.open
     monkeypatch.setattr(torch, "load", counting_load)
@@ -38,3 +47,4 @@ def test_one_evaluation_reads_the_bundle_once(mnist, tmp_path, monkeypatch):
     assert opened["train.json"] >= 1 and opened["evaluate.json"] >= 1, opened  # the counter sees the reads
     assert max(opened.values()) <= 2, opened
     assert loads["model.pt"] <= 2, loads
+    assert len(built) == 1, built  # one network for the clean run and the four attacked conditions

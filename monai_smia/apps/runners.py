@@ -16,10 +16,9 @@ __all__ = ["RUNNERS", "EVALUATE_RUNNERS", "bundle_task", "run_command", "attack_
 
 def bundle_task(bundle: str) -> str:
     """The task a bundle's metadata declares: ``"classification"``, ``"segmentation"`` or ``"detection"``."""
-    from monai_smia.bundle.files import read_metadata
-    from monai_smia.bundle.victim import resolve_bundle, task_from_metadata
+    from monai_smia.bundle.bundle import open_bundle
 
-    return task_from_metadata(read_metadata(resolve_bundle(bundle)))[0]
+    return open_bundle(bundle).task
 
 
 def _demo(args: argparse.Namespace) -> None:

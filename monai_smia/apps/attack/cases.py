@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigParser
 from monai.transforms import LoadImaged
 
 from monai_smia.attacks.registry import ATTACKS
-from monai_smia.bundle.files import read_config_file
-from monai_smia.bundle.victim import Victim, is_train_override, resolve_bundle
+from monai_smia.bundle.bundle import Bundle, is_train_override, open_bundle
+from monai_smia.bundle.victim import Victim
 from monai_smia.io import SeriesFolderReader
 from monai_smia.io.datalist import DATALIST, SPLITS, load_datalist
 from monai_smia.io.paths import check_output_outside
@@ -207,17 +206,15 @@ def _datalist_cases(
 # bundle defaults and units
 
 
-def bundle_attack_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
+def bundle_attack_defaults(bundle: str | os.PathLike | Bundle) -> dict[str, Any]:
     """Default ``eps``, ``eps_unit``, ``eps_scale``, ``bounds``, ``grid`` of a bundle: from its ``configs/attack.json``,
     else its ``configs/evaluate.json`` (first ``eps`` of a list); ``{}`` when it has neither."""
-    root = resolve_bundle(bundle)
-    for name in ("attack.json", "evaluate.json"):
-        f = root / "configs" / name
+    b = open_bundle(bundle)
+    for name in ("attack", "evaluate"):
+        f = b.config_path(name)
         if not f.is_file() or is_train_override(f):
             continue
-        parser = ConfigParser()
-        parser.read_config(read_config_file(f))
-        parser["bundle_root"] = str(root)
+        parser = b.parser([f])
         out: dict[str, Any] = {}
         for key in ("eps", "eps_unit", "eps_scale", "bounds", "grid"):
             if key in parser.config:
@@ -229,13 +226,13 @@ def bundle_attack_defaults(bundle: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
-def bundle_loads_labels(bundle: str | os.PathLike) -> bool:
+def bundle_loads_labels(bundle: str | os.PathLike | Bundle) -> bool:
     """Whether :func:`monai_smia.bundle.victim.load_victim` gives this bundle a preprocessing for images and labels
     (``configs/train.json`` with a ``validate#preprocessing``)."""
-    train = resolve_bundle(bundle) / "configs" / "train.json"
-    if not train.is_file():
+    b = open_bundle(bundle)
+    if not b.has_config("train"):
         return False
-    config = read_config_file(train)
+    config = b.read("train")
     return isinstance(config.get("validate"), dict) and "preprocessing" in config["validate"]
 
 

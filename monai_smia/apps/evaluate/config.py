@@ -36,10 +36,10 @@ from monai.inferers import SliceInferer
 from monai_smia.apps.attack.cases import GRIDS
 from monai_smia.apps.evaluate.source import source_grid_overrides
 from monai_smia.attacks.registry import check_attacks, make_attack
+from monai_smia.bundle.bundle import Bundle, is_train_override, open_bundle
 from monai_smia.bundle.data import bundle_cases, find_case_error, out_of_memory, out_of_memory_message, root_cause
-from monai_smia.bundle.files import load_config_files, read_config_file, read_metadata
+from monai_smia.bundle.files import read_config_file
 from monai_smia.bundle.inputs import check_case_files, input_spec
-from monai_smia.bundle.victim import is_train_override, task_from_metadata
 from monai_smia.handlers.seeding import seed_key
 from monai_smia.io.paths import check_output_outside
 from monai_smia.io.units import (
@@ -139,8 +139,8 @@ class EvaluationCondition:
         self.grid = str(grid)
         self.root, self.dataset_dir, self.output_dir = Path(bundle_root).resolve(), Path(dataset_dir), Path(output_dir)
         check_output_outside(self.output_dir, self.dataset_dir, "output_dir", "dataset_dir")
-        self.metadata = read_metadata(self.root)
-        self.task, self.num_classes = task_from_metadata(self.metadata)
+        self.bundle = open_bundle(self.root)
+        self.metadata, self.task, self.num_classes = self.bundle.metadata, self.bundle.task, self.bundle.num_classes
         self.attack = str(attack)
         if self.attack != "clean":
             check_attacks([self.attack], self.task)
@@ -335,32 +335,39 @@ def distributed_overrides(section: str = "validate") -> dict[str, Any]:
     return {f"{p}sampler": sampler, f"{p}dataloader#sampler": f"@{p}sampler"}
 
 
-def bundle_configs(root: Path) -> tuple[list[Path], str]:
+def bundle_configs(bundle: Path | Bundle) -> tuple[list[Path], str]:
     """The config files one condition merges (``train.json`` + an ``evaluate.json`` override, with
     :data:`EVALUATOR_CONFIG` between them when the override is written on top of it; else ``inference.json``)
     and the section holding the evaluator (``"validate"`` or ``""``)."""
-    configs = root / "configs"
-    if (configs / "train.json").is_file() and isinstance(read_config_file(configs / "train.json").get("validate"), dict):
-        files = [configs / "train.json"]
-        if is_train_override(configs / "evaluate.json"):
-            own = EVALUATOR_KEY in read_config_file(configs / "evaluate.json")
-            files.extend([EVALUATOR_CONFIG, configs / "evaluate.json"] if own else [configs / "evaluate.json"])
+    b = open_bundle(bundle)
+    if b.has_config("train") and isinstance(b.read("train").get("validate"), dict):
+        files = [b.config_path("train")]
+        evaluate = b.config_path("evaluate")
+        if is_train_override(evaluate):
+            own = EVALUATOR_KEY in read_config_file(evaluate)
+            files.extend([EVALUATOR_CONFIG, evaluate] if own else [evaluate])
         return files, "validate"
-    return [configs / "inference.json"], ""
+    return [b.config_path("inference")], ""
 
 
-def condition_parser(root: Path, settings: dict[str, Any], labels: bool = True, distributed: bool = False, batch_size: int | None = None) -> ConfigParser:
+def condition_parser(
+    bundle: Path | Bundle,
+    settings: dict[str, Any],
+    labels: bool = True,
+    distributed: bool = False,
+    batch_size: int | None = None,
+    network: torch.nn.Module | None = None,
+) -> ConfigParser:
     """A parser of the bundle's evaluator config for one condition: its config files merged (the entries
     of :func:`evaluation_overrides` added when its evaluate.json is not a monai-smia one, e.g. a
-    model-zoo bundle's), then ``settings`` (top-level keys), the sampler and the batch size set."""
-    files, section = bundle_configs(root)
-    parser = ConfigParser()
-    parser.read_config(load_config_files(files))
-    meta = read_metadata(root)
-    task, num_classes = task_from_metadata(meta)
+    model-zoo bundle's), then ``settings`` (top-level keys), the sampler and the batch size set.
+    ``network``: the victim's network, already loaded (each condition of a run then reuses it)."""
+    b = open_bundle(bundle)
+    files, section = bundle_configs(b)
+    parser = b.parser(files)
     if EVALUATOR_CONFIG not in files:  # not a monai-smia evaluate.json (e.g. a model-zoo bundle): the shipped entries
         defaults = {k: v for k, v in SETTINGS.items() if k not in parser.config}
-        for key, value in {**defaults, **evaluation_overrides(task, num_classes, labels, section)}.items():
+        for key, value in {**defaults, **evaluation_overrides(b.task, b.num_classes, labels, section)}.items():
             parser[key] = value
     for key, value in {**settings, **(distributed_overrides(section) if distributed else {})}.items():
         parser[key] = value
@@ -371,4 +378,6 @@ def condition_parser(root: Path, settings: dict[str, Any], labels: bool = True, 
                 parser[key] = value
     if batch_size is not None:
         parser[f"{section}#dataloader#batch_size" if section else "dataloader#batch_size"] = int(batch_size)
+    if network is not None:
+        parser["network"] = network
     return parser

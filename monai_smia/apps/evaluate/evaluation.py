@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
 
 from monai_smia.apps.attack.cases import GRIDS
 from monai_smia.apps.evaluate.config import (
@@ -36,8 +35,9 @@ from monai_smia.apps.evaluate.config import (
 from monai_smia.apps.evaluate.reports import write_evaluation_reports
 from monai_smia.attacks.progress import slice_progress
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
-from monai_smia.bundle.files import load_config_files, read_config_file
-from monai_smia.bundle.victim import load_victim, resolve_bundle
+from monai_smia.bundle.bundle import Bundle, open_bundle
+from monai_smia.bundle.files import read_config_file
+from monai_smia.bundle.victim import Victim, load_victim
 from monai_smia.io.paths import check_output_outside
 from monai_smia.io.units import check_eps_unit, parse_bounds
 from monai_smia.reports import provisional_settings
@@ -184,16 +184,16 @@ class RobustnessEvaluation:
             "grid": self.grid,
         }
 
-    def run_condition(
-        self, root: Path, attack: str, eps: float | None, device: torch.device, labels: bool = True
-    ) -> EvaluationCondition:
-        """Run one condition through the bundle's evaluator config (its ``initialize`` and ``run``)."""
+    def run_condition(self, victim: Victim, attack: str, eps: float | None, device: torch.device) -> EvaluationCondition:
+        """Run one condition through the bundle's evaluator config (its ``initialize`` and ``run``), on the
+        victim's network."""
+        settings = self.settings(victim.root, attack, eps, device)
         parser = condition_parser(
-            root, self.settings(root, attack, eps, device), labels, self.distributed, self.batch_size
+            victim.bundle, settings, victim.has_labels, self.distributed, self.batch_size, victim.network
         )
         # in a terminal, bars over each case's slices and window-wise passes (a whole CT takes minutes per case)
         tag = attack if eps is None else f"{attack} eps={eps:g}"
-        progress = slice_progress(f"{root.name} {tag}") if sys.stderr.isatty() else contextlib.nullcontext()
+        progress = slice_progress(f"{victim.name} {tag}") if sys.stderr.isatty() else contextlib.nullcontext()
         try:
             with progress:
                 parser.get_parsed_content("initialize")
@@ -221,9 +221,9 @@ class RobustnessEvaluation:
         except ValueError as err:
             reason = str(err).removeprefix("attacks: ")
             raise ValueError(f"--attacks {' '.join(self.attacks)}: {reason}") from None
-        files, _ = bundle_configs(victim.root)
+        files, _ = bundle_configs(victim.bundle)
         self.config_files = [f.name for f in files]
-        clean = self.run_condition(victim.root, "clean", None, device, victim.has_labels)
+        clean = self.run_condition(victim, "clean", None, device)
         if self.rank == 0:
             logger.info(
                 "evaluated %s clean on %d %s cases of %s",
@@ -234,7 +234,7 @@ class RobustnessEvaluation:
             )
         for eps in self.eps:
             for name in self.attacks:
-                self.run_condition(victim.root, name, eps, device, victim.has_labels)
+                self.run_condition(victim, name, eps, device)
         self._barrier()
         summary: dict[str, Any] = {}
         if self.rank == 0:
@@ -243,16 +243,15 @@ class RobustnessEvaluation:
         return summary
 
 
-def bundle_evaluation_defaults(root: Path) -> dict[str, Any]:
+def bundle_evaluation_defaults(bundle: Path | Bundle) -> dict[str, Any]:
     """The evaluation settings a bundle's own ``evaluate.json`` declares (budget, unit, attacks, batch
     size, data and output folders); ``{}`` for a bundle without a monai-smia evaluate.json."""
-    files, section = bundle_configs(root)
+    b = open_bundle(bundle)
+    files, section = bundle_configs(b)
     if EVALUATOR_CONFIG not in files:
         return {}
     own = read_config_file(files[-1])
-    parser = ConfigParser()
-    parser.read_config(load_config_files(files))
-    parser["bundle_root"] = str(root)
+    parser = b.parser(files)
     out = {k: parser.get_parsed_content(k) for k in SETTINGS if k in own and k != "attack"}
     out["eps"] = out["eps"] if isinstance(out.get("eps"), (list, tuple)) or out.get("eps") is None else [out["eps"]]
     out["batch_size"] = parser[f"{section}#dataloader#batch_size"]
@@ -269,9 +268,9 @@ def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> Robus
     Bundles without a monai-smia evaluate.json (e.g. from the MONAI model zoo) get the package
     defaults and need ``dataset_dir``, ``output_dir`` and ``eps``.
     """
-    root = resolve_bundle(bundle)
+    b = open_bundle(bundle)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    defaults = bundle_evaluation_defaults(root)
+    defaults = bundle_evaluation_defaults(b)
     if "eps_unit" in overrides and "eps_scale" not in overrides:
         defaults.pop("eps_scale", None)  # the bundle's scale belongs to the bundle's unit, not to the one given
     unknown = sorted(set(overrides) - set(inspect.signature(RobustnessEvaluation).parameters))
@@ -280,9 +279,9 @@ def evaluation_from_bundle(bundle: str | os.PathLike, **overrides: Any) -> Robus
     for key, flag in (("dataset_dir", "--dataset-dir"), ("output_dir", "--output"), ("eps", "--eps")):
         if key not in overrides and defaults.get(key) is None:
             raise ValueError(
-                f"{root.name} declares no monai-smia evaluation (its configs/evaluate.json has no "
+                f"{b.name} declares no monai-smia evaluation (its configs/evaluate.json has no "
                 f"'{EVALUATOR_KEY}'), so it has no default {key}: pass {flag}"
                 + (" (in the bundle's input units, or with --eps-unit HU)" if key == "eps" else "")
                 + "."
             )
-    return RobustnessEvaluation(bundle=root, **{**defaults, **overrides})
+    return RobustnessEvaluation(bundle=b.root, **{**defaults, **overrides})
