@@ -42,7 +42,7 @@ def _evaluate_detection(args: argparse.Namespace) -> None:
         args.output,
         num_iter=args.num_iter,
         max_cases=args.max_cases,
-        device=args.device or "cpu",
+        device=args.device,
         **{k: v for k, v in kwargs.items() if v is not None},
     )
 

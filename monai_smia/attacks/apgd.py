@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from monai_smia.attacks.base import Attack, _positive, frozen_network
+from monai_smia.attacks.base import Attack, check_positive, frozen_network
 from monai_smia.attacks.seeding import per_sample_uniform, sample_generators
 from monai_smia.attacks.trace import TraceRecorder
 from monai_smia.losses import deviation_loss, dlr_loss, hard_prediction, per_sample_mean
@@ -108,7 +108,7 @@ class APGD(Attack):
         self.num_iter, self.restarts, self.loss_name = num_iter, restarts, loss
         self.num_targets = num_targets
         self.random_start = bool(random_start)
-        self.rho, self.momentum = _positive("rho", rho), _positive("momentum", momentum)
+        self.rho, self.momentum = check_positive("rho", rho), check_positive("momentum", momentum)
         self.checkpoints = apgd_checkpoints(num_iter)
 
     @property

@@ -20,7 +20,7 @@ from monai.utils import convert_to_dst_type
 from monai_smia.attacks.trace import AttackTrace, TraceRecorder
 from monai_smia.losses import deviation_loss, hard_prediction, per_sample_mean, prepare_labels
 
-__all__ = ["Attack", "IterativeAttack", "frozen_network"]
+__all__ = ["Attack", "IterativeAttack", "check_positive", "frozen_network"]
 
 
 @contextlib.contextmanager
@@ -43,9 +43,12 @@ def frozen_network(network: torch.nn.Module) -> Iterator[torch.nn.Module]:
             p.grad = grad
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+def check_positive(name: str, value: Any, hint: str = "", allow_zero: bool = False) -> float:
+    """``float(value)``, or a one-line ``ValueError`` naming ``name`` unless it is a finite number > 0
+    (``>= 0`` with ``allow_zero``); ``hint`` follows the condition in the message (e.g. ``" (voxels)"``)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0{hint}, got {value!r}.")
     return float(value)
 
 
@@ -85,7 +88,7 @@ class Attack:
         if not isinstance(network, torch.nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
         self.network = network
-        self.eps = _positive("eps", eps)
+        self.eps = check_positive("eps", eps)
         if bounds is not None:
             if len(bounds) != 2 or not all(isinstance(b, (int, float)) for b in bounds):
                 raise ValueError(f"bounds must be (lo, hi) or None, got {bounds!r}.")
@@ -312,7 +315,7 @@ class IterativeAttack(Attack):
         if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
             raise ValueError(f"num_iter must be an integer >= 1, got {num_iter!r}.")
         self.num_iter = num_iter
-        self.step_size = 2.5 * self.eps / num_iter if step_size is None else _positive("step_size", step_size)
+        self.step_size = 2.5 * self.eps / num_iter if step_size is None else check_positive("step_size", step_size)
         self.random_start = bool(random_start)
 
     def stabilization(

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from monai.networks.layers import GaussianFilter, separable_filtering
 
-from monai_smia.attacks.base import IterativeAttack, _positive
+from monai_smia.attacks.base import IterativeAttack, check_positive
 from monai_smia.losses import soft_prediction, stabilization_kl, stabilization_loss
 
 __all__ = ["SMIA", "PerturbationSmoother"]
@@ -165,7 +165,7 @@ class SMIA(IterativeAttack):
             raise ValueError(f"protocol must be None or 'paper', got {protocol!r}.")
         if protocol is None:
             return False
-        if step_size is not None and step_size != _positive("eps", eps):
+        if step_size is not None and step_size != check_positive("eps", eps):
             raise ValueError(
                 f"step_size={step_size!r} contradicts protocol='paper', whose step is the paper's per-iteration "
                 f"eps ({eps!r}); leave step_size=None or drop protocol."

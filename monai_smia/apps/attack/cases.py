@@ -15,6 +15,7 @@ from typing import Any
 
 from monai.transforms import LoadImaged
 
+from monai_smia.attacks.base import check_positive
 from monai_smia.attacks.registry import ATTACKS
 from monai_smia.bundle.bundle import Bundle, is_train_override, open_bundle
 from monai_smia.bundle.victim import Victim
@@ -254,12 +255,6 @@ def use_series_loader(preprocessing: Any) -> None:
 # arguments
 
 
-def _positive(name: str, value: Any, hint: str, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a number {'>=' if allow_zero else '>'} 0{hint}, got {value!r}.")
-
-
 def check_writer_arguments(args: dict[str, Any]) -> None:
     """One-line ``ValueError`` for the first bad argument of :class:`AdversarialWriter`."""
     if args["attack"] not in ATTACKS:
@@ -270,12 +265,12 @@ def check_writer_arguments(args: dict[str, Any]) -> None:
         ("source_scale", " (network units per source unit)"),
     ):
         if args[name] is not None:
-            _positive(name, args[name], hint)
+            check_positive(name, args[name], hint)
     num_iter, max_cases = args["num_iter"], args["max_cases"]
     if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
         raise ValueError(f"num_iter must be an integer >= 1, got {num_iter!r}.")
-    _positive("alpha", args["alpha"], "", allow_zero=True)
-    _positive("sigma", args["sigma"], " (voxels)")
+    check_positive("alpha", args["alpha"], allow_zero=True)
+    check_positive("sigma", args["sigma"], " (voxels)")
     if args["save_dtype"] not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {args['save_dtype']!r}.")
     if args["grid"] not in GRIDS:

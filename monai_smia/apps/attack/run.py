@@ -57,6 +57,7 @@ from monai_smia.apps.attack.cases import (
 from monai_smia.apps.attack.grids import network_grid_case, source_grid_case
 from monai_smia.apps.attack.outputs import loaded_png, write_png, write_volume
 from monai_smia.apps.attack.survival import case_record, read_back_survival, summarize_cases
+from monai_smia.apps.devices import run_device
 from monai_smia.attacks.registry import check_attacks
 from monai_smia.attacks.volume import slice_progress
 from monai_smia.bundle.data import out_of_memory, out_of_memory_message
@@ -161,7 +162,7 @@ class AdversarialWriter:
         self.data_split, self.label_key, self.use_labels = data_split, label_key, bool(use_labels)
         self.save_dtype, self.dicom = save_dtype, bool(dicom)
         self.source_scale_arg = None if source_scale is None else float(source_scale)
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = run_device(device)
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.seed, self.verify, self.max_cases, self.progress = int(seed), bool(verify), max_cases, bool(progress)
         self.store = CaseStore(self.output_dir)

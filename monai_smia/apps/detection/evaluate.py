@@ -10,7 +10,7 @@ row gives the trivial baseline (one box of the mean training size at the image c
 
 Usage::
 
-    python -m monai_smia.apps.detection.evaluate --bundle bundles/lung_tumour_det --dataset-dir DATA --output-dir OUT
+    python -m monai_smia.apps.detection.evaluate --bundle bundles/lung_tumour_det --dataset-dir DATA --output OUT
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from monai_smia.apps.detection import DETECTION_ATTACKS, centre_box_baseline, lo
 from monai_smia.apps.detection.data import DetectionSet
 from monai_smia.apps.detection.engine import detection_record
 from monai_smia.apps.detection.metrics import METRIC_NAMES, DetectionSetMetrics
+from monai_smia.apps.devices import run_device
 from monai_smia.apps.evaluate.config import bundle_configs
 from monai_smia.bundle.files import load_config_files, read_config_file
 from monai_smia.bundle.loading import load_weights
@@ -122,7 +123,7 @@ def run_detection_evaluation(
     max_cases: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     num_figure_cases: int = 3,
     num_resamples: int = 200,
 ) -> dict[str, Any]:
@@ -136,7 +137,8 @@ def run_detection_evaluation(
         attacks: names of :data:`monai_smia.apps.detection.attack.DETECTION_ATTACKS`.
         eps, num_iter: budget (input units) and iterations; ``None``: the bundle's ``evaluate.json``.
         data_split, max_cases: which cases.
-        batch_size, seed, device: how to run (``seed`` with each case's id seeds its noise and PGD random start:
+        batch_size, seed, device: how to run (``device``: default CUDA when available, as every command;
+            ``seed`` with each case's id seeds its noise and PGD random start:
             :func:`monai_smia.handlers.seeding.case_generators`).
         num_figure_cases: cases in the figure (those with the most ground-truth boxes first).
         num_resamples: bootstrap resamples of the intervals (over images).
@@ -148,6 +150,7 @@ def run_detection_evaluation(
     if unknown:
         raise ValueError(f"attacks: {unknown} are not detection attacks; choose from {sorted(DETECTION_ATTACKS)}.")
     check_output_outside(output_dir, dataset_dir, "output_dir", "dataset_dir")
+    device = run_device(device)
     detector, defaults = load_detection_bundle(
         bundle, device
     )  # a checkpoint that does not load fails here, before any output
@@ -192,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/lung_tumour_det")
     parser.add_argument("--dataset-dir", required=True)
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output", "--output-dir", dest="output_dir", required=True, help="output folder")
     parser.add_argument("--attacks", nargs="*", default=list(DEFAULT_ATTACKS))
     parser.add_argument("--eps", type=float, default=None, help="budget in input units (default: the bundle's)")
     parser.add_argument("--num-iter", type=int, default=None)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from monai_smia.apps.attack.cases import GRIDS
+from monai_smia.apps.devices import run_device
 from monai_smia.apps.evaluate.config import (
     EVALUATOR_CONFIG,
     EVALUATOR_KEY,
@@ -148,13 +149,9 @@ class RobustnessEvaluation:
                     backend="nccl" if torch.cuda.is_available() and self.device != "cpu" else "gloo"
                 )
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        dev = (
-            torch.device(self.device)
-            if self.device is not None
-            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        dev = run_device(self.device)
         if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            dev = run_device(None)  # cuda:LOCAL_RANK
         return dev
 
     def _barrier(self) -> None:

@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from monai_smia.apps.devices import run_device
 from monai_smia.apps.reproduce.data import REPRODUCE_BUNDLES, load_cases, prepare_bundle_data
 from monai_smia.apps.reproduce.plan import bundle_claims, bundle_conditions
 from monai_smia.apps.reproduce.run import PROTOCOLS, READINGS, run_clean, run_condition
@@ -171,7 +170,7 @@ def run_reproduce(
     cache = check_folder(cache if cache is not None else default_cache(), "cache (--cache)", may_be_missing=True)
     out.mkdir(parents=True, exist_ok=True)
     check_run_settings(out, {"reproduce": asdict(settings)})
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(run_device(device))
     t0 = time.perf_counter()
     bundles = {b: _run_bundle(b, settings, out, data_dir, cache, device) for b in settings.bundles}
     claims = []
