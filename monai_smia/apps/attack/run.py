@@ -31,10 +31,10 @@ Every file is written atomically; nothing is written into the input folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,28 +43,18 @@ from monai.data import MetaTensor
 from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import optional_import
 
-from monai_smia.apps.attack.cases import (
-    GRIDS,
-    SourceCase,
-    bundle_attack_defaults,
-    bundle_loads_labels,
-    check_paths,
-    check_writer_arguments,
-    default_eps_scale,
-    discover_cases,
-    use_series_loader,
-)
-from monai_smia.apps.attack.grids import network_grid_case, source_grid_case
+from monai_smia.apps.attack.cases import SourceCase, bundle_attack_defaults, bundle_loads_labels, discover_cases
+from monai_smia.apps.attack.grids import network_grid_case, predict, source_grid_case
 from monai_smia.apps.attack.outputs import loaded_png, write_png, write_volume
+from monai_smia.apps.attack.plan import AttackPlan, AttackSettings, CaseAttack, case_attack
 from monai_smia.apps.attack.survival import case_record, read_back_survival, summarize_cases
-from monai_smia.apps.devices import run_device
 from monai_smia.attacks.registry import check_attacks
 from monai_smia.attacks.volume import slice_progress
+from monai_smia.bundle.bundle import Bundle
 from monai_smia.bundle.data import out_of_memory, out_of_memory_message
 from monai_smia.bundle.inputs import check_case_files, input_spec
-from monai_smia.bundle.victim import Victim, load_victim, resolve_bundle
+from monai_smia.bundle.victim import Victim, load_victim
 from monai_smia.io.atomic import write_json_atomic
-from monai_smia.io.units import check_eps_unit, parse_bounds, resolve_bounds, source_intensity_scale, warn_whole_range
 from monai_smia.losses import hard_prediction, prepare_labels
 from monai_smia.metrics import case_success
 from monai_smia.reports import (
@@ -75,7 +65,6 @@ from monai_smia.reports import (
     to_jsonable,
     write_provenance,
 )
-from monai_smia.transforms.differentiable import split_preprocessing
 
 tqdm, _has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -123,116 +112,31 @@ class AdversarialWriter:
     """
 
     def __init__(
-        self,
-        bundle: str | os.PathLike,
-        input: str | os.PathLike,
-        output_dir: str | os.PathLike,
-        attack: str = "SMIA",
-        eps: float | None = None,
-        eps_unit: str | None = None,
-        eps_scale: float | None = None,
-        num_iter: int = 10,
-        alpha: float = 1.0,
-        sigma: float = 1.0,
-        bounds: Sequence[float] | None | str = "bundle",
-        grid: str | None = None,
-        data_split: str = "test",
-        label_key: str = "label",
-        use_labels: bool = True,
-        save_dtype: str = "float32",
-        dicom: bool = True,
-        source_scale: float | None = None,
-        device: str | torch.device | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        seed: int = 0,
-        verify: bool = True,
-        max_cases: int | None = None,
-        progress: bool = True,
+        self, bundle: str | os.PathLike | Bundle, input: str | os.PathLike, output_dir: str | os.PathLike, **kwargs: Any
     ) -> None:
-        args = dict(locals())
-        args.pop("self")
-        args["grid"] = "source" if grid is None else grid
-        check_writer_arguments(args)
-        self.root = resolve_bundle(bundle)
-        self.input, self.output_dir = Path(input), Path(output_dir)
-        check_paths(self.input, self.output_dir)
-        self._set_budget(eps, eps_unit, eps_scale, bounds, grid)
-        self.attack = attack
-        self.num_iter, self.alpha, self.sigma = int(num_iter), float(alpha), float(sigma)
-        self.data_split, self.label_key, self.use_labels = data_split, label_key, bool(use_labels)
-        self.save_dtype, self.dicom = save_dtype, bool(dicom)
-        self.source_scale_arg = None if source_scale is None else float(source_scale)
-        self.device = run_device(device)
-        self.checkpoint = None if checkpoint is None else Path(checkpoint)
-        self.seed, self.verify, self.max_cases, self.progress = int(seed), bool(verify), max_cases, bool(progress)
-        self.store = CaseStore(self.output_dir)
+        self.plan = AttackPlan.create(bundle, input, output_dir, **kwargs)
+        self.store = CaseStore(self.plan.output_dir)
 
-    def _set_budget(self, eps: Any, eps_unit: Any, eps_scale: Any, bounds: Any, grid: str | None) -> None:
-        """``eps``, its unit and scale, the bounds and the grid: given, else the bundle's defaults."""
-        defaults = bundle_attack_defaults(self.root)
-        if eps is None:
-            eps = defaults.get("eps")
-            if eps is None:
-                raise ValueError(
-                    f"eps is required: bundle {self.root.name!r} has no default budget (no eps in configs/attack.json "
-                    "or configs/evaluate.json)."
-                )
-        if eps_unit is None:
-            eps_unit = defaults.get("eps_unit")
-            if eps_scale is None:
-                eps_scale = defaults.get("eps_scale")
-        self.eps = float(eps)
-        self.eps_unit = check_eps_unit(eps_unit)
-        self.eps_scale_arg = None if eps_scale is None else float(eps_scale)
-        self.grid = grid if grid is not None else defaults.get("grid", "source")
-        if self.grid not in GRIDS:
-            raise ValueError(f"{self.root.name}'s configs/attack.json sets grid {self.grid!r}; choose one of {GRIDS}.")
-        if isinstance(bounds, str):
-            bounds = defaults.get("bounds", "auto")
-        self.bounds_arg = parse_bounds(bounds)
-        # "auto" is resolved by _prepare once the bundle's preprocessing is loaded
-        self.bounds: tuple[float, float] | None = None if self.bounds_arg == "auto" else self.bounds_arg  # type: ignore[assignment]
-
-    # ------------------------------------------------------------------ run
     def cases(self) -> tuple[list[SourceCase], dict[str, Any]]:
-        cases, source = discover_cases(self.input, self.data_split, self.label_key, self.use_labels)
-        if self.max_cases is not None:
-            cases = cases[: self.max_cases]
-        return cases, source
-
-    def settings(self, label_free: bool) -> dict[str, Any]:
-        """The settings a rerun into the same ``output_dir`` must share."""
-        bounds = self.bounds_arg if isinstance(self.bounds_arg, str) or self.bounds_arg is None else list(self.bounds_arg)
-        return {
-            "bundle": self.root.name,
-            "attack": self.attack,
-            "eps": self.eps,
-            "eps_unit": self.eps_unit,
-            "eps_scale": self.eps_scale_arg,
-            "num_iter": self.num_iter,
-            "step_size": "2.5 * eps / num_iter",
-            "alpha": self.alpha,
-            "sigma": self.sigma,
-            "bounds": bounds,
-            "grid": self.grid,
-            "save_dtype": self.save_dtype,
-            "dicom": self.dicom,
-            "seed": self.seed,
-            "label_free": label_free,
-        }
+        """The input's cases (the first ``max_cases``) and where they came from."""
+        p = self.plan
+        cases, source = discover_cases(p.input, p.data_split, p.label_key, p.use_labels)
+        return (cases if p.max_cases is None else cases[: p.max_cases]), source
 
     def is_done(self, case: SourceCase) -> bool:
         """A stored record whose outputs all exist."""
-        rec = self.store.load(self.attack, self.eps, case.case_id)
+        s = self.plan.settings
+        rec = self.store.load(s.attack, s.eps, case.case_id)
         if rec is None or rec.get("source") != str(case.source.resolve()):
             return False
         outputs = rec.get("outputs")
-        return isinstance(outputs, dict) and all((self.output_dir / p).exists() for p in outputs.values())
+        return isinstance(outputs, dict) and all((self.plan.output_dir / p).exists() for p in outputs.values())
 
     def _label_free(self, cases: list[SourceCase]) -> bool:
         label_free = not all(c.label is not None for c in cases)
-        if not label_free and not bundle_loads_labels(self.root):
-            logger.warning("%s has no train.json 'validate' preprocessing that loads labels; attacking label-free.", self.root.name)
+        if not label_free and not bundle_loads_labels(self.plan.bundle):
+            name = self.plan.bundle.name
+            logger.warning("%s has no train.json 'validate' preprocessing that loads labels; attacking label-free.", name)
             label_free = True
         if label_free:
             for c in cases:
@@ -242,159 +146,167 @@ class AdversarialWriter:
     def run(self) -> dict[str, Any]:
         """Attack every pending case, then write ``summary.json`` and ``provenance.json``; returns the summary.
         A run that fails before storing any case leaves no ``settings.json`` behind."""
-        with provisional_settings(self.output_dir):
+        with provisional_settings(self.plan.output_dir):
             return self._run()
 
-    def _run(self) -> dict[str, Any]:
-        cases, data_source = self.cases()
-        label_free = self._label_free(cases)
-        settings = self.settings(label_free)
-        pending = [c for c in cases if not self.is_done(c)]
-        checkpoint = self.checkpoint if self.checkpoint is not None else self.root / "models" / "model.pt"
-        if pending and not Path(checkpoint).is_file():
+    def _checked_victim(self, pending: list[SourceCase], label_free: bool) -> tuple[Victim, CaseAttack]:
+        """The bundle's victim and the cases' attack, with the attack, every input and the budget checked (before
+        anything is written)."""
+        p = self.plan
+        if not p.weights.is_file():
             raise FileNotFoundError(
-                f"checkpoint {str(checkpoint)!r} not found: train the bundle first (see its docs/README.md) or pass "
+                f"checkpoint {str(p.weights)!r} not found: train the bundle first (see its docs/README.md) or pass "
                 "checkpoint=PATH."
             )
-        if pending:  # the bundle and every input are checked before anything is written
-            victim = load_victim(self.root, device=self.device, checkpoint=self.checkpoint, labels=not label_free)
-            try:
-                check_attacks([self.attack], task=victim.task)
-            except ValueError as err:
-                raise ValueError(f"--attack {self.attack}: {str(err).removeprefix('attacks: ')}") from None
-            spec = input_spec(victim.metadata, victim.preprocessing, victim.inferer)
-            check_case_files([c.source for c in pending], spec)
-            self._resolve_budget(victim)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        sha = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
-        check_run_settings(self.output_dir, {**settings, "checkpoint_sha256": sha})
-        logger.info("%s on %s: %d cases, %d already done, %s eps=%g%s on the %s grid", self.root.name, self.input,
-                    len(cases), len(cases) - len(pending), self.attack, self.eps, self.eps_unit, self.grid)  # fmt: skip
-        if pending:
-            checkpoint = victim.checkpoint
-            self._prepare(victim, label_free)
-            show = self.progress and _has_tqdm
-            for case in tqdm(pending, desc=f"{self.root.name} {self.attack}", disable=not show) if _has_tqdm else pending:
+        victim = load_victim(p.bundle, device=p.device, checkpoint=p.checkpoint, labels=not label_free)
+        try:
+            check_attacks([p.settings.attack], task=victim.task)
+        except ValueError as err:
+            raise ValueError(f"--attack {p.settings.attack}: {str(err).removeprefix('attacks: ')}") from None
+        check_case_files([c.source for c in pending], input_spec(victim.metadata, victim.preprocessing, victim.inferer))
+        return victim, case_attack(p, victim, label_free)
+
+    def _run(self) -> dict[str, Any]:
+        p = self.plan
+        cases, data_source = self.cases()
+        settings = dataclasses.replace(p.settings, label_free=self._label_free(cases))
+        pending = [c for c in cases if not self.is_done(c)]
+        victim, spec = self._checked_victim(pending, settings.label_free) if pending else (None, None)
+        p.output_dir.mkdir(parents=True, exist_ok=True)
+        sha = file_sha256(p.weights) if p.weights.is_file() else None
+        check_run_settings(p.output_dir, {**settings.as_dict(), "checkpoint_sha256": sha})
+        logger.info("%s on %s: %d cases, %d already done, %s eps=%g%s on the %s grid", p.bundle.name, p.input,
+                    len(cases), len(cases) - len(pending), settings.attack, settings.eps, settings.eps_unit,
+                    settings.grid)  # fmt: skip
+        if victim is not None and spec is not None:
+            show = p.progress and _has_tqdm
+            bar = tqdm(pending, desc=f"{p.bundle.name} {settings.attack}", disable=not show) if _has_tqdm else pending
+            for case in bar:
                 with slice_progress(f"{case.case_id} slices") if show else contextlib.nullcontext():
-                    self.store.save(self._attack_named(victim, case, label_free))
+                    self.store.save(attack_case_named(p, settings, spec, victim, case))
         summary = self.write_summary(cases)
-        if not pending and (self.output_dir / "provenance.json").is_file():
-            return summary  # nothing new: keep the provenance of the run that wrote the outputs
+        if pending or not (p.output_dir / "provenance.json").is_file():  # else keep the run's that wrote the outputs
+            self._write_provenance(settings, spec, len(cases), data_source)
+        return summary
+
+    def _write_provenance(
+        self, settings: AttackSettings, spec: CaseAttack | None, num_cases: int, data_source: Any
+    ) -> None:
         attack_settings = {
-            **settings,
-            "eps_network": getattr(self, "eps_network", None),
-            "bounds_resolved": self.bounds,
-            "bounds_from": getattr(self, "bounds_note", None),
-            "cases": len(cases),
+            **settings.as_dict(),
+            "eps_network": None if spec is None else spec.eps_network,
+            "bounds_resolved": None if spec is None else spec.bounds,
+            "bounds_from": None if spec is None else spec.bounds_note,
+            "cases": num_cases,
         }
         write_provenance(
-            self.output_dir / "provenance.json",
-            seed=self.seed,
-            checkpoint=checkpoint if Path(checkpoint).is_file() else None,
+            self.plan.output_dir / "provenance.json",
+            seed=settings.seed,
+            checkpoint=self.plan.weights if self.plan.weights.is_file() else None,
             data_source=data_source,
             attack_settings=attack_settings,
             command_line=sys.argv,
         )
-        return summary
 
-    # ------------------------------------------------------------------ one case
-    def _resolve_budget(self, victim: Victim) -> None:
-        """The budget in network and source units and the bounds, from the bundle (before anything is written)."""
-        self.eps_scale = self.eps_scale_arg if self.eps_scale_arg is not None else default_eps_scale(victim, self.eps_unit)
-        self.eps_network = self.eps * self.eps_scale
-        self.source_scale = (
-            self.source_scale_arg if self.source_scale_arg is not None else source_intensity_scale(victim.preprocessing)
-        )
-        self.eps_source = self.eps_network / self.source_scale
-        self.bounds, self.bounds_note = resolve_bounds(self.bounds_arg, victim.preprocessing)
-        warn_whole_range(self.eps, self.eps_scale, self.eps_unit, self.bounds, self.root.name)
-
-    def _prepare(self, victim: Victim, label_free: bool) -> None:
-        self.preprocessing = victim.preprocessing
-        use_series_loader(self.preprocessing)
-        if self.grid == "source":
-            self.loading, self.rest = split_preprocessing(self.preprocessing)
-        self.missing_ok = label_free and victim.has_labels
-
-    def _preprocess(self, item: dict[str, Any]) -> dict[str, Any]:
-        ctx = allow_missing_keys_mode(self.preprocessing) if self.missing_ok else contextlib.nullcontext()
-        with ctx:
-            try:
-                return self.preprocessing(item)
-            except Exception as e:
-                raise ValueError(f"the bundle's preprocessing failed on {item['image']!r}: {e}") from e
-
-    def predict(self, victim: Victim, x: torch.Tensor) -> torch.Tensor:
-        """The network's output on the network input ``x`` through the bundle's inferer (no gradient)."""
-        with torch.no_grad():
-            out = victim.inferer(x, victim.network)
-        return out.as_tensor() if isinstance(out, MetaTensor) else out
-
-    def _load_batch(self, item: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor | None]:
-        data = self._preprocess(item)
-        img = data["image"]
-        x = (img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img))[None].float().to(self.device)
-        lab = None
-        if "label" in item:
-            lab = data["label"]
-            lab = torch.as_tensor(lab.as_tensor() if isinstance(lab, MetaTensor) else lab)
-            lab = lab[None].to(self.device) if lab.ndim > 0 else lab.reshape(1).to(self.device)
-        return data, x, lab
-
-    def _attack_named(self, victim: Victim, case: SourceCase, label_free: bool) -> dict[str, Any]:
-        """:meth:`attack_case`, with a case that runs out of memory named with its shape and what to lower."""
-        try:
-            return self.attack_case(victim, case, label_free)
-        except (RuntimeError, MemoryError) as err:
-            if not out_of_memory(err):
-                raise
-            shape = tuple(getattr(self, "last_shape", ()) or ()) or None
-            raise ValueError(out_of_memory_message(str(case.source), shape, self.device)) from err
-
-    def attack_case(self, victim: Victim, case: SourceCase, label_free: bool) -> dict[str, Any]:
-        """Attack one case, write its outputs and return its record (not yet stored)."""
-        item: dict[str, Any] = {"image": str(case.source)}
-        if not label_free:
-            item["label"] = case.label
-        data, x, lab = self._load_batch(item)
-        self.last_shape = tuple(x.shape[2:])
-        logits_clean = self.predict(victim, x)
-        if self.grid == "source":
-            res = source_grid_case(self, victim, case, x, lab)
-        else:
-            res = network_grid_case(self, victim, case, data, x, lab)
-        ref = hard_prediction(logits_clean) if lab is None else prepare_labels(lab, logits_clean)
-        record = case_record(self, case, label_free, logits_clean, res.logits_adv, ref)
-        record["success"] = float(case_success(victim.task, logits_clean, res.logits_adv, ref)[0])
-        record["max_abs_perturbation_network"] = float((res.x_adv - x).abs().max())
-        record.update(res.record)
-        if victim.task == "classification":
-            record["pred_clean"] = hard_prediction(logits_clean).flatten().tolist()
-            record["pred_adversarial"] = hard_prediction(res.logits_adv).flatten().tolist()
-        if case.kind == "png":
-            raw, reverse = loaded_png(self.preprocessing, str(case.source))
-            outputs, written = write_png(case, res.d_src, raw, reverse, self.output_dir, self.eps_source)
-        else:
-            settings = {"attack": self.attack, "eps": self.eps, "eps_unit": self.eps_unit, "num_iter": self.num_iter}
-            outputs, written = write_volume(case, res.d_src, self.output_dir, self.eps_source, self.save_dtype, self.dicom, settings)
-        record["outputs"] = {k: str(Path(v).relative_to(self.output_dir)) for k, v in outputs.items()}
-        record.update(written)
-        if self.verify:
-            load = lambda path: self._load_batch({**item, "image": path})[1]
-            read_back_survival(load, lambda xw: self.predict(victim, xw), record, outputs, res.x_adv, logits_clean, ref)
-        # the attack's own view, in its own units (network input, or source/stored units on the source grid)
-        record["diagnostics"] = {k: v for k, v in res.diagnostics.items() if k not in ("eps",)}
-        record["settings"] = self.settings(label_free)
-        return to_jsonable(record, strict=False)
-
-    # ------------------------------------------------------------------ summary
     def write_summary(self, cases: list[SourceCase]) -> dict[str, Any]:
         """``summary.json``: per case the key numbers, their means over cases and the read-back / in-memory ratios."""
-        records = {c.case_id: rec for c in cases if (rec := self.store.load(self.attack, self.eps, c.case_id)) is not None}
-        head = {"bundle": self.root.name, "attack": self.attack, "eps": self.eps, "eps_unit": self.eps_unit, "grid": self.grid}
+        s = self.plan.settings
+        records = {c.case_id: rec for c in cases if (rec := self.store.load(s.attack, s.eps, c.case_id)) is not None}
+        head = {"bundle": s.bundle, "attack": s.attack, "eps": s.eps, "eps_unit": s.eps_unit, "grid": s.grid}
         summary = summarize_cases(records, head)
-        write_json_atomic(self.output_dir / "summary.json", to_jsonable(summary), allow_nan=False, trailing_newline=True)
+        path = self.plan.output_dir / "summary.json"
+        write_json_atomic(path, to_jsonable(summary), allow_nan=False, trailing_newline=True)
         return summary
+
+
+# ---------------------------------------------------------------------------------------------- one case
+def _preprocess(spec: CaseAttack, item: dict[str, Any]) -> dict[str, Any]:
+    ctx = allow_missing_keys_mode(spec.preprocessing) if spec.missing_ok else contextlib.nullcontext()
+    with ctx:
+        try:
+            return spec.preprocessing(item)  # type: ignore[no-any-return]
+        except Exception as e:
+            raise ValueError(f"the bundle's preprocessing failed on {item['image']!r}: {e}") from e
+
+
+def load_batch(
+    spec: CaseAttack, item: dict[str, Any], device: torch.device
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor | None]:
+    """``item`` through the bundle's preprocessing: the data, the image as a batch of one and its label (or
+    ``None``) on ``device``."""
+    data = _preprocess(spec, item)
+    img = data["image"]
+    x = (img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img))[None].float().to(device)
+    lab = None
+    if "label" in item:
+        lab = data["label"]
+        lab = torch.as_tensor(lab.as_tensor() if isinstance(lab, MetaTensor) else lab)
+        lab = lab[None].to(device) if lab.ndim > 0 else lab.reshape(1).to(device)
+    return data, x, lab
+
+
+def attack_case_named(
+    plan: AttackPlan, settings: AttackSettings, spec: CaseAttack, victim: Victim, case: SourceCase
+) -> dict[str, Any]:
+    """:func:`attack_case`, with a case that runs out of memory named with its shape and what to lower."""
+    item: dict[str, Any] = {"image": str(case.source)}
+    if not settings.label_free:
+        item["label"] = case.label
+    batch = load_batch(spec, item, plan.device)
+    try:
+        return attack_case(plan, settings, spec, victim, case, item, batch)
+    except (RuntimeError, MemoryError) as err:
+        if not out_of_memory(err):
+            raise
+        raise ValueError(out_of_memory_message(str(case.source), tuple(batch[1].shape[2:]), plan.device)) from err
+
+
+def attack_case(
+    plan: AttackPlan,
+    settings: AttackSettings,
+    spec: CaseAttack,
+    victim: Victim,
+    case: SourceCase,
+    item: dict[str, Any],
+    batch: tuple[dict[str, Any], torch.Tensor, torch.Tensor | None],
+) -> dict[str, Any]:
+    """Attack one case (``item`` loaded as ``batch`` by :func:`load_batch`), write its outputs and return its
+    record (not yet stored)."""
+    data, x, lab = batch
+    logits_clean = predict(victim, x)
+    if settings.grid == "source":
+        res = source_grid_case(spec, victim, case, x, lab)
+    else:
+        res = network_grid_case(spec, victim, case, data, x, lab)
+    ref = hard_prediction(logits_clean) if lab is None else prepare_labels(lab, logits_clean)
+    record = case_record(spec, settings, case, logits_clean, res.logits_adv, ref)
+    record["success"] = float(case_success(victim.task, logits_clean, res.logits_adv, ref)[0])
+    record["max_abs_perturbation_network"] = float((res.x_adv - x).abs().max())
+    record.update(res.record)
+    if victim.task == "classification":
+        record["pred_clean"] = hard_prediction(logits_clean).flatten().tolist()
+        record["pred_adversarial"] = hard_prediction(res.logits_adv).flatten().tolist()
+    outputs, written = _write_case(plan, settings, spec, case, res.d_src)
+    record["outputs"] = {k: str(Path(v).relative_to(plan.output_dir)) for k, v in outputs.items()}
+    record.update(written)
+    if plan.verify:
+        load = lambda path: load_batch(spec, {**item, "image": path}, plan.device)[1]  # noqa: E731
+        read_back_survival(load, lambda xw: predict(victim, xw), record, outputs, res.x_adv, logits_clean, ref)
+    # the attack's own view, in its own units (network input, or source/stored units on the source grid)
+    record["diagnostics"] = {k: v for k, v in res.diagnostics.items() if k not in ("eps",)}
+    record["settings"] = settings.as_dict()
+    return to_jsonable(record, strict=False)  # type: ignore[no-any-return]
+
+
+def _write_case(
+    plan: AttackPlan, settings: AttackSettings, spec: CaseAttack, case: SourceCase, d_src: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the case's adversarial image and perturbation (PNG, or NIfTI and DICOM on the source grid)."""
+    if case.kind == "png":
+        raw, reverse = loaded_png(spec.preprocessing, str(case.source))
+        return write_png(case, d_src, raw, reverse, plan.output_dir, spec.eps_source)
+    head = {"attack": settings.attack, "eps": settings.eps, "eps_unit": settings.eps_unit, "num_iter": settings.num_iter}
+    return write_volume(case, d_src, plan.output_dir, spec.eps_source, settings.save_dtype, settings.dicom, head)
 
 
 def run_attack(bundle: str | os.PathLike, input: str | os.PathLike, output_dir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:

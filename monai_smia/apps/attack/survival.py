@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_smia.apps.attack.plan import AttackSettings, CaseAttack
 from monai_smia.losses import hard_prediction
 
 __all__ = ["SUMMARY_KEYS", "case_record", "read_back_survival", "summarize_cases"]
@@ -34,22 +35,28 @@ SUMMARY_KEYS = (
 
 
 def case_record(
-    w: Any, case: Any, label_free: bool, logits_clean: torch.Tensor, logits_adv: torch.Tensor, ref: torch.Tensor
+    spec: CaseAttack,
+    settings: AttackSettings,
+    case: Any,
+    logits_clean: torch.Tensor,
+    logits_adv: torch.Tensor,
+    ref: torch.Tensor,
 ) -> dict[str, Any]:
-    """A case record's settings (of the writer ``w``) and the attack's results in memory."""
+    """A case record's settings (the attack ``spec`` of a run with ``settings``) and the attack's results in
+    memory."""
     clean, adv = hard_prediction(logits_clean), hard_prediction(logits_adv)
     record: dict[str, Any] = {
         "case_id": case.case_id,
-        "attack": w.attack,
-        "grid": w.grid,
-        "eps": w.eps,
-        "eps_unit": w.eps_unit,
-        "eps_network": w.eps_network,
-        "eps_source": w.eps_source,
+        "attack": spec.attack,
+        "grid": settings.grid,
+        "eps": spec.eps,
+        "eps_unit": settings.eps_unit,
+        "eps_network": spec.eps_network,
+        "eps_source": spec.eps_source,
         "source": str(case.source.resolve()),
         "source_kind": case.kind,
         "split": case.split,
-        "label_free": label_free,
+        "label_free": settings.label_free,
         "error_clean": float((clean != ref).double().mean()),
         "error_adversarial": float((adv != ref).double().mean()),
         "prediction_changed_fraction": float((adv != clean).double().mean()),

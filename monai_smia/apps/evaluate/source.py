@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -32,7 +31,9 @@ from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import ensure_tuple
 
 from monai_smia.apps.attack.cases import SourceCase
-from monai_smia.apps.attack.grids import source_grid_case
+from monai_smia.apps.attack.grids import Applied, predict, source_grid_case
+from monai_smia.apps.attack.plan import CaseAttack
+from monai_smia.io.units import source_intensity_scale
 from monai_smia.losses import hard_prediction
 from monai_smia.metrics.perturbation import perturbation_statistics
 from monai_smia.transforms.differentiable import split_preprocessing
@@ -123,9 +124,11 @@ class SourceGridAttackInferer(Inferer):
         super().__init__()
         _, rest = split_preprocessing(preprocessing)
         self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.settings = SimpleNamespace(
-            attack=str(attack), eps=float(eps), eps_source=float(eps_source), rest=rest, loading=[],
-            num_iter=int(num_iter), alpha=float(alpha), sigma=float(sigma), seed=int(seed), predict=self._predict,
+        source_scale = source_intensity_scale(preprocessing)
+        self.spec = CaseAttack(
+            attack=str(attack), eps=float(eps), eps_network=float(eps_source) * source_scale,
+            eps_source=float(eps_source), source_scale=source_scale, num_iter=int(num_iter),
+            alpha=float(alpha), sigma=float(sigma), bounds=None, seed=int(seed), preprocessing=preprocessing, rest=rest,
         )  # fmt: skip
         self.source_to_eps = float(source_to_eps)
         self.use_labels, self.compute_success = bool(use_labels), bool(compute_success)
@@ -133,11 +136,6 @@ class SourceGridAttackInferer(Inferer):
         self.last_diagnostics: list[dict[str, Any]] = []
         self.last_record_extras: list[dict[str, Any]] = []
         self.last_clean: torch.Tensor | None = None
-
-    def _predict(self, victim: Any, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            out = self.inferer(x, victim.network)
-        return out.as_tensor() if isinstance(out, MetaTensor) else out
 
     def _extras(self, res: Any, src: torch.Tensor) -> dict[str, Any]:
         d = res.d_src.as_tensor().to(torch.float64)[None]
@@ -165,7 +163,7 @@ class SourceGridAttackInferer(Inferer):
                 f"{{'source': {SOURCE_KEY!r}}} to PrepareBatchExtraInput's extra_keys (or evaluate with "
                 "grid='network')."
             )
-        victim = SimpleNamespace(network=network, inferer=self.inferer)
+        victim = Applied(network, self.inferer)
         lab_all = labels if self.use_labels else None
         advs, outs, self.last_diagnostics, self.last_record_extras = [], [], [], []
         self.last_clean, cleans = None, []
@@ -175,10 +173,10 @@ class SourceGridAttackInferer(Inferer):
             case = _source_case(str(files[0]))
             x = inputs[b : b + 1].as_tensor() if isinstance(inputs, MetaTensor) else inputs[b : b + 1]
             lab = None if lab_all is None else lab_all[b : b + 1]
-            res = source_grid_case(self.settings, victim, case, x, lab, src=src.detach().cpu())
+            res = source_grid_case(self.spec, victim, case, x, lab, src=src.detach().cpu())
             extras = self._extras(res, src)
             if lab is None and self.compute_success:
-                clean = self._predict(victim, x)
+                clean = predict(victim, x)
                 cleans.append(clean)
                 changed = hard_prediction(clean) != hard_prediction(res.logits_adv)
                 res.diagnostics["changed_fraction"] = float(changed.float().mean())
