@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,7 +35,55 @@ from monai_smia.transforms.array import attack_diagnostics
 
 IterationEvents, _ = optional_import("monai.engines.utils", name="IterationEvents")
 
-__all__ = ["AdversarialImageHandler", "AttackInferer", "InfererNetwork"]
+__all__ = ["AdversarialImageHandler", "AttackInferer", "AttackOutput", "AttackingInferer", "InfererNetwork"]
+
+
+@dataclass(frozen=True)
+class AttackOutput:
+    """What an attacking inferer's last call did to its batch.
+
+    Attributes:
+        adversarial: the attacked batch, as the network saw it.
+        diagnostics: the attack's diagnostics, one dict per case
+            (:func:`~monai_smia.transforms.array.attack_diagnostics`).
+        result: the :class:`~monai_smia.attacks.volume.VolumeAttackResult` (``None`` where an inferer has none).
+        clean: the clean output, when the inferer predicted it on the way and it is exactly what its wrapped
+            inferer gives on the clean batch (a label-free record's reference); else ``None``.
+        record_extras: entries each case record gets (one dict per case; e.g. a source-grid attack's).
+    """
+
+    adversarial: torch.Tensor
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    result: VolumeAttackResult | None = None
+    clean: torch.Tensor | None = None
+    record_extras: list[dict[str, Any]] = field(default_factory=list)
+
+
+class AttackingInferer(Inferer):
+    """An inferer that attacks its batch before predicting; :attr:`last_output` is its last call's
+    :class:`AttackOutput` (``None`` before the first), and the ``last_*`` properties read it."""
+
+    last_output: AttackOutput | None = None
+
+    @property
+    def last_adversarial(self) -> torch.Tensor | None:
+        return None if self.last_output is None else self.last_output.adversarial
+
+    @property
+    def last_diagnostics(self) -> list[dict[str, Any]]:
+        return [] if self.last_output is None else self.last_output.diagnostics
+
+    @property
+    def last_result(self) -> VolumeAttackResult | None:
+        return None if self.last_output is None else self.last_output.result
+
+    @property
+    def last_clean(self) -> torch.Tensor | None:
+        return None if self.last_output is None else self.last_output.clean
+
+    @property
+    def last_record_extras(self) -> list[dict[str, Any]]:
+        return [] if self.last_output is None else self.last_output.record_extras
 
 
 class InfererNetwork(torch.nn.Module):
@@ -77,7 +126,7 @@ def _covers(roi_size: Any, shape: tuple[int, ...]) -> bool:
     return all(int(r) <= 0 or int(r) == s for r, s in zip(roi, shape))
 
 
-class AttackInferer(Inferer):
+class AttackInferer(AttackingInferer):
     """Attack the inputs, then predict on them with ``inferer``.
 
     Args:
@@ -104,11 +153,12 @@ class AttackInferer(Inferer):
         grad_batch_size: windows recomputed per batch in the window-wise backward pass (default: the
             inferer's ``sw_batch_size``); lower it to lower the peak memory, the result is the same.
 
-    After each call, :attr:`last_adversarial` holds the adversarial batch, :attr:`last_result` the
-    :class:`~monai_smia.attacks.volume.VolumeAttackResult` and :attr:`last_diagnostics` one dict per volume.
-    :attr:`last_clean` holds the clean output the success computation predicted, equal to ``inferer(x, network)``
-    on the clean batch, when it is provably that (see :meth:`clean_is_inferer_output`; else ``None``), so a
-    label-free record handler needs no extra forward for its reference.
+    After each call, :attr:`last_output` is an :class:`AttackOutput`: the adversarial batch, the
+    :class:`~monai_smia.attacks.volume.VolumeAttackResult`, one diagnostics dict per volume, and the clean output
+    the success computation predicted, equal to ``inferer(x, network)`` on the clean batch, when it is provably
+    that (see :meth:`clean_is_inferer_output`; else ``None``), so a label-free record handler needs no extra
+    forward for its reference. ``last_adversarial``, ``last_diagnostics``, ``last_result`` and ``last_clean`` read
+    it.
     """
 
     def __init__(
@@ -148,10 +198,7 @@ class AttackInferer(Inferer):
             raise ValueError(f"grad_batch_size must be an integer >= 1 or None, got {grad_batch_size!r}.")
         self.grad_batch_size = grad_batch_size
         self._bound: dict[tuple[int, int], Attack] = {}
-        self.last_adversarial: torch.Tensor | None = None
-        self.last_result: VolumeAttackResult | None = None
-        self.last_diagnostics: list[dict[str, Any]] = []
-        self.last_clean: torch.Tensor | None = None
+        self.last_output: AttackOutput | None = None
 
     def _bind(self, network: torch.nn.Module) -> Attack:
         key = (id(network), id(self.attack))
@@ -227,7 +274,7 @@ class AttackInferer(Inferer):
         attack_net, slice_dim = self.attack_network(inputs, network)
         attack = self._bind(attack_net)
         lab = labels if self.use_labels else None
-        self.last_clean = None
+        self.last_output = None
         keep = lab is None and self.clean_is_inferer_output(inputs, attack, attack_net)
         result = attack_volumes(
             attack,
@@ -241,29 +288,28 @@ class AttackInferer(Inferer):
         )
         clean = result.clean_logits
         # a SliceInferer stitches its windows into a buffer of the inputs' dtype (weights 1: the logits unchanged)
-        self.last_clean = clean.to(inputs.dtype) if clean is not None and slice_dim is not None else clean
-        self.last_result = result
-        self.last_adversarial = result.adversarial
-        self.last_diagnostics = [
-            attack_diagnostics(attack, result, b, lab is None, slice_dim) for b in range(inputs.shape[0])
-        ]
+        clean = clean.to(inputs.dtype) if clean is not None and slice_dim is not None else clean
+        diagnostics = [attack_diagnostics(attack, result, b, lab is None, slice_dim) for b in range(inputs.shape[0])]
+        self.last_output = AttackOutput(result.adversarial, diagnostics, result, clean)
         return self.inferer(result.adversarial, network, *args, **kwargs)
 
 
 class AdversarialImageHandler:
-    """Put the adversarial batch of an :class:`AttackInferer` into ``engine.state.output[output_key]``.
+    """Put the adversarial batch of an attacking inferer into ``engine.state.output[output_key]`` and, with
+    ``attack_key``, its whole :class:`AttackOutput` into ``engine.state.output[attack_key]`` (for handlers of
+    an evaluator with ``decollate=False``, such as :class:`~monai_smia.handlers.CaseRecordHandler`).
 
     It runs on ``IterationEvents.FORWARD_COMPLETED``, before MONAI's decollation and
     postprocessing, so per-item outputs carry it too and metrics (``PSNR``, ``SSIM`` handlers with
     ``output_transform=from_engine([output_key, "image"])``) can read it.
     """
 
-    def __init__(self, inferer: AttackInferer, output_key: str = "image_adv") -> None:
-        # an AttackInferer, or another attacking inferer that keeps ``last_adversarial`` (a source-grid one)
-        if not isinstance(inferer, AttackInferer) and not hasattr(inferer, "last_adversarial"):
+    def __init__(self, inferer: AttackingInferer, output_key: str = "image_adv", attack_key: str | None = None) -> None:
+        # an AttackingInferer, or another attacking inferer that keeps ``last_adversarial`` (a detector's)
+        if not isinstance(inferer, AttackingInferer) and not hasattr(inferer, "last_adversarial"):
             raise TypeError(f"inferer must be an AttackInferer, got {type(inferer).__name__}.")
         self.inferer = inferer
-        self.output_key = output_key
+        self.output_key, self.attack_key = output_key, attack_key
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
@@ -274,3 +320,5 @@ class AdversarialImageHandler:
         if self.inferer.last_adversarial is None:
             raise RuntimeError("the AttackInferer has not run yet; is it the evaluator's inferer?")
         engine.state.output[self.output_key] = self.inferer.last_adversarial
+        if self.attack_key is not None:
+            engine.state.output[self.attack_key] = getattr(self.inferer, "last_output", None)

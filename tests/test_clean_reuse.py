@@ -4,6 +4,8 @@ bundle over real CT through the CLI, and on real CT slices through a ``SliceInfe
 
 from __future__ import annotations
 
+import dataclasses
+
 import collections
 import json
 from pathlib import Path
@@ -97,9 +99,9 @@ def test_inference_only_bundle_records_equal_without_the_extra_forward(data_dir,
     kept = records.CaseRecordHandler._clean_logits
     equal: list[bool] = []
 
-    def checked(handler: Any, engine: Any, x: torch.Tensor) -> torch.Tensor | None:
+    def checked(handler: Any, engine: Any, x: torch.Tensor, reused: torch.Tensor | None) -> torch.Tensor | None:
         """The kept clean logits, checked against one more pass of the inner inferer (not counted)."""
-        clean = kept(handler, engine, x)
+        clean = kept(handler, engine, x, reused)
         phase, forwards.phase = forwards.phase, "check"
         with torch.no_grad():
             equal.append(torch.equal(clean, torch.as_tensor(handler.inferer.inferer(x, engine.network))))
@@ -134,7 +136,7 @@ def test_label_free_source_grid_reuses_its_clean_prediction(data_dir, tmp_path, 
 
     def without_clean(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = original(self, *args, **kwargs)
-        self.last_clean = None  # as before: the handler predicts the clean output itself
+        self.last_output = dataclasses.replace(self.last_output, clean=None)  # the handler predicts it itself
         return out
 
     monkeypatch.setattr(SourceGridAttackInferer, "__call__", without_clean)

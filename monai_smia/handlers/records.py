@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
+from monai_smia.inferers import AttackOutput
 from monai_smia.metrics import (
     case_success,
     classification_case_metrics,
@@ -114,14 +115,16 @@ class CaseRecordHandler:
         task: ``"classification"`` or ``"segmentation"``.
         attack: the condition's attack name (``"clean"``: no adversarial batch).
         eps: its budget in the user's unit (``None`` for clean).
-        inferer: the evaluator's inferer; an ``AttackInferer`` supplies ``last_adversarial``,
-            ``last_diagnostics`` and ``last_clean`` (the label-free success reference; without it, one
-            more forward through its ``inferer``); an inferer with ``last_record_extras`` (one dict per case, e.g.
-            :class:`~monai_smia.apps.evaluate.source.SourceGridAttackInferer`) adds its entries to the records.
+        inferer: the evaluator's inferer: when the iteration's output has no ``attack_key`` entry, its
+            ``last_output`` (:class:`~monai_smia.inferers.AttackOutput`) gives the adversarial batch, the
+            diagnostics, the clean output (the label-free success reference; without it, one more forward through
+            its ``inferer``) and the entries each record gets (e.g. a source-grid attack's).
         bounds: valid input range (PSNR/SSIM data range); ``None``: each clean image's range.
         eps_scale: network-input units per ``eps`` unit.
         figure_cases: case ids whose arrays are kept for the example figures.
         case_key: batch key of the case ids.
+        attack_key: the output key holding the iteration's ``AttackOutput``
+            (:class:`~monai_smia.inferers.AdversarialImageHandler` with ``attack_key``).
     """
 
     def __init__(
@@ -135,13 +138,14 @@ class CaseRecordHandler:
         eps_scale: float = 1.0,
         figure_cases: Sequence[str] = (),
         case_key: str = "case_id",
+        attack_key: str | None = "attack",
     ) -> None:
         if not callable(getattr(store, "save", None)):
             raise TypeError(f"store must have a save(record) method, got {type(store).__name__}.")
         self.store, self.task, self.attack = store, task, str(attack)
         self.eps = None if eps is None else float(eps)
         self.inferer, self.bounds, self.eps_scale = inferer, bounds, float(eps_scale)
-        self.figure_cases, self.case_key = {str(c) for c in figure_cases}, case_key
+        self.figure_cases, self.case_key, self.attack_key = {str(c) for c in figure_cases}, case_key, attack_key
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -153,13 +157,14 @@ class CaseRecordHandler:
                 "CaseRecordHandler needs a batch-level output dict (SupervisedEvaluator with decollate=False)."
             )
         x = _as_tensor(out["image"])
-        x_adv = getattr(self.inferer, "last_adversarial", None) if self.attack != "clean" else None
+        attacked = self._attack_output(out)
+        x_adv = None if attacked is None else attacked.adversarial
         label = out.get("label")
         label = None if label is None else _as_tensor(label).cpu()
         logits = _as_tensor(out["pred"])
-        diagnostics = getattr(self.inferer, "last_diagnostics", []) if x_adv is not None else []
+        diagnostics = attacked.diagnostics if attacked is not None else []
         ids = [str(c) for c in batch[self.case_key]]
-        clean = self._clean_logits(engine, x) if label is None and x_adv is not None else None
+        clean = self._clean_logits(engine, x, attacked.clean) if label is None and attacked is not None else None
         records = case_records(
             self.task,
             self.attack,
@@ -174,7 +179,7 @@ class CaseRecordHandler:
             self.eps_scale,
             clean,
         )
-        extras = getattr(self.inferer, "last_record_extras", None) if x_adv is not None else None
+        extras = attacked.record_extras if attacked is not None else None
         for b, rec in enumerate(records):
             if extras and b < len(extras):  # e.g. a source-grid attack: its grid and source-grid perturbation figures
                 rec.update(extras[b])
@@ -184,10 +189,17 @@ class CaseRecordHandler:
                     self.attack, self.eps, rec["case_id"], self._example(b, x, x_adv, logits, label)
                 )
 
-    def _clean_logits(self, engine: Any, x: torch.Tensor) -> torch.Tensor | None:
+    def _attack_output(self, out: dict[str, Any]) -> AttackOutput | None:
+        """The iteration's :class:`~monai_smia.inferers.AttackOutput`: ``out[attack_key]`` (put there by an
+        ``AdversarialImageHandler`` with ``attack_key``), else the inferer's ``last_output``; ``None`` for clean."""
+        if self.attack == "clean":
+            return None
+        attacked = out.get(self.attack_key) if self.attack_key is not None else None
+        return attacked if attacked is not None else getattr(self.inferer, "last_output", None)
+
+    def _clean_logits(self, engine: Any, x: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor | None:
         """The clean output through the attack inferer's own inferer (label-free: the success reference): the
-        one the attack inferer already predicted (``last_clean``), else one more forward."""
-        kept = getattr(self.inferer, "last_clean", None)
+        one the attack inferer already predicted (``kept``), else one more forward."""
         if kept is not None:
             return _as_tensor(kept)
         inner = getattr(self.inferer, "inferer", None)

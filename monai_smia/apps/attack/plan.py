@@ -76,8 +76,9 @@ class AttackPlan:
     progress: bool = True
 
     @classmethod
-    def create(cls, bundle: str | os.PathLike | Bundle, input: str | os.PathLike, output_dir: str | os.PathLike,
-               **kwargs: Any) -> AttackPlan:  # fmt: skip
+    def create(
+        cls, bundle: str | os.PathLike | Bundle, input: str | os.PathLike, output_dir: str | os.PathLike, **kwargs: Any
+    ) -> AttackPlan:
         """The plan of ``AdversarialWriter(bundle, input, output_dir, **kwargs)``: every argument checked (one-line
         errors naming it), the budget, unit, bounds and grid left out taken from the bundle's ``attack.json``
         (else its ``evaluate.json``)."""
@@ -90,18 +91,38 @@ class AttackPlan:
         b = open_bundle(bundle)
         check_paths(Path(input), Path(output_dir))
         settings = AttackSettings(
-            bundle=b.name, attack=args["attack"], num_iter=int(args["num_iter"]), alpha=float(args["alpha"]),
-            sigma=float(args["sigma"]), save_dtype=args["save_dtype"], dicom=bool(args["dicom"]), seed=int(args["seed"]),
-            **_budget(b, kwargs.get("eps"), kwargs.get("eps_unit"), kwargs.get("eps_scale"), args["bounds"],
-                      kwargs.get("grid")),
-        )  # fmt: skip
+            bundle=b.name,
+            attack=args["attack"],
+            num_iter=int(args["num_iter"]),
+            alpha=float(args["alpha"]),
+            sigma=float(args["sigma"]),
+            save_dtype=args["save_dtype"],
+            dicom=bool(args["dicom"]),
+            seed=int(args["seed"]),
+            **_budget(
+                b,
+                kwargs.get("eps"),
+                kwargs.get("eps_unit"),
+                kwargs.get("eps_scale"),
+                args["bounds"],
+                kwargs.get("grid"),
+            ),
+        )
         return cls(
-            bundle=b, input=Path(input), output_dir=Path(output_dir), settings=settings, data_split=args["data_split"],
-            label_key=args["label_key"], use_labels=bool(args["use_labels"]),
+            bundle=b,
+            input=Path(input),
+            output_dir=Path(output_dir),
+            settings=settings,
+            data_split=args["data_split"],
+            label_key=args["label_key"],
+            use_labels=bool(args["use_labels"]),
             source_scale=None if args["source_scale"] is None else float(args["source_scale"]),
-            device=run_device(args["device"]), checkpoint=None if args["checkpoint"] is None else Path(args["checkpoint"]),
-            verify=bool(args["verify"]), max_cases=args["max_cases"], progress=bool(args["progress"]),
-        )  # fmt: skip
+            device=run_device(args["device"]),
+            checkpoint=None if args["checkpoint"] is None else Path(args["checkpoint"]),
+            verify=bool(args["verify"]),
+            max_cases=args["max_cases"],
+            progress=bool(args["progress"]),
+        )
 
     @property
     def weights(self) -> Path:
@@ -111,11 +132,28 @@ class AttackPlan:
 
 #: :meth:`AttackPlan.create`'s keyword arguments and their defaults (those of ``AdversarialWriter``)
 _DEFAULTS: dict[str, Any] = {
-    "attack": "SMIA", "eps": None, "eps_unit": None, "eps_scale": None, "num_iter": 10, "alpha": 1.0, "sigma": 1.0,
-    "bounds": "bundle", "grid": None, "data_split": "test", "label_key": "label", "use_labels": True,
-    "save_dtype": "float32", "dicom": True, "source_scale": None, "device": None, "checkpoint": None, "seed": 0,
-    "verify": True, "max_cases": None, "progress": True,
-}  # fmt: skip
+    "attack": "SMIA",
+    "eps": None,
+    "eps_unit": None,
+    "eps_scale": None,
+    "num_iter": 10,
+    "alpha": 1.0,
+    "sigma": 1.0,
+    "bounds": "bundle",
+    "grid": None,
+    "data_split": "test",
+    "label_key": "label",
+    "use_labels": True,
+    "save_dtype": "float32",
+    "dicom": True,
+    "source_scale": None,
+    "device": None,
+    "checkpoint": None,
+    "seed": 0,
+    "verify": True,
+    "max_cases": None,
+    "progress": True,
+}
 
 
 def _budget(b: Bundle, eps: Any, eps_unit: Any, eps_scale: Any, bounds: Any, grid: str | None) -> dict[str, Any]:
@@ -186,8 +224,19 @@ def case_attack(plan: AttackPlan, victim: Victim, label_free: bool) -> CaseAttac
     use_series_loader(victim.preprocessing)
     loading, rest = split_preprocessing(victim.preprocessing) if s.grid == "source" else ((), ())
     return CaseAttack(
-        attack=s.attack, eps=s.eps, eps_network=s.eps * scale, eps_source=s.eps * scale / source_scale,
-        source_scale=source_scale, num_iter=s.num_iter, alpha=s.alpha, sigma=s.sigma, bounds=bounds, seed=s.seed,
-        preprocessing=victim.preprocessing, loading=loading, rest=rest, missing_ok=label_free and victim.has_labels,
+        attack=s.attack,
+        eps=s.eps,
+        eps_network=s.eps * scale,
+        eps_source=s.eps * scale / source_scale,
+        source_scale=source_scale,
+        num_iter=s.num_iter,
+        alpha=s.alpha,
+        sigma=s.sigma,
+        bounds=bounds,
+        seed=s.seed,
+        preprocessing=victim.preprocessing,
+        loading=loading,
+        rest=rest,
+        missing_ok=label_free and victim.has_labels,
         bounds_note=note,
-    )  # fmt: skip
+    )

@@ -136,7 +136,9 @@ class AdversarialWriter:
         label_free = not all(c.label is not None for c in cases)
         if not label_free and not bundle_loads_labels(self.plan.bundle):
             name = self.plan.bundle.name
-            logger.warning("%s has no train.json 'validate' preprocessing that loads labels; attacking label-free.", name)
+            logger.warning(
+                "%s has no train.json 'validate' preprocessing that loads labels; attacking label-free.", name
+            )
             label_free = True
         if label_free:
             for c in cases:
@@ -305,11 +307,18 @@ def _write_case(
     if case.kind == "png":
         raw, reverse = loaded_png(spec.preprocessing, str(case.source))
         return write_png(case, d_src, raw, reverse, plan.output_dir, spec.eps_source)
-    head = {"attack": settings.attack, "eps": settings.eps, "eps_unit": settings.eps_unit, "num_iter": settings.num_iter}
+    head = {
+        "attack": settings.attack,
+        "eps": settings.eps,
+        "eps_unit": settings.eps_unit,
+        "num_iter": settings.num_iter,
+    }
     return write_volume(case, d_src, plan.output_dir, spec.eps_source, settings.save_dtype, settings.dicom, head)
 
 
-def run_attack(bundle: str | os.PathLike, input: str | os.PathLike, output_dir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+def run_attack(
+    bundle: str | os.PathLike, input: str | os.PathLike, output_dir: str | os.PathLike, **kwargs: Any
+) -> dict[str, Any]:
     """Attack every image of ``input`` and write adversarial copies to ``output_dir``; returns the summary.
 
     A thin call of :class:`AdversarialWriter`: ``kwargs`` are its arguments (``attack``, ``eps``,

@@ -21,10 +21,12 @@ model-zoo bundle) gets the same entries from :func:`evaluation_overrides`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,14 @@ from monai_smia.io.units import (
 from monai_smia.reports import CaseStore, atomic_write_bytes, check_run_settings, file_sha256
 from monai_smia.transforms.differentiable import split_preprocessing
 
-__all__ = ["EvaluationCondition", "EvaluationStore", "CaseErrorNamer", "SETTINGS", "evaluation_overrides", "condition_parser"]
+__all__ = [
+    "EvaluationCondition",
+    "EvaluationStore",
+    "CaseErrorNamer",
+    "SETTINGS",
+    "evaluation_overrides",
+    "condition_parser",
+]
 
 #: the evaluation settings a bundle's evaluate.json declares (top-level keys), with the package defaults
 SETTINGS: dict[str, Any] = {
@@ -71,6 +80,28 @@ SETTINGS: dict[str, Any] = {
     "seed": 0,
     "num_figure_cases": 2,
 }
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The settings every stored case of an evaluation's output folder depends on (``settings.json`` is their
+    ``asdict``): the bundle, its weights, the cases, the budget's unit and scale, the attack settings and the
+    grid. The attacks and budgets are not among them: they are keys of the case store."""
+
+    bundle: str
+    checkpoint_sha256: str
+    cases_from: str
+    cases_sha256: str
+    data_split: str
+    eps_unit: str
+    eps_scale: float
+    num_iter: int
+    alpha: float
+    sigma: float
+    bounds: list[float] | None
+    seed: int
+    grid: str
+    step_size: str = "2.5 * eps / T"
 
 
 class EvaluationStore(CaseStore):
@@ -145,7 +176,9 @@ class EvaluationCondition:
         if self.attack != "clean":
             check_attacks([self.attack], self.task)
             if eps is None or isinstance(eps, bool) or not float(eps) > 0:
-                raise ValueError(f"eps: {self.root.name} needs a budget > 0 for {self.attack} (pass --eps), got {eps!r}.")
+                raise ValueError(
+                    f"eps: {self.root.name} needs a budget > 0 for {self.attack} (pass --eps), got {eps!r}."
+                )
         self.eps = None if self.attack == "clean" else float(eps)  # type: ignore[arg-type]
         self.eps_unit, self.preprocessing, self.inferer = eps_unit or "", preprocessing, inferer
         self.num_iter, self.alpha, self.sigma, self.seed = int(num_iter), float(alpha), float(sigma), int(seed)
@@ -175,28 +208,32 @@ class EvaluationCondition:
         items, source = bundle_cases(self.root, self.dataset_dir, self.data_split)
         if self.max_cases is not None:
             items = items[: int(self.max_cases)]
-        out = [{**it, "case_id": f"{i:04d}_{seed_key(it['image'])}", "seed_key": seed_key(it["image"])} for i, it in enumerate(items)]
+        out = [
+            {**it, "case_id": f"{i:04d}_{seed_key(it['image'])}", "seed_key": seed_key(it["image"])}
+            for i, it in enumerate(items)
+        ]
         return out, source
 
     def run_settings(self) -> dict[str, Any]:
-        """What every stored case of the output folder depends on (attacks and budgets are keys of the store)."""
-        cases = json.dumps([[it["case_id"], Path(it["image"]).name, Path(str(it.get("label", ""))).name] for it in self.items])
-        return {
-            "bundle": self.root.name,
-            "checkpoint_sha256": file_sha256(self.checkpoint),
-            "cases_from": self.case_source,
-            "cases_sha256": hashlib.sha256(cases.encode()).hexdigest(),
-            "data_split": self.data_split,
-            "eps_unit": self.eps_unit,
-            "eps_scale": self.scale,
-            "num_iter": self.num_iter,
-            "step_size": "2.5 * eps / T",
-            "alpha": self.alpha,
-            "sigma": self.sigma,
-            "bounds": list(self.bounds) if self.bounds is not None else None,
-            "seed": self.seed,
-            "grid": self.grid,
-        }
+        """What every stored case of the output folder depends on (attacks and budgets are keys of the store):
+        the :class:`EvaluationSettings` of this condition, as stored in ``settings.json``."""
+        cases = [[it["case_id"], Path(it["image"]).name, Path(str(it.get("label", ""))).name] for it in self.items]
+        settings = EvaluationSettings(
+            bundle=self.root.name,
+            checkpoint_sha256=file_sha256(self.checkpoint),
+            cases_from=self.case_source,
+            cases_sha256=hashlib.sha256(json.dumps(cases).encode()).hexdigest(),
+            data_split=self.data_split,
+            eps_unit=self.eps_unit,
+            eps_scale=self.scale,
+            num_iter=self.num_iter,
+            alpha=self.alpha,
+            sigma=self.sigma,
+            bounds=list(self.bounds) if self.bounds is not None else None,
+            seed=self.seed,
+            grid=self.grid,
+        )
+        return dataclasses.asdict(settings)
 
     @property
     def eps_source(self) -> float | None:
@@ -215,13 +252,17 @@ class EvaluationCondition:
     @property
     def description(self) -> str:
         grid = " (source grid)" if self.grid == "source" else ""
-        return f"{self.root.name} {self.attack}" + ("" if self.eps is None else f" eps={self.eps:g}{self.eps_unit}{grid}")
+        return f"{self.root.name} {self.attack}" + (
+            "" if self.eps is None else f" eps={self.eps:g}{self.eps_unit}{grid}"
+        )
 
     def spatial_dims(self) -> int:
         """2 for a slice-wise (``SliceInferer``) bundle, else the rank of its declared input shape."""
         if isinstance(self.inferer, SliceInferer):
             return 2
-        shape = self.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("spatial_shape", [0, 0])
+        shape = (
+            self.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("spatial_shape", [0, 0])
+        )
         return len(shape)
 
     def pending_items(self) -> list[dict[str, Any]]:
@@ -230,7 +271,9 @@ class EvaluationCondition:
         done = set(self.store.pending(self.attack, self.eps, [it["case_id"] for it in self.items]))
         self._barrier()
         if not done and self.rank == 0:  # a rerun that finds everything stored says so instead of exiting silently
-            print(f"{self.description}: all {len(self.items)} cases already stored in {self.output_dir}; nothing to do.")
+            print(
+                f"{self.description}: all {len(self.items)} cases already stored in {self.output_dir}; nothing to do."
+            )
         return [it for it in self.items if it["case_id"] in done]
 
     def _barrier(self) -> None:
@@ -241,7 +284,16 @@ class EvaluationCondition:
         """The condition's attack on ``network`` at ``eps * scale`` network units; ``None`` for clean."""
         if self.attack == "clean":
             return None
-        return make_attack(self.attack, network, self.eps * self.scale, self.num_iter, self.alpha, self.sigma, self.spatial_dims(), self.bounds)
+        return make_attack(
+            self.attack,
+            network,
+            self.eps * self.scale,
+            self.num_iter,
+            self.alpha,
+            self.sigma,
+            self.spatial_dims(),
+            self.bounds,
+        )
 
 
 class CaseErrorNamer:
@@ -267,12 +319,20 @@ class CaseErrorNamer:
         files = [str(f) for f in ensure_tuple(meta.get("filename_or_obj", ()))] or list(batch.get("case_id", []))
         if out_of_memory(err):
             shape = tuple(image.shape[1:]) if isinstance(image, torch.Tensor) else None
-            raise ValueError(out_of_memory_message(", ".join(files) or "a case", shape, getattr(engine.state, "device", "the device"))) from err
+            raise ValueError(
+                out_of_memory_message(
+                    ", ".join(files) or "a case", shape, getattr(engine.state, "device", "the device")
+                )
+            ) from err
         raise ValueError(f"{', '.join(files) or 'a case'}: {root_cause(err)}") from err
 
 
 def _metric(target: dict[str, Any], keys: list[str], disabled: str | None = None) -> dict[str, Any]:
-    out = {"_target_": "IgniteMetricHandler", "metric_fn": target, "output_transform": f"$monai.handlers.from_engine({keys!r})"}
+    out = {
+        "_target_": "IgniteMetricHandler",
+        "metric_fn": target,
+        "output_transform": f"$monai.handlers.from_engine({keys!r})",
+    }
     return {**out, "_disabled_": disabled} if disabled else out
 
 
@@ -280,7 +340,12 @@ def _key_metric(task: str, num_classes: int, labels: bool) -> dict[str, Any] | N
     if not labels:
         return None
     if task == "classification":
-        return {"top1": {"_target_": "ignite.metrics.Accuracy", "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}}
+        return {
+            "top1": {
+                "_target_": "ignite.metrics.Accuracy",
+                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            }
+        }
     pred = "o['pred'].argmax(1, keepdim=True)" if num_classes != 1 else "(o['pred'] > 0).long()"
     return {
         "dice": {

@@ -181,7 +181,9 @@ class RobustnessEvaluation:
             "grid": self.grid,
         }
 
-    def run_condition(self, victim: Victim, attack: str, eps: float | None, device: torch.device) -> EvaluationCondition:
+    def run_condition(
+        self, victim: Victim, attack: str, eps: float | None, device: torch.device
+    ) -> EvaluationCondition:
         """Run one condition through the bundle's evaluator config (its ``initialize`` and ``run``), on the
         victim's network."""
         settings = self.settings(victim.root, attack, eps, device)

@@ -33,6 +33,7 @@ from monai.utils import ensure_tuple
 from monai_smia.apps.attack.cases import SourceCase
 from monai_smia.apps.attack.grids import Applied, predict, source_grid_case
 from monai_smia.apps.attack.plan import CaseAttack
+from monai_smia.inferers import AttackingInferer, AttackOutput
 from monai_smia.io.units import source_intensity_scale
 from monai_smia.losses import hard_prediction
 from monai_smia.metrics.perturbation import perturbation_statistics
@@ -77,7 +78,7 @@ def _source_case(path: str) -> SourceCase:
     return SourceCase(case_id=p.name.split(".")[0], source=p, kind=kind)
 
 
-class SourceGridAttackInferer(Inferer):
+class SourceGridAttackInferer(AttackingInferer):
     """Attack each case on its source grid, then return the network's output on ``preprocessing(x_adv)``.
 
     SMIA (Qi et al., "Stabilized Medical Image Attacks", ICLR 2021, arXiv 2103.05232) and its baselines
@@ -98,10 +99,10 @@ class SourceGridAttackInferer(Inferer):
         compute_success: label-free: record the share of the output whose prediction changed.
 
     ``__call__(inputs, network, labels=None, source=None)``: ``source`` is the batch of loaded sources
-    (:class:`WithSource`), ``inputs`` the preprocessed batch. After each call :attr:`last_adversarial`
-    holds ``preprocessing(x_adv)`` per case, :attr:`last_diagnostics` the attack's diagnostics and
-    :attr:`last_record_extras` the entries each case record gets, and (label-free, one case per batch)
-    :attr:`last_clean` the clean output, the record handler's success reference.
+    (:class:`WithSource`), ``inputs`` the preprocessed batch. After each call :attr:`last_output` is an
+    :class:`~monai_smia.inferers.AttackOutput`: ``preprocessing(x_adv)`` per case, the attack's diagnostics,
+    the entries each case record gets and (label-free, one case per batch) the clean output, the record
+    handler's success reference.
     """
 
     grid = "source"
@@ -132,10 +133,7 @@ class SourceGridAttackInferer(Inferer):
         )  # fmt: skip
         self.source_to_eps = float(source_to_eps)
         self.use_labels, self.compute_success = bool(use_labels), bool(compute_success)
-        self.last_adversarial: torch.Tensor | None = None
-        self.last_diagnostics: list[dict[str, Any]] = []
-        self.last_record_extras: list[dict[str, Any]] = []
-        self.last_clean: torch.Tensor | None = None
+        self.last_output: AttackOutput | None = None
 
     def _extras(self, res: Any, src: torch.Tensor) -> dict[str, Any]:
         d = res.d_src.as_tensor().to(torch.float64)[None]
@@ -165,8 +163,8 @@ class SourceGridAttackInferer(Inferer):
             )
         victim = Applied(network, self.inferer)
         lab_all = labels if self.use_labels else None
-        advs, outs, self.last_diagnostics, self.last_record_extras = [], [], [], []
-        self.last_clean, cleans = None, []
+        self.last_output = None
+        advs, outs, diagnostics, extras, cleans = [], [], [], [], []
         for b in range(inputs.shape[0]):
             src = source[b]
             files = ensure_tuple(src.meta.get("filename_or_obj", "")) if isinstance(src, MetaTensor) else ("",)
@@ -174,7 +172,6 @@ class SourceGridAttackInferer(Inferer):
             x = inputs[b : b + 1].as_tensor() if isinstance(inputs, MetaTensor) else inputs[b : b + 1]
             lab = None if lab_all is None else lab_all[b : b + 1]
             res = source_grid_case(self.spec, victim, case, x, lab, src=src.detach().cpu())
-            extras = self._extras(res, src)
             if lab is None and self.compute_success:
                 clean = predict(victim, x)
                 cleans.append(clean)
@@ -182,11 +179,11 @@ class SourceGridAttackInferer(Inferer):
                 res.diagnostics["changed_fraction"] = float(changed.float().mean())
             advs.append(res.x_adv.to(inputs.device))
             outs.append(res.logits_adv)
-            self.last_diagnostics.append(res.diagnostics)
-            self.last_record_extras.append(extras)
-        self.last_adversarial = torch.cat(advs)
-        if len(cleans) == 1 == inputs.shape[0]:  # the very call a record handler would repeat: reuse it
-            self.last_clean = cleans[0]
+            diagnostics.append(res.diagnostics)
+            extras.append(self._extras(res, src))
+        # label-free with one case per batch: the very call a record handler would repeat, reused
+        clean = cleans[0] if len(cleans) == 1 == inputs.shape[0] else None
+        self.last_output = AttackOutput(torch.cat(advs), diagnostics, None, clean, extras)
         return torch.cat(outs)
 
 
