@@ -9,7 +9,7 @@ A claim holds only when the paired interval excludes 0 in its favour
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from monai_smia.io.atomic import write_json_atomic
-from monai_smia.metrics.paired import HOLDS, compare_paired
+from monai_smia.metrics.paired import HOLDS, PairedComparison, compare_paired
 from monai_smia.reports.figures import pyplot, save_figure
 from monai_smia.reports.store import atomic_write_text, to_jsonable
 
@@ -60,13 +60,16 @@ class ClaimSpec:
     a_values: dict[str, float] = field(default_factory=dict)
     b_values: dict[str, float] = field(default_factory=dict)
     warning: str = ""
+    #: a set-level comparison ``compare(num_resamples, seed)`` (e.g. a detector's AP, paired over images) in
+    #: place of the mean per-case difference of ``a_values`` and ``b_values``
+    compare: Callable[[int, int], PairedComparison] | None = None
 
 
 def evaluate_claims(specs: Sequence[ClaimSpec], num_resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
     """One row per claim: the claim, its settings, the paired comparison and the verdict."""
     rows = []
     for s in specs:
-        cmp = compare_paired(
+        cmp = s.compare(num_resamples, seed) if s.compare is not None else compare_paired(
             s.a_values,
             s.b_values,
             direction=s.direction,
