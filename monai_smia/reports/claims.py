@@ -37,7 +37,8 @@ TABLE_TITLES = {
     "3": "Table 3: eps sweep",
     "4": "Table 4: alpha",
     "5": "Table 5: MNIST, FGSM / PGD / SMIA",
-    "6": "Table 6: FGSM, PGD, DeepFool (classification) / DAG (segmentation) and SMIA: metric drop and Var",
+    "6": "Table 6: FGSM, PGD, DeepFool (classification) / DAG (segmentation, detection) and SMIA: "
+    "metric drop and Var",
 }
 #: per metric, the |difference| that counts as a tie
 TOLERANCES = {"score": 1e-4, "drop": 1e-4, "variance": 1e-12, "update_positive_share": 1e-6}
