@@ -66,6 +66,7 @@ def test_ap_and_paired_interval_are_recomputed_from_the_records(run):
 
 def test_rerun_resumes_and_no_data_skips(run):
     data_dir, root, out, settings, report = run
+
     def stamps() -> dict:  # the attacked and clean records (the centre-box baseline is recomputed: no attack)
         cases = out / DETECTION_BUNDLE / "projected" / "cases"
         return {p: p.stat().st_mtime_ns for p in cases.rglob("*.json") if p.parts[len(cases.parts)] != "centre_box"}

@@ -188,7 +188,6 @@ def compare_paired(
     )
 
 
-
 def compare_paired_statistic(
     statistic_a: Callable[[Sequence[int] | None], float],
     statistic_b: Callable[[Sequence[int] | None], float],

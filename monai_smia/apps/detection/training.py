@@ -35,7 +35,7 @@ from monai_smia.apps.detection.data import DetectionSet, dihedral, load_detectio
 from monai_smia.apps.detection.metrics import detect, detection_metrics
 from monai_smia.io.atomic import atomic_file
 
-__all__ = ["train_detector", "augmented_batch", "box_augmentation", "fit_anchor_shapes", "warmup_cosine"]
+__all__ = ["augmented_batch", "box_augmentation", "fit_anchor_shapes", "train_detector", "warmup_cosine"]
 
 logger = logging.getLogger(__name__)
 

@@ -138,4 +138,3 @@ def detection_claims(output_dir: str | os.PathLike, settings: Any) -> list[Claim
             )
         )  # fmt: skip
     return specs
-
