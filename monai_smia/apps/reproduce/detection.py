@@ -111,7 +111,7 @@ def _compare(
     )  # fmt: skip
 
 
-def detection_claims(output_dir: str | os.PathLike, settings: Any) -> list[ClaimSpec]:
+def detection_claims(output_dir: str | os.PathLike) -> list[ClaimSpec]:
     """The detection rows of Tables 1 and 6 from the records stored by :func:`run_detection_bundle`:
     SMIA leaves a lower AP@0.5 than DEV (Table 1), and a larger AP@0.5 drop than FGSM, PGD and DAG (Table 6)."""
     from monai_smia.bundle.victim import resolve_bundle

@@ -180,7 +180,7 @@ def run_reproduce(
     claims = []
     for bundle, info in bundles.items():
         if bundle == DETECTION_BUNDLE:
-            claims += [] if info.get("skipped") else detection_claims(out, settings)
+            claims += [] if info.get("skipped") else detection_claims(out)
             continue
         for protocol in settings.protocols:
             store = CaseStore(out / bundle / protocol)
