@@ -6,7 +6,9 @@ and the paper's per-step epsilon), it attacks the same test cases with FGSM, PGD
 reading, DeepFool (classifiers) or DAG (segmentation), and the sweeps of the paper's Tables 2-4
 (iterations, eps, alpha). Per-case results are stored as they are computed (a rerun resumes; a
 rerun with other settings is refused), then :mod:`monai_smia.reports.claims` compares the methods
-case by case and writes ``reproduce.md``, ``reproduce.json`` and figures.
+case by case and writes ``reproduce.md``, ``reproduce.json`` and figures. The lung-tumour detector adds
+the detection rows of Tables 1 and 6 (:mod:`~monai_smia.apps.reproduce.detection`: AP@0.5, paired over
+patches, the projected budget only).
 
 Example::
 
