@@ -18,7 +18,6 @@ from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
-from monai.losses.giou_loss import BoxGIoULoss
 from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from monai.networks.nets.resnet import ResNet
@@ -146,13 +145,9 @@ def retinanet_detector(
     detections_per_img: int = 20,
     atss_candidates: int = 4,
     negatives_per_image: int = 64,
-    box_loss: str = "smooth_l1",
 ) -> ATSSRetinaNetDetector:
     """Wrap ``network`` in a MONAI :class:`RetinaNetDetector` with ATSS matching, hard-negative sampling
-    and MONAI's NMS; targets use the keys ``"boxes"`` and ``"labels"`` (mode ``xyxy``). ``box_loss`` (training
-    only): ``"smooth_l1"`` on the encoded offsets (MONAI's default) or ``"giou"`` on the decoded boxes."""
-    if box_loss not in ("smooth_l1", "giou"):
-        raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}.")
+    and MONAI's NMS; targets use the keys ``"boxes"`` and ``"labels"`` (mode ``xyxy``)."""
     anchors = AnchorGeneratorWithAnchorShape(
         feature_map_scales=feature_map_scales, base_anchor_shapes=base_anchor_shapes
     )
@@ -162,8 +157,6 @@ def retinanet_detector(
     detector.set_hard_negative_sampler(
         batch_size_per_image=negatives_per_image, positive_fraction=0.3, min_neg=16, pool_size=20
     )
-    if box_loss == "giou":
-        detector.set_box_regression_loss(BoxGIoULoss(reduction="mean"), encode_gt=False, decode_pred=True)
     detector.set_box_selector_parameters(
         score_thresh=score_thresh, topk_candidates_per_level=100, nms_thresh=nms_thresh,
         detections_per_img=detections_per_img, apply_sigmoid=True,
