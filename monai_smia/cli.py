@@ -103,7 +103,10 @@ def _add_reproduce(sub: Any) -> None:
         "--quick", action="store_true", help="fewer cases and sweep points: under 10 minutes on 2 CPU cores"
     )
     rep.add_argument(
-        "--bundles", nargs="+", default=None, help="bundles (default: lung_ct_seg retina_dr_cls mnist_cls)"
+        "--bundles",
+        nargs="+",
+        default=None,
+        help="bundles (default: lung_ct_seg retina_dr_cls mnist_cls lung_tumour_det)",
     )
     rep.add_argument("--protocols", nargs="+", default=None, help="projected and/or paper (default: both)")
     rep.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")

@@ -136,6 +136,19 @@ def _bundle_run(dataset: Path, out: Path, attack: str, max_cases: int, batch_siz
     }
 
 
+def test_multi_gpu_evaluate_json_splits_cases_as_the_other_bundles():
+    """The detection multi_gpu_evaluate.json is the other bundles' override: the DistributedSampler entries
+    (every case once across ranks, no padding), process group set up and torn down; it also loads the weights."""
+    from monai_smia.apps.evaluate.config import distributed_overrides
+
+    det = json.loads((BUNDLE / "configs" / "multi_gpu_evaluate.json").read_text())
+    seg = json.loads((ROOT / "bundles" / "lung_ct_seg" / "configs" / "multi_gpu_evaluate.json").read_text())
+    assert {k: det[k] for k in distributed_overrides("validate")} == distributed_overrides("validate")
+    assert {k: seg[k] for k in distributed_overrides("validate")} == distributed_overrides("validate")
+    assert det["device"] == seg["device"] and det["finalize"] == seg["finalize"]
+    assert det["initialize"] == seg["initialize"] + ["@load_weights"]
+
+
 def _assert_records_close(got: dict, want: dict) -> None:
     assert set(got) == set(want) and got["case_id"] == want["case_id"]
     for key, value in want.items():

@@ -86,3 +86,29 @@ def test_bad_arguments_name_the_argument(kwargs, match):
 def test_no_finite_case_is_refused():
     with pytest.raises(ValueError, match="no case has a finite value"):
         compare_paired({"c": float("nan")}, {"c": 0.0})
+
+
+def test_set_statistic_is_paired_over_resampled_cases():
+    """compare_paired_statistic: the interval is the percentile interval of statistic_a(idx) - statistic_b(idx)
+    with one resample idx for both sides; W/T/L compare the statistic case by case."""
+    from monai_smia.metrics.paired import compare_paired_statistic
+
+    a = np.array([3.0, 1.0, 2.0, 0.0, 5.0])
+    b = np.array([1.0, 1.0, 4.0, 0.0, 2.0])
+
+    def share_above(values):  # a set-level statistic: the share of cases above 1.5 (not a mean of a-b)
+        return lambda idx: float((values[slice(None) if idx is None else np.asarray(idx)] > 1.5).mean())
+
+    cmp = compare_paired_statistic(share_above(a), share_above(b), 5, "greater", names=("A", "B"), num_resamples=300)
+    assert (cmp.mean_a, cmp.mean_b) == (0.6, 0.4) and cmp.mean_difference == pytest.approx(0.2)
+    assert (cmp.wins, cmp.ties, cmp.losses) == (1, 4, 0)  # case 0 (A above, B not); cases 2, 4: both or neither
+    idx = bootstrap_indices(5, 300, 0)
+    diff = np.array([(a[i] > 1.5).mean() - (b[i] > 1.5).mean() for i in idx])
+    assert (cmp.lo, cmp.hi) == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])))
+    assert cmp.verdict == DOES_NOT_HOLD and cmp.lo <= 0  # one win in five cases: not beyond resampling noise
+    strong = compare_paired_statistic(share_above(a + 2), share_above(a - 2), 5, "greater", num_resamples=300)
+    assert strong.verdict == HOLDS and strong.lo > 0
+    with pytest.raises(ValueError, match="direction"):
+        compare_paired_statistic(share_above(a), share_above(b), 5, "bigger")
+    with pytest.raises(ValueError, match="no case"):
+        compare_paired_statistic(share_above(a), share_above(b), 0)

@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +26,15 @@ import numpy as np
 
 from monai_smia.metrics.statistics import bootstrap_indices, percentile_interval
 
-__all__ = ["DIRECTIONS", "DOES_NOT_HOLD", "HOLDS", "PairedComparison", "compare_paired", "paired_differences"]
+__all__ = [
+    "DIRECTIONS",
+    "DOES_NOT_HOLD",
+    "HOLDS",
+    "PairedComparison",
+    "compare_paired",
+    "compare_paired_statistic",
+    "paired_differences",
+]
 
 #: the claimed sign of ``mean(a - b)``: "greater" (> 0) or "less" (< 0)
 DIRECTIONS = ("greater", "less")
@@ -178,3 +186,53 @@ def compare_paired(
         seed=seed,
         verdict=HOLDS if holds else DOES_NOT_HOLD,
     )
+
+
+def compare_paired_statistic(
+    statistic_a: Callable[[Sequence[int] | None], float],
+    statistic_b: Callable[[Sequence[int] | None], float],
+    num_cases: int,
+    direction: str = "greater",
+    tolerance: float = 0.0,
+    names: tuple[str, str] = ("a", "b"),
+    metric: str = "",
+    num_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedComparison:
+    """Compare a set-level statistic (e.g. a detector's AP) of two methods scored on the same ``num_cases`` cases.
+
+    ``statistic_a(idx)`` / ``statistic_b(idx)`` is the statistic of the cases ``idx`` (indices into one case
+    order shared by both sides; ``None``: all cases). The interval is the paired bootstrap of
+    ``statistic_a(idx) - statistic_b(idx)``, one resample ``idx`` for both sides; wins / ties / losses compare
+    the statistic case by case (undefined on a case: a tie). ``mean_a``/``mean_b`` are the statistic on all cases.
+
+    Raises:
+        ValueError: an unknown direction, a negative tolerance, bad bootstrap settings or no case.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}.")
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 1:
+        raise ValueError(f"num_resamples must be a positive int, got {num_resamples!r}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
+    if num_cases < 1:
+        raise ValueError(f"{names[0]} vs {names[1]}: no case to compare.")
+    sign = 1.0 if direction == "greater" else -1.0
+    idx = bootstrap_indices(num_cases, num_resamples, seed)
+    boot = np.array([statistic_a(i) - statistic_b(i) for i in idx], dtype=np.float64)
+    lo, hi = percentile_interval(boot, confidence)
+    per_case = np.array([statistic_a([i]) - statistic_b([i]) for i in range(num_cases)], dtype=np.float64)
+    per_case = np.nan_to_num(per_case, nan=0.0)
+    wins, losses = int((sign * per_case > tolerance).sum()), int((sign * per_case < -tolerance).sum())
+    mean_a, mean_b = float(statistic_a(None)), float(statistic_b(None))
+    holds = lo > 0 if direction == "greater" else hi < 0
+    return PairedComparison(
+        a=names[0], b=names[1], metric=metric, direction=direction, num_cases=int(num_cases), num_dropped=0,
+        mean_a=mean_a, mean_b=mean_b, mean_difference=mean_a - mean_b, lo=lo, hi=hi,
+        wins=wins, ties=int(num_cases) - wins - losses, losses=losses, tolerance=float(tolerance),
+        confidence=float(confidence), num_resamples=num_resamples, seed=seed,
+        verdict=HOLDS if holds else DOES_NOT_HOLD,
+    )  # fmt: skip

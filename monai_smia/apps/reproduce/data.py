@@ -15,8 +15,9 @@ from monai_smia.bundle.victim import Victim
 
 __all__ = ["REPRODUCE_BUNDLES", "BundleCases", "label_slab", "load_cases", "prepare_bundle_data"]
 
-#: the bundles the reproduction covers: lung CT 2D slice-wise, RetinaMNIST, MNIST
-REPRODUCE_BUNDLES = ("lung_ct_seg", "retina_dr_cls", "mnist_cls")
+#: the bundles the reproduction covers: lung CT 2D slice-wise, RetinaMNIST, MNIST, and the lung-tumour detector
+#: (:mod:`monai_smia.apps.reproduce.detection`, Tables 1 and 6)
+REPRODUCE_BUNDLES = ("lung_ct_seg", "retina_dr_cls", "mnist_cls", "lung_tumour_det")
 
 
 @dataclass

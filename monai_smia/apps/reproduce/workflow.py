@@ -6,7 +6,9 @@ and the paper's per-step epsilon), it attacks the same test cases with FGSM, PGD
 reading, DeepFool (classifiers) or DAG (segmentation), and the sweeps of the paper's Tables 2-4
 (iterations, eps, alpha). Per-case results are stored as they are computed (a rerun resumes; a
 rerun with other settings is refused), then :mod:`monai_smia.reports.claims` compares the methods
-case by case and writes ``reproduce.md``, ``reproduce.json`` and figures.
+case by case and writes ``reproduce.md``, ``reproduce.json`` and figures. The lung-tumour detector adds
+the detection rows of Tables 1 and 6 (:mod:`~monai_smia.apps.reproduce.detection`: AP@0.5, paired over
+patches, the projected budget only).
 
 Example::
 
@@ -24,6 +26,7 @@ from typing import Any
 
 from monai_smia.apps.devices import run_device
 from monai_smia.apps.reproduce.data import REPRODUCE_BUNDLES, load_cases, prepare_bundle_data
+from monai_smia.apps.reproduce.detection import DETECTION_BUNDLE, detection_claims, run_detection_bundle
 from monai_smia.apps.reproduce.plan import bundle_claims, bundle_conditions
 from monai_smia.apps.reproduce.run import PROTOCOLS, READINGS, run_clean, run_condition
 from monai_smia.bundle.victim import load_victim
@@ -65,7 +68,7 @@ class ReproduceSettings:
     protocols: tuple[str, ...] = PROTOCOLS
     readings: tuple[str, ...] = tuple(READINGS)
     max_cases: dict[str, int | None] = field(
-        default_factory=lambda: {"mnist_cls": 500, "retina_dr_cls": None, "lung_ct_seg": None}
+        default_factory=lambda: {"mnist_cls": 500, "retina_dr_cls": None, "lung_ct_seg": None, DETECTION_BUNDLE: None}
     )
     max_slices: int | None = 16
     num_iter: int = 10
@@ -82,10 +85,10 @@ class ReproduceSettings:
 
     @classmethod
     def quick(cls, **overrides: Any) -> ReproduceSettings:
-        """Fewer cases (64 MNIST and RetinaMNIST images, 4 axial slices of 2 lung volumes) and sweep points
-        (iterations 1, 5, 10; eps x0.5, x1): under 10 minutes on 2 CPU cores."""
+        """Fewer cases (64 MNIST and RetinaMNIST images, 4 axial slices of 2 lung volumes, 32 detection patches)
+        and sweep points (iterations 1, 5, 10; eps x0.5, x1): under 10 minutes on 2 CPU cores."""
         base = cls(
-            max_cases={"mnist_cls": 64, "retina_dr_cls": 64, "lung_ct_seg": 2},
+            max_cases={"mnist_cls": 64, "retina_dr_cls": 64, "lung_ct_seg": 2, DETECTION_BUNDLE: 32},
             max_slices=4,
             iterations=(1, 5, 10),
             eps_factors=(0.5, 1.0),
@@ -118,6 +121,8 @@ def _bundle_eps(bundle: str, victim: Any) -> tuple[float, dict[str, Any]]:
 def _run_bundle(
     bundle: str, settings: ReproduceSettings, out: Path, data_dir: Any, cache: Path, device: str
 ) -> dict[str, Any]:
+    if bundle == DETECTION_BUNDLE:  # the detection rows (Tables 1 and 6): its own runner and set-level AP
+        return run_detection_bundle(settings, out, data_dir, cache, device)
     dataset_dir, source = prepare_bundle_data(bundle, data_dir, cache)
     victim = load_victim(bundle, dataset_dir, device=device)
     cases = load_cases(victim, dataset_dir, settings.max_cases.get(bundle), source, settings.max_slices)
@@ -175,6 +180,9 @@ def run_reproduce(
     bundles = {b: _run_bundle(b, settings, out, data_dir, cache, device) for b in settings.bundles}
     claims = []
     for bundle, info in bundles.items():
+        if bundle == DETECTION_BUNDLE:
+            claims += [] if info.get("skipped") else detection_claims(out)
+            continue
         for protocol in settings.protocols:
             store = CaseStore(out / bundle / protocol)
             claims += bundle_claims(bundle, info["task"], protocol, settings, store.records())
