@@ -72,6 +72,8 @@ def attack_diagnostics(
         info["error_adversarial"] = result.error_adversarial[index]
         info["changed_fraction"] = result.changed[index]
         info["error_rate_rose"] = bool(result.error_adversarial[index] > result.error_clean[index])
+    if result.notes:  # e.g. WorstCase: the winner and AutoAttack's checks, kept in the case's record
+        info["notes"] = result.notes[index]
     return info
 
 
