@@ -5,7 +5,8 @@ protocol. ``projected``: an L-infinity budget ``eps`` with step ``2.5 * eps / T`
 ``paper``: the paper's Sec. 4 setting, a per-iteration step ``eps`` and the ball ``T * eps``
 (``SMIA(protocol="paper")``; PGD then takes the same step and ball without a random start, so it
 coincides with DEV). FGSM takes one step of ``eps`` under both; DeepFool and DAG (minimal-norm)
-are projected onto the protocol's ball. Every case's result is stored as soon as it is computed.
+are projected onto the protocol's ball, and the worst case (:class:`~monai_smia.attacks.WorstCase`, its gradient
+members at ``T`` iterations) attacks within it. Every case's result is stored as soon as it is computed.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def build_attack(
         return make_attack("DAG", network, ball, bounds=bounds, task=task, max_iter=dag_max_iter)
     if cond.attack == "DeepFool":
         return make_attack("DeepFool", network, ball, bounds=bounds, task=task)
+    if cond.attack == "worst-case":  # the protocol's ball; each member takes its own steps within it
+        return make_attack("worst-case", network, ball, num_iter=cond.num_iter, bounds=bounds, task=task)
     return make_attack(cond.attack, network, eps, num_iter=cond.num_iter, bounds=bounds, task=task)
 
 
@@ -134,7 +137,7 @@ def _per_case_start(
     attack: Attack, key: str, eps: float, chunk: Sequence[str], x: torch.Tensor, seed: int
 ) -> torch.Tensor | None:
     """Random starts drawn per case from its own seed, so results do not depend on batching."""
-    if not getattr(attack, "random_start", False):
+    if not attack.draws_random_start:
         return None
     gens = case_generators(seed, key, eps, chunk)
     return torch.cat([draw_random_start(attack, x[i : i + 1].shape, x.dtype, g) for i, g in enumerate(gens)])
