@@ -104,8 +104,9 @@ def bundle_cases(bundle: str, args: argparse.Namespace, dataset_dir: Path | None
     cases = load_cases(victim, dataset_dir, args.num, source, args.slices)
     scale, _ = resolve_eps_scale(args.unit, victim.preprocessing, victim.config, victim.name, metadata=victim.metadata)
     bounds, _ = resolve_bounds("auto", victim.preprocessing)
-    print(f"{victim.name}: {cases.source}; eps {args.eps[0]:g} {args.unit or 'input units'} = {args.eps[0] * scale:.5g}")
-    return victim, cases, args.eps[0] * scale, bounds
+    eps = args.eps[0] * scale
+    print(f"{victim.name}: {cases.source}; eps {args.eps[0]:g} {args.unit or 'input units'} = {eps:.5g} network units")
+    return victim, cases, eps, bounds
 
 
 def segmentation_score(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

@@ -303,3 +303,8 @@ def test_registry_builds_the_new_attacks_by_name():
     with pytest.raises(ValueError, match="not an option of Square"):
         make_attack("Square", net, 0.1, restarts=2)
     assert check_attacks(["APGD", "worst-case", "Square"], "segmentation") == ["APGD", "worst-case", "Square"]
+    with pytest.raises(ValueError, match="APGD-T needs at least 4 classes for its targeted DLR loss, but .* has 3"):
+        check_attacks(["APGD", "APGD-T"], "classification", num_classes=3)
+    assert check_attacks(["APGD-T"], "classification", num_classes=4) == ["APGD-T"]
+    assert check_attacks(["APGD-T"], "classification", num_classes=0) == ["APGD-T"]  # not declared: checked at run time
+    assert check_attacks(["worst-case"], "classification", num_classes=2) == ["worst-case"]  # falls back, warned

@@ -131,3 +131,48 @@ def test_no_check_fires_on_committed_mnist_cls(data_dir):
     assert report["warnings"] == [] and report["not_checked"] == []
     assert sum(report["wins"].values()) == 32 and report["wins"].get("APGD-CE", 0) > 0
     assert "No warnings" in format_worst_case_report(report, "worst-case")
+
+
+# ----------------------------------------------------------------------------- through the CLI
+@pytest.fixture(scope="module")
+def spleen(data_dir, tmp_path_factory):
+    """The zoo-shaped spleen bundle (2 output channels) and its Decathlon folder of real CT crops."""
+    from zoo_fixtures import decathlon_spleen, zoo_bundle
+
+    root = tmp_path_factory.mktemp("spleen")
+    return zoo_bundle(root / "spleen_ct_segmentation"), decathlon_spleen(data_dir, root / "Task09_Spleen")
+
+
+def evaluate(spleen, out, *attacks: str) -> int:
+    from monai_smia.cli import main
+
+    bundle, task = spleen
+    args = ["--eps", "20", "--eps-unit", "HU", "--num-iter", "1", "--device", "cpu", "--attacks", *attacks]
+    return main(["evaluate", "--bundle", str(bundle), "--dataset-dir", str(task), "--output", str(out), *args])
+
+
+def test_cli_refuses_targeted_dlr_on_two_classes(spleen, tmp_path, capsys):
+    """APGD-T on a 2-class network: exit 2, one line naming the attack and the class count, before any case runs."""
+    out = tmp_path / "out"
+    assert evaluate(spleen, out, "PGD", "APGD-T") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "APGD-T needs at least 4 classes" in err and "has 2" in err, err
+    assert not out.exists()
+
+
+def test_cli_worst_case_on_a_zoo_segmentation_bundle_names_winners(spleen, tmp_path):
+    """Whole 3D volumes through the bundle's sliding-window inferer: each case's winner, the wins per member and
+    the checks in summary.json and summary.md (segmentation's members have no gradient-free one to compare)."""
+    import csv
+    import json
+
+    out = tmp_path / "out"
+    assert evaluate(spleen, out, "worst-case") == 0
+    with open(out / "per_case.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["attack"] == "worst-case"]
+    assert rows and all(r["winner"] in ("APGD-CE", "SegPGD", "CosPGD", "PGD", "SMIA") for r in rows)
+    summary = json.loads((out / "summary.json").read_text())["worst-case"]
+    assert sum(summary["winners"].values()) == len(rows) and summary["not_checked"] == ["gradient_masking"]
+    assert summary["warnings"] == []
+    md = (out / "summary.md").read_text()
+    assert "Cases won per member" in md and "Not checked (no member to compare): gradient_masking" in md
