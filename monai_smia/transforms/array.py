@@ -39,7 +39,8 @@ def attack_diagnostics(
     predictions were computed, ``error_clean``/``error_adversarial`` (share of outputs whose
     prediction differs from the reference: the labels, or the clean prediction when label-free),
     ``changed_fraction`` and ``error_rate_rose`` (the adversarial error rate is above the clean one; attack
-    success as the reports count it is :func:`monai_smia.metrics.case_success`).
+    success as the reports count it is :func:`monai_smia.metrics.case_success`); ``notes``: what an ensemble
+    records of the volume (:meth:`~monai_smia.attacks.WorstCase.case_notes`: winner, checks, fallback).
     """
     info: dict[str, Any] = {
         "attack": type(attack).__name__,
