@@ -118,3 +118,4 @@ def test_settings_need_the_base_setting():
     with pytest.raises(ValueError, match="iterations"):
         ReproduceSettings(iterations=(1, 2)).check()
     np.testing.assert_equal(ReproduceSettings.quick().quick_mode, True)
+    assert ReproduceSettings.quick().worst_case_queries == 500 and ReproduceSettings().worst_case_queries == 5000

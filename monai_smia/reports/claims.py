@@ -23,6 +23,7 @@ from monai_smia.reports.store import atomic_write_text, to_jsonable
 
 __all__ = [
     "PAPER_TABLES",
+    "paper_claims",
     "TABLE_TITLES",
     "TOLERANCES",
     "ClaimSpec",

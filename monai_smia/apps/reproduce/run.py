@@ -61,9 +61,17 @@ class Condition:
 
 
 def build_attack(
-    cond: Condition, protocol: str, network: torch.nn.Module, eps: float, bounds: Any, task: str, dag_max_iter: int
+    cond: Condition,
+    protocol: str,
+    network: torch.nn.Module,
+    eps: float,
+    bounds: Any,
+    task: str,
+    dag_max_iter: int,
+    num_queries: int = 5000,
 ) -> Attack:
-    """The attack of ``cond`` under ``protocol`` at the per-step/budget ``eps`` (network units)."""
+    """The attack of ``cond`` under ``protocol`` at the per-step/budget ``eps`` (network units); ``num_queries``:
+    Square's inside the worst case."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
     paper = protocol == "paper"
@@ -82,7 +90,9 @@ def build_attack(
     if cond.attack == "DeepFool":
         return make_attack("DeepFool", network, ball, bounds=bounds, task=task)
     if cond.attack == "worst-case":  # the protocol's ball; each member takes its own steps within it
-        return make_attack("worst-case", network, ball, num_iter=cond.num_iter, bounds=bounds, task=task)
+        return make_attack(
+            "worst-case", network, ball, num_iter=cond.num_iter, bounds=bounds, task=task, num_queries=num_queries
+        )
     return make_attack(cond.attack, network, eps, num_iter=cond.num_iter, bounds=bounds, task=task)
 
 
@@ -174,7 +184,8 @@ def run_condition(
 
     Args:
         eps: the per-step (paper) or budget (projected) epsilon in network units.
-        options: ``bounds``, ``batch_size`` (images per attack call), ``seed``, ``dag_max_iter``.
+        options: ``bounds``, ``batch_size`` (images per attack call), ``seed``, ``dag_max_iter``, ``num_queries``
+            (Square's, inside the worst case).
     """
     index = {c: i for i, c in enumerate(cases.ids)}
     clean = {r["case_id"]: r["score"] for r in store.records("clean")}
@@ -184,7 +195,10 @@ def run_condition(
         network = attack_network(victim, x)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            attack = build_attack(cond, protocol, network, eps, options["bounds"], victim.task, options["dag_max_iter"])
+            attack = build_attack(
+                cond, protocol, network, eps, options["bounds"], victim.task, options["dag_max_iter"],
+                options.get("num_queries", 5000),
+            )
             adv = attack(x, y, delta_init=_per_case_start(attack, cond.key, eps, chunk, x, options["seed"]))
         result = VolumeAttackResult(adv, adv - x, attack.trace, minimal=getattr(attack, "result", None))
         with torch.no_grad():
