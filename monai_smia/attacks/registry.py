@@ -21,7 +21,7 @@ from monai_smia.attacks.smia import SMIA
 from monai_smia.attacks.square import Square
 from monai_smia.attacks.worstcase import WorstCase
 
-__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "TASK_ATTACKS", "ROBUSTNESS", "MIN_CLASSES", "make_attack", "check_attacks"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "MIN_CLASSES", "ROBUSTNESS", "TASK_ATTACKS", "check_attacks", "make_attack"]
 
 #: attack names understood by :func:`make_attack`, in the paper's order
 ATTACKS = (

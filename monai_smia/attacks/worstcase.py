@@ -36,7 +36,7 @@ from monai_smia.attacks.square import Square
 from monai_smia.losses import deviation_loss, prepare_labels
 from monai_smia.metrics.task import segmentation_case_metrics
 
-__all__ = ["WorstCase", "MEMBERS", "CHECKS", "default_members", "member_fallback"]
+__all__ = ["CHECKS", "MEMBERS", "WorstCase", "default_members", "member_fallback"]
 
 Builder = Callable[[torch.nn.Module, float, Any, int, int, int], Attack]
 #: member names and how each is built from (network, eps, bounds, num_iter, num_queries, spatial_dims)

@@ -14,7 +14,7 @@ from typing import Any
 
 from monai_smia.attacks.worstcase import CHECKS
 
-__all__ = ["worst_case_report", "format_worst_case_report"]
+__all__ = ["format_worst_case_report", "worst_case_report"]
 
 
 def worst_case_report(records: Iterable[Mapping[str, Any]], attack: str) -> dict[str, Any] | None:

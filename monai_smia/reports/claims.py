@@ -23,13 +23,13 @@ from monai_smia.reports.store import atomic_write_text, to_jsonable
 
 __all__ = [
     "PAPER_TABLES",
-    "paper_claims",
     "TABLE_TITLES",
     "TOLERANCES",
     "ClaimSpec",
     "evaluate_claims",
     "format_claims_markdown",
     "format_claims_overview",
+    "paper_claims",
     "write_claims",
 ]
 
