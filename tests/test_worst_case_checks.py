@@ -160,14 +160,16 @@ def test_cli_refuses_targeted_dlr_on_two_classes(spleen, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_cli_worst_case_on_a_zoo_segmentation_bundle_names_winners(spleen, tmp_path):
-    """Whole 3D volumes through the bundle's sliding-window inferer: each case's winner, the wins per member and
-    the checks in summary.json and summary.md (segmentation's members have no gradient-free one to compare)."""
+@pytest.mark.parametrize("grid", ["network", "source"])
+def test_cli_worst_case_on_a_zoo_segmentation_bundle_names_winners(spleen, grid, tmp_path):
+    """Whole 3D volumes through the bundle's sliding-window inferer, on the network input or the source voxels:
+    each case's winner, the wins per member and the checks in summary.json and summary.md (segmentation's members
+    have no gradient-free one to compare)."""
     import csv
     import json
 
     out = tmp_path / "out"
-    assert evaluate(spleen, out, "worst-case") == 0
+    assert evaluate(spleen, out, "worst-case", "--grid", grid) == 0
     with open(out / "per_case.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["attack"] == "worst-case"]
     assert rows and all(r["winner"] in ("APGD-CE", "SegPGD", "CosPGD", "PGD", "SMIA") for r in rows)
