@@ -271,11 +271,11 @@ def test_worstcase_segmentation_keeps_the_lowest_dice_per_case():
 
 def test_worstcase_defaults_and_bad_input():
     x = interior(2)
-    with pytest.warns(UserWarning, match="APGD-T needs at least 4 classes, the network has 3; it uses APGD-DLR"):
+    with pytest.warns(UserWarning, match="APGD-T needs at least 4 classes, the network has 3; WorstCase uses APGD-DLR"):
         attack = WorstCase(linear(3), eps=0.02, num_iter=2, num_queries=2)
         attack(x, torch.tensor([0, 1]))
     assert set(attack.scores) == {"APGD-CE", "APGD-DLR", "Square"}
-    with pytest.warns(UserWarning, match="it drops it"):
+    with pytest.warns(UserWarning, match="WorstCase drops it"):
         WorstCase(linear(2), eps=0.02, num_iter=2, num_queries=2)(x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unknown WorstCase member"):
         WorstCase(linear(3), eps=0.02, attacks=["APGD-CE", "FAB"])
@@ -303,3 +303,8 @@ def test_registry_builds_the_new_attacks_by_name():
     with pytest.raises(ValueError, match="not an option of Square"):
         make_attack("Square", net, 0.1, restarts=2)
     assert check_attacks(["APGD", "worst-case", "Square"], "segmentation") == ["APGD", "worst-case", "Square"]
+    with pytest.raises(ValueError, match="APGD-T needs at least 4 classes for its targeted DLR loss, but .* has 3"):
+        check_attacks(["APGD", "APGD-T"], "classification", num_classes=3)
+    assert check_attacks(["APGD-T"], "classification", num_classes=4) == ["APGD-T"]
+    assert check_attacks(["APGD-T"], "classification", num_classes=0) == ["APGD-T"]  # not declared: checked at run time
+    assert check_attacks(["worst-case"], "classification", num_classes=2) == ["worst-case"]  # falls back, warned

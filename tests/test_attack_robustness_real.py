@@ -137,6 +137,7 @@ def test_segmentation_attacks_at_least_as_strong_as_pgd(lung_slices):
 def test_evaluate_cli_accepts_the_new_attacks(mnist, tmp_path):
     """``monai-smia evaluate --attacks APGD worst-case`` through the registry, on 4 prepared digits."""
     import csv
+    import json
 
     from monai_smia.cli import main
 
@@ -165,3 +166,10 @@ def test_evaluate_cli_accepts_the_new_attacks(mnist, tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted({r["attack"] for r in rows}) == ["APGD", "clean", "worst-case"]
     assert all(float(r["linf"]) <= 0.1 + 1e-6 for r in rows if r["attack"] != "clean")
+    winners = [r["winner"] for r in rows if r["attack"] == "worst-case"]
+    assert len(winners) == 4 and set(winners) <= {"APGD-CE", "APGD-T", "Square", "clean", "none"}
+    assert all(r["winner"] == "" for r in rows if r["attack"] != "worst-case")
+    summary = json.loads((out / "summary.json").read_text())["worst-case"]
+    assert summary["winners"] == {w: winners.count(w) for w in set(winners)}
+    assert summary["not_checked"] == [] and all(w["check"] != "fallback" for w in summary["warnings"])
+    assert "## worst-case: winners and AutoAttack's checks" in (out / "summary.md").read_text()

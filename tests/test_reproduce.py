@@ -59,7 +59,12 @@ def run(data_dir, tmp_path_factory):
 def test_rows_for_every_table_and_reading(run):
     _, _, out, report = run
     rows = report["claims"]
-    assert {r["table"] for r in rows} == {"1", "2", "3", "4", "5", "6"}
+    assert {r["table"] for r in rows} == {"1", "2", "3", "4", "5", "6", "W"}
+    worst = [r for r in rows if r["table"] == "W"]  # SMIA and PGD vs the worst case: measured, not the paper's claims
+    assert [r["claim"] for r in worst] == ["the worst case is stronger than SMIA", "the worst case is stronger than PGD"]
+    assert all(r["a"] == "worst-case_T2_e1" and r["lo"] <= r["mean_difference"] <= r["hi"] for r in worst)
+    paper = [r for r in rows if r["table"] != "W"]
+    assert report["holds"] == sum(r["verdict"] == "holds" for r in paper)
     assert {r["protocol"] for r in rows} == {"projected"}
     assert {r["reading"] for r in rows if r["table"] == "1"} == {"default", "differentiable", "step", "hard"}
     assert all(r["num_cases"] == 10 and r["wins"] + r["ties"] + r["losses"] == 10 for r in rows)
@@ -68,7 +73,8 @@ def test_rows_for_every_table_and_reading(run):
     saved = json.loads((out / "reproduce.json").read_text())
     assert len(saved["claims"]) == len(rows)
     md = (out / "reproduce.md").read_text()
-    assert "Table 5" in md and "holds" in md and "### Overview" in md
+    assert "Table 5" in md and "holds" in md and "### Overview" in md and "SMIA vs the worst case" in md
+    assert f"{report['holds']} of {len(paper)} claims hold" in md
     assert saved["grid"] == "network" and "Grid: network" in md  # the report states where the attacks perturb
     overview = md.split("### Overview")[1].split("### Every claim")[0]
     assert sum(line.startswith("| 1 |") for line in overview.splitlines()) == 2  # Table 1's two claims, default reading
@@ -112,3 +118,4 @@ def test_settings_need_the_base_setting():
     with pytest.raises(ValueError, match="iterations"):
         ReproduceSettings(iterations=(1, 2)).check()
     np.testing.assert_equal(ReproduceSettings.quick().quick_mode, True)
+    assert ReproduceSettings.quick().worst_case_queries == 500 and ReproduceSettings().worst_case_queries == 5000

@@ -21,7 +21,7 @@ from monai_smia.attacks.smia import SMIA
 from monai_smia.attacks.square import Square
 from monai_smia.attacks.worstcase import WorstCase
 
-__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "TASK_ATTACKS", "ROBUSTNESS", "make_attack", "check_attacks"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "MIN_CLASSES", "ROBUSTNESS", "TASK_ATTACKS", "check_attacks", "make_attack"]
 
 #: attack names understood by :func:`make_attack`, in the paper's order
 ATTACKS = (
@@ -41,17 +41,23 @@ ROBUSTNESS = {
     "Square": ("num_queries", "p_init"),
     "worst-case": ("attacks", "num_queries"),
 }
+#: attacks that need a number of classes (network output channels), and why: APGD-T's targeted DLR loss
+#: (Croce & Hein 2020, Eq. 7) compares the true class with the target and the third-ranked class
+MIN_CLASSES = {"APGD-T": (4, "its targeted DLR loss")}
 #: SMIA's reading options that :func:`make_attack` passes on (docs/design.md, section 1)
 SMIA_READINGS = ("stabilization", "stabilization_target", "smooth", "protocol")
 
 
-def check_attacks(attacks: Sequence[str], task: str | None = None) -> list[str]:
+def check_attacks(attacks: Sequence[str], task: str | None = None, num_classes: int | None = None) -> list[str]:
     """Validate attack names, unique and in order (an empty list evaluates clean data only).
 
     Args:
         attacks: names from :data:`ATTACKS`.
         task: ``"classification"``, ``"segmentation"`` (or ``"detection"``) when known: refuse an
             attack that does not fit it (DeepFool on segmentation, DAG on a classifier).
+        num_classes: the network's output channels when known (``None`` or 0: not declared): refuse an attack of
+            :data:`MIN_CLASSES` that needs more (``worst-case`` falls back instead, warned:
+            :func:`~monai_smia.attacks.worstcase.member_fallback`).
     """
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
@@ -61,6 +67,12 @@ def check_attacks(attacks: Sequence[str], task: str | None = None) -> list[str]:
         if wrong:
             fits = ", ".join(f"{a} needs {TASK_ATTACKS[a]}" for a in wrong)
             raise ValueError(f"attacks: {fits}, but the task is {task}; drop {', '.join(wrong)}.")
+    few = [a for a in attacks if num_classes and num_classes < MIN_CLASSES.get(a, (0, ""))[0]]  # 0: not declared
+    if few:
+        needs = ", ".join(f"{a} needs at least {MIN_CLASSES[a][0]} classes for {MIN_CLASSES[a][1]}" for a in few)
+        raise ValueError(
+            f"attacks: {needs}, but the network has {num_classes}; use APGD (cross-entropy) or worst-case instead."
+        )
     return list(dict.fromkeys(attacks))
 
 

@@ -43,6 +43,8 @@ class VolumeAttackResult:
             per volume: the slices' results gathered into the volume, the L2 norm over the volume,
             the largest L-infinity norm and iteration count, the volume's pixel error.
         clean_logits: with ``keep_clean``, the clean output behind ``changed`` (slices gathered), else ``None``.
+        notes: per volume, what an attack with ``case_notes``/``merge_notes`` (WorstCase) records of it (its slices'
+            notes merged), else empty.
     """
 
     adversarial: torch.Tensor
@@ -53,6 +55,7 @@ class VolumeAttackResult:
     changed: list[float] = field(default_factory=list)
     minimal: MinimalNormResult | None = None
     clean_logits: torch.Tensor | None = None
+    notes: list[dict] = field(default_factory=list)
 
 
 def network_device(network: torch.nn.Module, default: torch.device | str | None = None) -> torch.device:
@@ -186,6 +189,7 @@ class _Runner:
         self.counter = _Counter(x_all.shape[0])
         self.traces: list[AttackTrace] = []
         self.minimal: list[MinimalNormResult] = []
+        self.notes: dict[int, list[dict]] = {}  # per volume, the notes of its calls (attacks with case_notes)
 
     def __call__(
         self, b: int, x: torch.Tensor, lab: torch.Tensor | None, m: torch.Tensor | None, d0: torch.Tensor | None
@@ -202,6 +206,8 @@ class _Runner:
             raise ValueError(
                 f"the network failed on attack input of shape {tuple(x.shape)} (slice_dim={self.slice_dim}): {e}"
             ) from e
+        if callable(getattr(attack, "case_notes", None)):
+            self.notes.setdefault(b, []).extend(attack.case_notes())
         if self.compute_success:
             with frozen_network(attack.network), torch.no_grad():
                 logits_clean = attack.logits(x)
@@ -371,4 +377,5 @@ def _volume_result(
         changed=counter.rates(counter.changed) if run.compute_success else [],
         minimal=minimal,
         clean_logits=run.clean,
+        notes=[run.attack.merge_notes(run.notes[b]) for b in sorted(run.notes)] if run.notes else [],
     )

@@ -7,12 +7,18 @@ every member attacks every case and each case keeps the result with the lowest t
 reference (Dice of :func:`~monai_smia.metrics.segmentation_case_metrics`; the per-voxel accuracy
 where the reference has no foreground, so Dice is undefined). ``attack.winners`` names, per case, the
 member whose result was kept.
+
+AutoAttack's own checks of an evaluation (the authors' ``checks.py``) are recorded per case in ``attack.checks``
+(:data:`CHECKS`: a gradient-free member beat every white-box member, an all-zero input gradient at the clean point,
+a clean prediction that differs between two forwards), and a fallback for too few classes in ``attack.fallback``;
+:meth:`WorstCase.case_notes` hands both, with the winner, to each case's record.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -27,10 +33,10 @@ from monai_smia.attacks.seeding import per_sample_uniform, sample_generators
 from monai_smia.attacks.segpgd import SegPGD
 from monai_smia.attacks.smia import SMIA
 from monai_smia.attacks.square import Square
-from monai_smia.losses import prepare_labels
+from monai_smia.losses import deviation_loss, prepare_labels
 from monai_smia.metrics.task import segmentation_case_metrics
 
-__all__ = ["WorstCase", "MEMBERS", "default_members"]
+__all__ = ["CHECKS", "MEMBERS", "WorstCase", "default_members", "member_fallback"]
 
 Builder = Callable[[torch.nn.Module, float, Any, int, int, int], Attack]
 #: member names and how each is built from (network, eps, bounds, num_iter, num_queries, spatial_dims)
@@ -46,24 +52,38 @@ MEMBERS: dict[str, Builder] = {
 }
 
 
+#: AutoAttack's checks (Croce & Hein 2020; the authors' ``autoattack/checks.py``), per case: name -> what it flags
+CHECKS: dict[str, str] = {
+    "gradient_masking": "a gradient-free member (Square) beat every white-box member: possible gradient masking",
+    "zero_gradient": "the input gradient of the cross-entropy is all zero at the clean point",
+    "nondeterministic": "the clean prediction differs between two forwards in eval mode",
+}
+
+
+def member_fallback(task: str, num_classes: int) -> str | None:
+    """The change :func:`default_members` makes for a classifier with too few classes for APGD-T, or ``None``.
+
+    APGD-T's targeted DLR (Croce & Hein 2020, Eq. 7) needs 4 classes: with 3 the ensemble uses APGD-DLR, with fewer
+    it drops APGD-T (DLR needs at least 3 classes).
+    """
+    if task == "segmentation" or num_classes >= 4:
+        return None
+    note = "uses APGD-DLR instead" if num_classes == 3 else "drops it (DLR needs at least 3 classes)"
+    return f"APGD-T needs at least 4 classes, the network has {num_classes}; WorstCase {note}"
+
+
 def default_members(task: str, num_classes: int) -> list[str]:
     """AutoAttack's choice for classifiers (APGD-CE, APGD-T, Square; FAB-T left out), segmentation's own.
 
-    APGD-T's targeted DLR needs 4 classes: with 3 it is replaced by APGD-DLR, with fewer it is dropped,
-    each with a warning that names the change.
+    Too few classes for APGD-T: :func:`member_fallback` names the change, which is also warned.
     """
     if task == "segmentation":
         return ["APGD-CE", "SegPGD", "CosPGD", "PGD", "SMIA"]
-    if num_classes >= 4:
+    fallback = member_fallback(task, num_classes)
+    if fallback is None:
         return ["APGD-CE", "APGD-T", "Square"]
-    swap = "APGD-DLR" if num_classes == 3 else None
-    note = "uses APGD-DLR instead" if swap else "drops it (DLR needs at least 3 classes)"
-    warnings.warn(
-        f"WorstCase: APGD-T needs at least 4 classes, the network has {num_classes}; it {note}.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return ["APGD-CE", *([swap] if swap else []), "Square"]
+    warnings.warn(f"WorstCase: {fallback}.", UserWarning, stacklevel=3)
+    return ["APGD-CE", *(["APGD-DLR"] if num_classes == 3 else []), "Square"]
 
 
 class WorstCase(Attack):
@@ -86,7 +106,9 @@ class WorstCase(Attack):
     a classifier case already wrong; ``None``: a case no member broke, which keeps the first member's
     result) and ``scores`` per member name the per-case outcome (classification: 1.0 broken, 0.0 not,
     ``nan`` not attacked; segmentation: the metric), ``seconds`` per member name its wall time (0 when it
-    had no case left). ``trace`` is ``None``.
+    had no case left). ``trace`` is ``None``. ``checks`` maps each applicable name of :data:`CHECKS` to a per-case
+    boolean array (``gradient_masking`` only with both gradient-free and white-box members); ``fallback`` names the
+    member change for too few classes (:func:`member_fallback`) or is ``None``.
 
     Raises:
         ValueError: an unknown member name, or a member that does not fit the network (e.g. DLR with
@@ -119,6 +141,8 @@ class WorstCase(Attack):
         self.winners: list[str | None] = []
         self.scores: dict[str, np.ndarray] = {}
         self.seconds: dict[str, float] = {}
+        self.checks: dict[str, np.ndarray] = {}
+        self.fallback: str | None = None
 
     @property
     def draws_random_start(self) -> bool:
@@ -148,13 +172,76 @@ class WorstCase(Attack):
     ) -> torch.Tensor:
         self.trace, self.seconds = None, {}
         with torch.no_grad():
-            clean = self.logits(x)
+            clean, again = self.logits(x), self.logits(x)
         ref = prepare_labels(labels, clean)
+        task = "classification" if clean.ndim == 2 else "segmentation"
+        self.fallback = member_fallback(task, clean.shape[1]) if self.attacks is None else None
         members = self.members(clean, x.ndim - 2)
+        self.checks = {
+            "zero_gradient": self._zero_gradient(x, ref),
+            "nondeterministic": (~torch.isclose(clean, again, rtol=1e-5, atol=1e-6)).flatten(1).any(1).cpu().numpy(),
+        }
         run = _Runner(x, labels, mask, delta_init, generator, self.eps)
         if clean.ndim == 2:
-            return self._cascade(run, members, misclassified_share(clean, ref) > 0, ref)
-        return self._lowest_metric(run, members, ref)
+            best = self._cascade(run, members, misclassified_share(clean, ref) > 0, ref)
+        else:
+            best = self._lowest_metric(run, members, ref)
+        masking = self._gradient_masking(members, clean.ndim == 2)
+        if masking is not None:
+            self.checks = {"gradient_masking": masking, **self.checks}
+        return best
+
+    def case_notes(self) -> list[dict[str, Any]]:
+        """Per case of the last call, what its record keeps: ``winner`` (``"none"``: no member broke it),
+        ``check_<name>`` for each applicable check of :data:`CHECKS`, and ``fallback`` when one was used."""
+        notes = []
+        for j, w in enumerate(self.winners):
+            note: dict[str, Any] = {"winner": "none" if w is None else w}
+            note.update({f"check_{k}": bool(v[j]) for k, v in self.checks.items()})
+            if self.fallback:
+                note["fallback"] = self.fallback
+            notes.append(note)
+        return notes
+
+    @staticmethod
+    def merge_notes(notes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """One volume's notes from those of its slices (a 2D network attacked slice by slice): the winner of most
+        slices (the first of equals), a check that fired on any slice (the zero gradient: on every slice, since
+        only then is the volume's gradient zero), the fallback."""
+        merged = dict(notes[0])
+        counts = Counter(n["winner"] for n in notes)
+        merged["winner"] = max(counts, key=lambda k: counts[k])
+        for key in merged:
+            if key.startswith("check_"):
+                values = [bool(n[key]) for n in notes]
+                merged[key] = all(values) if key == "check_zero_gradient" else any(values)
+        return merged
+
+    def _zero_gradient(self, x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
+        """Per case, whether the cross-entropy's input gradient at the clean point is all zero (AutoAttack's
+        ``check_zero_gradients``); a network output without a gradient path counts as zero everywhere."""
+        zero = torch.zeros_like(x, requires_grad=True)
+        logits = self.logits(x + zero)
+        if not logits.requires_grad:
+            return np.ones(x.shape[0], dtype=bool)
+        (grad,) = torch.autograd.grad(deviation_loss(logits, ref).sum(), zero, allow_unused=True)
+        if grad is None:
+            return np.ones(x.shape[0], dtype=bool)
+        return (grad.flatten(1).abs().amax(1) == 0).cpu().numpy()
+
+    def _gradient_masking(self, members: list[tuple[str, Attack]], cascade: bool) -> np.ndarray | None:
+        """Per case, whether a gradient-free member (Square) beat every white-box member (AutoAttack's check for
+        gradient masking); ``None`` without both kinds. Classification: a gradient-free member broke the case (the
+        cascade ran it only where the members before it failed); segmentation: its metric is below every white-box
+        member's."""
+        free = [n for n, a in members if isinstance(a, Square)]
+        white = [n for n, a in members if not isinstance(a, Square)]
+        if not free or not white:
+            return None
+        if cascade:
+            return np.array([w in free for w in self.winners])
+        lowest_free = np.min([self.scores[n] for n in free], axis=0)
+        return lowest_free < np.min([self.scores[n] for n in white], axis=0)
 
     def _cascade(
         self, run: _Runner, members: list[tuple[str, Attack]], broken: torch.Tensor, ref: torch.Tensor

@@ -98,6 +98,7 @@ def case_records(
             label is None and "changed_fraction" in info
         ):  # label-free: share of the output whose prediction left the clean one
             rec["changed"] = float(info["changed_fraction"])
+        rec.update(info.get("notes", {}))  # an ensemble's winner and checks (WorstCase.case_notes)
         if "positive_cosine_share" in info and attack not in _NO_TRACE:
             rec["positive_cosine_share"] = info["positive_cosine_share"]
             for k in TRACE_CURVES:

@@ -22,12 +22,14 @@ from monai_smia.reports.figures import pyplot, save_figure
 from monai_smia.reports.store import atomic_write_text, to_jsonable
 
 __all__ = [
+    "PAPER_TABLES",
     "TABLE_TITLES",
     "TOLERANCES",
     "ClaimSpec",
     "evaluate_claims",
     "format_claims_markdown",
     "format_claims_overview",
+    "paper_claims",
     "write_claims",
 ]
 
@@ -38,7 +40,11 @@ TABLE_TITLES = {
     "4": "Table 4: alpha",
     "5": "Table 5: MNIST, FGSM / PGD / SMIA",
     "6": "Table 6: FGSM, PGD, DeepFool (classification) / DAG (segmentation, detection) and SMIA: metric drop and Var",
+    "W": "SMIA vs the worst case (AutoAttack-style WorstCase, Croce & Hein 2020): how far the paper's attack is from "
+    "the strongest; a measurement, not a claim of the paper, so not counted among the claims",
 }
+#: the tables of the paper's claims (the rows counted as claims); other tables are measurements beside them
+PAPER_TABLES = ("1", "2", "3", "4", "5", "6")
 #: per metric, the |difference| that counts as a tie
 TOLERANCES = {"score": 1e-4, "drop": 1e-4, "variance": 1e-12, "update_positive_share": 1e-6}
 
@@ -162,7 +168,13 @@ def format_claims_overview(rows: Sequence[Mapping[str, Any]], reading: str = "de
     return "\n".join(lines) + "\n"
 
 
+def paper_claims(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows that are claims of the paper (:data:`PAPER_TABLES`), the ones counted in "N of M claims hold"."""
+    return [r for r in rows if r["table"] in PAPER_TABLES]
+
+
 def _header(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = paper_claims(rows)
     held = sum(r["verdict"] == HOLDS for r in rows)
     settings = meta.get("settings", {})
     lines = [
@@ -234,7 +246,8 @@ def write_claims(
             rows_t = [r for r in rows if r["table"] == table and r["bundle"] == bundle]
             if rows_t:
                 figures.append(_forest(out / f"claims_table{table}_{bundle}.png", f"{bundle}: {title}", rows_t).name)
-    report = {**dict(meta), "claims": rows, "figures": figures, "holds": sum(r["verdict"] == HOLDS for r in rows)}
+    holds = sum(r["verdict"] == HOLDS for r in paper_claims(rows))
+    report = {**dict(meta), "claims": rows, "figures": figures, "holds": holds}
     text = "\n".join(_header(meta, rows)) + "\n### Overview (default reading; holds / total per reading below)\n\n"
     text += format_claims_overview(rows) + "\n### Every claim\n\n" + format_claims_markdown(rows)
     warned = sorted({r["warning"] for r in rows if r.get("warning")})

@@ -39,7 +39,8 @@ def attack_diagnostics(
     predictions were computed, ``error_clean``/``error_adversarial`` (share of outputs whose
     prediction differs from the reference: the labels, or the clean prediction when label-free),
     ``changed_fraction`` and ``error_rate_rose`` (the adversarial error rate is above the clean one; attack
-    success as the reports count it is :func:`monai_smia.metrics.case_success`).
+    success as the reports count it is :func:`monai_smia.metrics.case_success`); ``notes``: what an ensemble
+    records of the volume (:meth:`~monai_smia.attacks.WorstCase.case_notes`: winner, checks, fallback).
     """
     info: dict[str, Any] = {
         "attack": type(attack).__name__,
@@ -72,6 +73,8 @@ def attack_diagnostics(
         info["error_adversarial"] = result.error_adversarial[index]
         info["changed_fraction"] = result.changed[index]
         info["error_rate_rose"] = bool(result.error_adversarial[index] > result.error_clean[index])
+    if result.notes:  # e.g. WorstCase: the winner and AutoAttack's checks, kept in the case's record
+        info["notes"] = result.notes[index]
     return info
 
 

@@ -156,7 +156,8 @@ def source_grid_case(
         logits_adv = predict(victim, x_adv)
     d = (u_adv.double() - u.double()) * scale  # exact: float32 values, float64 difference
     d_src = MetaTensor(d[0].cpu(), affine=src.affine)
-    result = VolumeAttackResult(u_adv, u_adv - u, attack.trace)
+    notes = attack.case_notes() if callable(getattr(attack, "case_notes", None)) else []  # WorstCase's winner
+    result = VolumeAttackResult(u_adv, u_adv - u, attack.trace, notes=notes)
     diagnostics = attack_diagnostics(attack, result, 0, lab is None, None)
     record = {
         "lattice": {"scale": lattice.scale, "offset": lattice.offset, "dtype": lattice.dtype, "eps_steps": eps_u},

@@ -216,7 +216,7 @@ class RobustnessEvaluation:
             self.bundle, self.dataset_dir, device
         )  # a bundle that cannot load fails here, naming its file
         try:
-            self.attacks = check_attacks(self.attacks, task=victim.task)
+            self.attacks = check_attacks(self.attacks, task=victim.task, num_classes=victim.num_classes)
         except ValueError as err:
             reason = str(err).removeprefix("attacks: ")
             raise ValueError(f"--attacks {' '.join(self.attacks)}: {reason}") from None

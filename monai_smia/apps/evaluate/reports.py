@@ -20,12 +20,14 @@ from monai_smia.handlers.records import TRACE_CURVES
 from monai_smia.io.datalist import load_datalist
 from monai_smia.metrics import classification_attack_success, segmentation_attack_success
 from monai_smia.reports import (
+    atomic_write_text,
     classification_set_metrics,
     write_eps_sweep,
     write_provenance,
     write_reports,
     write_summary_json,
 )
+from monai_smia.reports.checks import format_worst_case_report, worst_case_report
 from monai_smia.reports.figures import case_figure, trace_curves_figure
 
 __all__ = ["GRID_NOTES", "condition_records", "write_evaluation_reports", "write_figures"]
@@ -115,6 +117,7 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
         for name, entry in res["summary"].items():  # summary.json states the grid of every attack
             if name != "clean":
                 entry["grid"] = grid
+        add_ensemble_reports(res, records, attacks)
         write_summary_json(res["summary"], res["json"])
         by_eps[eps] = res["summary"]
     write_eps_sweep(out, by_eps, headline[0], eps_unit=unit)
@@ -130,6 +133,26 @@ def write_evaluation_reports(evaluation: Any, condition: Any) -> dict[str, Any]:
     for i, eps in enumerate(evaluation.eps):  # every budget's table, not only the first
         print((out if i == 0 else out / f"eps_{eps:g}").joinpath("summary.md").read_text())
     return by_eps[evaluation.eps[0]]
+
+
+def add_ensemble_reports(res: dict[str, Any], records: list[dict[str, Any]], attacks: Sequence[str]) -> None:
+    """An ensemble's winners and AutoAttack's checks (:func:`~monai_smia.reports.checks.worst_case_report`) into its
+    summary entry (``winners``, ``warnings``, ``not_checked``) and as a section of summary.md."""
+    sections = []
+    for name in attacks:
+        report = worst_case_report(records, name) if name in res["summary"] else None
+        if report is None:
+            continue
+        entry = res["summary"][name]
+        entry["winners"], entry["warnings"], entry["not_checked"] = (
+            report["wins"],
+            report["warnings"],
+            report["not_checked"],
+        )
+        sections.append(format_worst_case_report(report, name))
+    if sections:
+        text = Path(res["markdown"]).read_text(encoding="utf-8")
+        atomic_write_text(res["markdown"], text + "\n" + "\n".join(sections))
 
 
 def _attack_settings(evaluation: Any, condition: Any) -> dict[str, Any]:

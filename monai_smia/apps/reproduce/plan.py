@@ -38,6 +38,7 @@ def bundle_conditions(task: str, s: Any) -> list[Condition]:
     for f in s.eps_factors:
         conds += [_dev(t, f), _smia("default", t, a, f), Condition("PGD", num_iter=t, eps_factor=f)]
     conds += [_smia("default", t, al) for al in s.alphas if al != 0]
+    conds.append(Condition("worst-case", num_iter=t))  # the strongest attack at the base setting (not the paper's)
     return list(dict.fromkeys(conds))
 
 
@@ -103,4 +104,7 @@ def bundle_claims(bundle: str, task: str, protocol: str, s: Any, records: list[M
             rows.add("6", f"SMIA causes a larger {rows.score} drop than {other.attack}", smia, other, "drop", "greater", r)
         for other in (pgd, dev):
             rows.add("6", f"SMIA's perturbation varies less (Var) than {other.attack}'s", smia, other, "variance", "less", r)
+    worst = Condition("worst-case", num_iter=t)
+    for name, cond in (("SMIA", _smia("default", t, a)), ("PGD", pgd)):
+        rows.add("W", f"the worst case is stronger than {name}", worst, cond, "score", "less")
     return rows.rows

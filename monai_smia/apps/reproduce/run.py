@@ -5,7 +5,8 @@ protocol. ``projected``: an L-infinity budget ``eps`` with step ``2.5 * eps / T`
 ``paper``: the paper's Sec. 4 setting, a per-iteration step ``eps`` and the ball ``T * eps``
 (``SMIA(protocol="paper")``; PGD then takes the same step and ball without a random start, so it
 coincides with DEV). FGSM takes one step of ``eps`` under both; DeepFool and DAG (minimal-norm)
-are projected onto the protocol's ball. Every case's result is stored as soon as it is computed.
+are projected onto the protocol's ball, and the worst case (:class:`~monai_smia.attacks.WorstCase`, its gradient
+members at ``T`` iterations) attacks within it. Every case's result is stored as soon as it is computed.
 """
 
 from __future__ import annotations
@@ -60,9 +61,17 @@ class Condition:
 
 
 def build_attack(
-    cond: Condition, protocol: str, network: torch.nn.Module, eps: float, bounds: Any, task: str, dag_max_iter: int
+    cond: Condition,
+    protocol: str,
+    network: torch.nn.Module,
+    eps: float,
+    bounds: Any,
+    task: str,
+    dag_max_iter: int,
+    num_queries: int = 5000,
 ) -> Attack:
-    """The attack of ``cond`` under ``protocol`` at the per-step/budget ``eps`` (network units)."""
+    """The attack of ``cond`` under ``protocol`` at the per-step/budget ``eps`` (network units); ``num_queries``:
+    Square's inside the worst case."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
     paper = protocol == "paper"
@@ -80,6 +89,10 @@ def build_attack(
         return make_attack("DAG", network, ball, bounds=bounds, task=task, max_iter=dag_max_iter)
     if cond.attack == "DeepFool":
         return make_attack("DeepFool", network, ball, bounds=bounds, task=task)
+    if cond.attack == "worst-case":  # the protocol's ball; each member takes its own steps within it
+        return make_attack(
+            "worst-case", network, ball, num_iter=cond.num_iter, bounds=bounds, task=task, num_queries=num_queries
+        )
     return make_attack(cond.attack, network, eps, num_iter=cond.num_iter, bounds=bounds, task=task)
 
 
@@ -134,7 +147,7 @@ def _per_case_start(
     attack: Attack, key: str, eps: float, chunk: Sequence[str], x: torch.Tensor, seed: int
 ) -> torch.Tensor | None:
     """Random starts drawn per case from its own seed, so results do not depend on batching."""
-    if not getattr(attack, "random_start", False):
+    if not attack.draws_random_start:
         return None
     gens = case_generators(seed, key, eps, chunk)
     return torch.cat([draw_random_start(attack, x[i : i + 1].shape, x.dtype, g) for i, g in enumerate(gens)])
@@ -171,7 +184,8 @@ def run_condition(
 
     Args:
         eps: the per-step (paper) or budget (projected) epsilon in network units.
-        options: ``bounds``, ``batch_size`` (images per attack call), ``seed``, ``dag_max_iter``.
+        options: ``bounds``, ``batch_size`` (images per attack call), ``seed``, ``dag_max_iter``, ``num_queries``
+            (Square's, inside the worst case).
     """
     index = {c: i for i, c in enumerate(cases.ids)}
     clean = {r["case_id"]: r["score"] for r in store.records("clean")}
@@ -181,7 +195,10 @@ def run_condition(
         network = attack_network(victim, x)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            attack = build_attack(cond, protocol, network, eps, options["bounds"], victim.task, options["dag_max_iter"])
+            attack = build_attack(
+                cond, protocol, network, eps, options["bounds"], victim.task, options["dag_max_iter"],
+                options.get("num_queries", 5000),
+            )
             adv = attack(x, y, delta_init=_per_case_start(attack, cond.key, eps, chunk, x, options["seed"]))
         result = VolumeAttackResult(adv, adv - x, attack.trace, minimal=getattr(attack, "result", None))
         with torch.no_grad():
