@@ -120,6 +120,8 @@ def bench(
         "FGSM": FGSM(net, eps=eps, amp=amp),
         "PGD": PGD(net, eps=eps, num_iter=T, amp=amp),
         "SMIA": SMIA(net, eps=eps, num_iter=T, spatial_dims=x.ndim - 2, amp=amp),
+        "PGD_untraced": PGD(net, eps=eps, num_iter=T, amp=amp, trace=False),
+        "SMIA_untraced": SMIA(net, eps=eps, num_iter=T, spatial_dims=x.ndim - 2, amp=amp, trace=False),
     }
     fns: dict[str, Callable[[], object]] = {"fwd_bwd": fwd_bwd, "fwd": fwd, "gauss": gauss}
     fns.update({k: (lambda a=a: a(x, y)) for k, a in attacks.items()})
@@ -145,6 +147,9 @@ def bench(
     res["smia_over_pgd"] = res["SMIA"] / res["PGD"]
     res["smia_over_pgd_vs_floor"] = res["smia_over_pgd"] / res["floor_ratio"]
     res["pgd_over_bare"] = res["PGD"] / floor_pgd
+    res["untraced_vs_floor"] = res["SMIA_untraced"] / res["PGD_untraced"] / res["floor_ratio"]
+    res["untraced_pgd_over_bare"] = res["PGD_untraced"] / floor_pgd
+    res["trace_cost"] = res["PGD"] / res["PGD_untraced"]
     res["ours_over_torchattacks"] = res["PGD"] / res["torchattacks_PGD"]
     res["name"] = name  # type: ignore[assignment]
     return res
@@ -182,13 +187,18 @@ def main() -> None:
         ),
     ]
     rows = [bench(name, net, x, y, args.repeats, args.amp) for name, net, x, y in cases]
+    print_tables(rows, device, args.amp, args.repeats, allocator)
+
+
+def print_tables(rows: list[dict[str, float]], device: torch.device, amp: bool, repeats: int, allocator: str) -> None:
+    """The speed table, the trace's cost and the minimal-norm attacks' table, in Markdown."""
     dev = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     )
     print(
-        f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {args.amp}; best of {args.repeats}; malloc: "
+        f"\ndevice: {dev}; torch {torch.__version__}; T = {T}; amp = {amp}; best of {repeats}; malloc: "
         f"{allocator}\n"
     )
     print(
@@ -203,6 +213,13 @@ def main() -> None:
             f"{r['pgd_over_bare']:.3f} | {r['ours_over_torchattacks']:.3f} |"
         )
     print("\naims: SMIA/PGD / floor <= 1.05; PGD / T bare fwd+bwd <= 1.05; ours / torchattacks <= 1.05")
+    print("\n| network | trace=False: SMIA/PGD / floor | trace=False: PGD / T bare fwd+bwd | PGD traced / untraced |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['name']} | {r['untraced_vs_floor']:.3f} | {r['untraced_pgd_over_bare']:.3f} | "
+            f"{r['trace_cost']:.3f} |"
+        )
     print(
         "\n| network | attack | ms per call | iterations | ms/it | ms/it / bare fwd+bwd | ours / torchattacks "
         "DeepFool (whole call) |"

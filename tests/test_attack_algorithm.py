@@ -198,3 +198,17 @@ def test_fgsm_and_pgd_match_torchattacks(classifier):
     ours = PGD(classifier, eps=4 / 255, num_iter=7, step_size=1 / 255)(x, y)
     theirs = torchattacks.PGD(classifier, eps=4 / 255, alpha=1 / 255, steps=7, random_start=False)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["PGD", "SMIA"])
+def test_trace_off_gives_the_same_attack_without_a_trace(name):
+    """``trace=False`` skips only the diagnostics: the adversarial images are bit for bit those of a traced run."""
+    net = seg_net()
+    x, y = data()
+    cls = {"PGD": PGD, "SMIA": SMIA}[name]
+    traced = cls(net, eps=0.05, num_iter=4)
+    untraced = cls(net, eps=0.05, num_iter=4, trace=False)
+    a = traced(x, y, generator=torch.Generator().manual_seed(3))
+    b = untraced(x, y, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert traced.trace is not None and traced.trace.num_iter == 4 and untraced.trace is None
