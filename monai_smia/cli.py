@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_smia.errors import error_line
+
 __all__ = ["build_parser", "main"]
 
 ATTACK_HELP = (
@@ -274,16 +276,6 @@ def _check_folders(args: argparse.Namespace) -> None:
         check_folder(args.cache, "--cache", "pass a folder (made if missing) for prepared data", may_be_missing=True)
 
 
-def _message(err: BaseException) -> str:
-    """One line: the error's own message, or its root cause's when MONAI/ignite wrapped it."""
-    from monai_smia.bundle.data import root_cause
-
-    cause = err if isinstance(err, (ValueError, FileNotFoundError, FileExistsError)) else root_cause(err)
-    text = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-    text = " ".join(str(text).split())
-    return text if isinstance(cause, (ValueError, OSError, KeyError)) else f"{type(cause).__name__}: {text}"
-
-
 def _warnings_and_above(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
@@ -332,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        print(f"monai-smia {args.command}: error: {_message(err)}", file=sys.stderr)
+        print(f"monai-smia {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
     return 0
 

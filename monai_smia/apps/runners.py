@@ -134,7 +134,7 @@ def attack_line(summary: dict, output: str) -> str:
         parts.append(f"prediction changed on {changed:.1%} of the output")
     if success is not None:
         parts.append(f"success {success:.2f}")
-    if survival:
-        kept = (f"{v} keeps {r:.2f} of the effect" for v, r in survival.items() if r is not None)
+    kept = [f"{v} keeps {r:.2f} of the effect" for v, r in survival.items() if r is not None]
+    if kept:
         parts.append("read back: " + ", ".join(kept))
     return "; ".join(parts)

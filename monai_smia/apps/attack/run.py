@@ -269,6 +269,9 @@ class AdversarialWriter:
         check_run_settings(self.output_dir, {**settings, "checkpoint_sha256": sha})
         logger.info("%s on %s: %d cases, %d already done, %s eps=%g%s on the %s grid", self.root.name, self.input,
                     len(cases), len(cases) - len(pending), self.attack, self.eps, self.eps_unit, self.grid)  # fmt: skip
+        if not pending:  # a rerun that finds everything stored says so (as the evaluator does)
+            stored = f"all {len(cases)} cases already stored in {self.output_dir}"
+            print(f"{self.root.name} {self.attack}: {stored}; nothing to do.")
         if pending:
             checkpoint = victim.checkpoint
             self._prepare(victim, label_free)
