@@ -78,6 +78,7 @@ EVALUATE_RUNNERS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 def _evaluate(args: argparse.Namespace) -> None:
     EVALUATE_RUNNERS[bundle_task(args.bundle)](args)
+    print(f"wrote summary.md, summary.json, per_case.csv, provenance.json and figures to {args.output}")
 
 
 def _attack(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ from types import TracebackType
 
 from monai_smia.errors import error_line
 
-__all__ = ["BUNDLE_RUN", "DEBUG_ENV", "exit_on_error", "is_bundle_command"]
+__all__ = ["BUNDLE_RUN", "DEBUG_ENV", "exit_on_error", "is_bundle_command", "say"]
 
 #: how the one-line answers name the command
 BUNDLE_RUN = "python -m monai.bundle run"
@@ -47,3 +47,10 @@ def exit_on_error() -> None:
     """In a ``python -m monai.bundle`` process, report any later uncaught error as one line with exit code 2."""
     if is_bundle_command():
         sys.excepthook = _answer
+
+
+def say(line: str, main_rank: bool = True) -> None:
+    """Print ``line`` (what the run wrote) in a ``python -m monai.bundle`` process, on its main rank; elsewhere
+    (``monai-smia``, which reports after all its conditions) do nothing."""
+    if main_rank and is_bundle_command():
+        print(line)

@@ -10,7 +10,7 @@ case by case and writes ``reproduce.md``, ``reproduce.json`` and figures.
 
 Example::
 
-    monai-smia reproduce --data-dir ../shared/data --output reproduce_out --quick
+    monai-smia reproduce --data-dir ../shared/data --output out/reproduce --quick
 """
 
 from __future__ import annotations
