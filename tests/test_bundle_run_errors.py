@@ -39,7 +39,7 @@ def fundus(tmp_path_factory) -> Path:
 
 
 def bundle_run_cmd(config: str, *args: str) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run --config_file CONFIG --bundle_root BUNDLE --device cpu ARGS`` from the repository."""
+    """``python -m monai.bundle run --config_file CONFIG --bundle_root BUNDLE ARGS --device cpu`` in the repository."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", BUNDLE, *args]
     return subprocess.run(
         [*cmd, "--device", "cpu"], cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=300

@@ -1,11 +1,12 @@
 """``python -m monai.bundle run`` answers bad input the way ``monai-smia`` does.
 
-The package's configs (``evaluator.json``, every shipped ``attack.json`` and the detector's ``evaluate.json``)
-call :func:`exit_on_error` first in their ``initialize`` list. From then on, an error of the run (a settings
-clash with the output folder, a missing file, a bad option) is one line on stderr and exit code 2 instead
-of MONAI's traceback; Ctrl-C is one line and exit code 130. ``MONAI_SMIA_DEBUG=1`` keeps the traceback
-(the CLI's ``--debug``). In any other process (``monai-smia``, a test, a notebook) the call does nothing:
-those report errors themselves.
+The package's configs (``evaluator.json``, every shipped ``attack.json`` and ``multi_gpu_evaluate.json``,
+the detector's ``evaluate.json``) call :func:`exit_on_error` first in their ``initialize`` list. From then on,
+an error of the run (a settings clash with the output folder, a missing file, a bad option) is one line on
+stderr and exit code 2 instead of MONAI's traceback; Ctrl-C is one line and exit code 130.
+``MONAI_SMIA_DEBUG=1`` keeps the traceback (the CLI's ``--debug``). In any other process (``monai-smia``, a
+test, a notebook) the call does nothing: those report errors themselves. :func:`say` ends a bundle run
+(evaluation, training) with a line naming what it wrote, as ``monai-smia`` ends its commands.
 """
 
 from __future__ import annotations
