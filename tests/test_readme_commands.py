@@ -208,7 +208,7 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-@pytest.mark.parametrize("index", range(len(doc_commands())), ids=[c.text[:60] for c in doc_commands()])
+@pytest.mark.parametrize("index", range(len(doc_commands())), ids=[" ".join(c.words)[:60] for c in doc_commands()])
 def test_command_runs_as_written(index, scratch, monkeypatch, capsys):
     cmd = doc_commands()[index]
     words = tiny(cmd, scratch)
