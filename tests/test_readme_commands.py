@@ -163,6 +163,8 @@ def test_every_command_has_a_plan_and_its_own_output_folder(tmp_path):
         if out is not None:
             assert out not in outputs, f"`{cmd.text}` and `{outputs[out]}` both write {out}"
             outputs[out] = cmd.text
+    # `monai-smia ...` runs in-process through the function the console script calls
+    assert 'monai-smia = "monai_smia.cli:main"' in (REPO_ROOT / "pyproject.toml").read_text()
     readme = [c for c in commands if c.doc == "README.md"]
     assert [c for c in readme if c.starts("monai-smia evaluate") and "--max-cases 1" in c.text], "no smoke test"
     for prefix, reason in {**SKIPPED, **PARSED_ONLY}.items():
