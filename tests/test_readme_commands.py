@@ -191,7 +191,7 @@ def scratch(tmp_path_factory) -> Path:
     return root
 
 
-def _run_in_process(words: list[str], env: dict[str, str], monkeypatch) -> int:
+def _run_in_process(words: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
     """``monai-smia ...`` through its entry point, ``python -m MODULE ...`` through runpy."""
     for key, value in env.items():
         monkeypatch.setenv(key, value.replace(DATA, str(shared_data_dir())))
@@ -218,7 +218,7 @@ def test_command_runs_as_written(index, scratch, monkeypatch, capsys):
         pytest.skip({**SKIPPED, **PARSED_ONLY}[next(p for p in {**SKIPPED, **PARSED_ONLY} if cmd.starts(p))])
     monkeypatch.chdir(scratch)
     if cmd.starts("python -m monai_smia.apps.data_prep.download"):
-        return _download_offline(words, monkeypatch, capsys)
+        return _download_offline(words, monkeypatch)
     if words[0] == "python" and words[2] == "monai.bundle":
         proc = subprocess.run([sys.executable, *words[1:]], cwd=scratch, capture_output=True, text=True,
                               env=subprocess_env(), timeout=600)  # fmt: skip
@@ -235,17 +235,21 @@ def test_command_runs_as_written(index, scratch, monkeypatch, capsys):
         assert list((scratch / out / "models").glob("*.pt")), "training saved no checkpoint under output_dir"
 
 
-def _download_offline(words: list[str], monkeypatch, capsys) -> None:
-    """Offline (as in CI) the download names its source and the --manual-dir way round, and writes nothing."""
+def _download_offline(words: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline (as in CI) the download stops with the --manual-dir way round, and writes nothing."""
+    import urllib.error
+
     from monai_smia.apps.data_prep import fetch
 
-    def offline(*args, **kwargs):
-        raise OSError("simulated: no network")
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("simulated: no network")
 
     monkeypatch.setattr(fetch, "_fetch_url", offline)
     monkeypatch.setenv("MONAI_SMIA_CACHE", str(Path.cwd() / "download_cache"))
-    code = _run_in_process(words, {}, monkeypatch)
-    assert code != 0 and not Path(words[words.index("--out") + 1]).exists()
+    monkeypatch.setattr(sys, "argv", [words[2], *words[3:]])
+    with pytest.raises(SystemExit, match="--manual-dir"):
+        runpy.run_module(words[2], run_name="__main__", alter_sys=True)
+    assert not Path(words[words.index("--out") + 1]).exists()
 
 
 @pytest.mark.parametrize("doc", DOCS)
