@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_smia.errors import error_line
+
 __all__ = ["build_parser", "main"]
 
 ATTACK_HELP = (
@@ -100,7 +102,7 @@ def _add_reproduce(sub: Any) -> None:
     )
     _add_data_options(rep, "monai_smia_reproduce")
     rep.add_argument(
-        "--quick", action="store_true", help="fewer cases and sweep points: under 10 minutes on 2 CPU cores"
+        "--quick", action="store_true", help="fewer cases, sweep points and Square queries (see the README for run times)"
     )
     rep.add_argument(
         "--bundles",
@@ -277,16 +279,6 @@ def _check_folders(args: argparse.Namespace) -> None:
         check_folder(args.cache, "--cache", "pass a folder (made if missing) for prepared data", may_be_missing=True)
 
 
-def _message(err: BaseException) -> str:
-    """One line: the error's own message, or its root cause's when MONAI/ignite wrapped it."""
-    from monai_smia.bundle.data import root_cause
-
-    cause = err if isinstance(err, (ValueError, FileNotFoundError, FileExistsError)) else root_cause(err)
-    text = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-    text = " ".join(str(text).split())
-    return text if isinstance(cause, (ValueError, OSError, KeyError)) else f"{type(cause).__name__}: {text}"
-
-
 def _warnings_and_above(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
@@ -335,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        print(f"monai-smia {args.command}: error: {_message(err)}", file=sys.stderr)
+        print(f"monai-smia {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,11 +1,12 @@
-"""What an exception chain says: its root cause, and whether it is an allocator running out of memory.
+"""What an exception chain says: its root cause, whether it is an allocator running out of memory, and
+the one line a command prints for it.
 
 A leaf module (no imports from the package), so every layer can ask the same question the same way.
 """
 
 from __future__ import annotations
 
-__all__ = ["out_of_memory", "root_cause"]
+__all__ = ["error_line", "out_of_memory", "root_cause"]
 
 
 def root_cause(err: BaseException) -> BaseException:
@@ -25,3 +26,12 @@ def out_of_memory(err: BaseException) -> bool:
         or isinstance(cause, MemoryError)
         or (isinstance(cause, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
     )
+
+
+def error_line(err: BaseException) -> str:
+    """One line: the error's own message, or its root cause's when MONAI/ignite wrapped it (what ``monai-smia``
+    and ``python -m monai.bundle run`` print on stderr before exiting with code 2)."""
+    cause = err if isinstance(err, (ValueError, FileNotFoundError, FileExistsError)) else root_cause(err)
+    text = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+    text = " ".join(str(text).split())
+    return text if isinstance(cause, (ValueError, OSError, KeyError)) else f"{type(cause).__name__}: {text}"

@@ -77,6 +77,7 @@ EVALUATE_RUNNERS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 def _evaluate(args: argparse.Namespace) -> None:
     EVALUATE_RUNNERS[bundle_task(args.bundle)](args)
+    print(f"wrote summary.md, summary.json, per_case.csv, provenance.json and figures to {args.output}")
 
 
 def _attack(args: argparse.Namespace) -> None:
@@ -135,7 +136,7 @@ def attack_line(summary: dict, output: str) -> str:
         parts.append(f"prediction changed on {changed:.1%} of the output")
     if success is not None:
         parts.append(f"success {success:.2f}")
-    if survival:
-        kept = (f"{v} keeps {r:.2f} of the effect" for v, r in survival.items() if r is not None)
+    kept = [f"{v} keeps {r:.2f} of the effect" for v, r in survival.items() if r is not None]
+    if kept:
         parts.append("read back: " + ", ".join(kept))
     return "; ".join(parts)

@@ -180,6 +180,9 @@ class AdversarialWriter:
         logger.info("%s on %s: %d cases, %d already done, %s eps=%g%s on the %s grid", p.bundle.name, p.input,
                     len(cases), len(cases) - len(pending), settings.attack, settings.eps, settings.eps_unit,
                     settings.grid)  # fmt: skip
+        if not pending:  # a rerun that finds everything stored says so (as the evaluator does)
+            stored = f"all {len(cases)} cases already stored in {p.output_dir}"
+            print(f"{p.bundle.name} {settings.attack}: {stored}; nothing to do.")
         if victim is not None and spec is not None:
             show = p.progress and _has_tqdm
             bar = tqdm(pending, desc=f"{p.bundle.name} {settings.attack}", disable=not show) if _has_tqdm else pending

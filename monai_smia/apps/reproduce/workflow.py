@@ -12,7 +12,7 @@ patches, the projected budget only).
 
 Example::
 
-    monai-smia reproduce --data-dir ../shared/data --output reproduce_out --quick
+    monai-smia reproduce --data-dir ../shared/data --output out/reproduce --quick
 """
 
 from __future__ import annotations
