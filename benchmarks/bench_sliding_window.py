@@ -102,6 +102,7 @@ def run_one(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+
     def work() -> None:
         if mode == "inference":
             with torch.no_grad():
@@ -142,8 +143,9 @@ def _windows(size: tuple[int, ...]) -> int:
 
 def _child(mode: str, size: str, args: argparse.Namespace) -> dict | None:
     cmd = [sys.executable, __file__, "--child", mode, size, "--attack", args.attack, "--num-iter", str(args.num_iter),
-           "--device", args.device, "--repeats", str(args.repeats)] + (["--data-dir", args.data_dir] if args.data_dir else []) + (
-           ["--grad-batch-size", str(args.grad_batch_size)] if args.grad_batch_size else [])  # fmt: skip
+           "--device", args.device, "--repeats", str(args.repeats)]  # fmt: skip
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    cmd += ["--grad-batch-size", str(args.grad_batch_size)] if args.grad_batch_size else []
     proc = subprocess.run(
         cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"}
     )
@@ -198,8 +200,8 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     gb = args.grad_batch_size or ZOO["sw_batch_size"]
     print(
-        f"\n{args.attack} (T={args.num_iter}) on {args.device}, zoo spleen UNet, roi 96^3, sw_batch_size 4, overlap 0.5, "
-        f"{gb} windows per backward batch"
+        f"\n{args.attack} (T={args.num_iter}) on {args.device}, zoo spleen UNet, roi 96^3, sw_batch_size 4, "
+        f"overlap 0.5, {gb} windows per backward batch"
     )
     print("| volume | windows | mode | peak MiB | x inference | s/iter | x floor |\n|---|---|---|---|---|---|---|")
     for r in rows:

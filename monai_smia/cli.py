@@ -1,8 +1,8 @@
 """The ``monai-smia`` console command: a thin front to the MONAI bundles.
 
-    monai-smia demo
-    monai-smia evaluate --bundle NAME_OR_PATH --dataset-dir DIR --output DIR [--attacks ...] [--eps ...]
-    monai-smia attack --bundle NAME_OR_PATH --input PATH --output DIR [--attack SMIA] [--eps ...]
+monai-smia demo
+monai-smia evaluate --bundle NAME_OR_PATH --dataset-dir DIR --output DIR [--attacks ...] [--eps ...]
+monai-smia attack --bundle NAME_OR_PATH --input PATH --output DIR [--attack SMIA] [--eps ...]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _add_reproduce(sub: Any) -> None:
     rep = sub.add_parser(
         "reproduce",
         help="settle the SMIA paper's claims (Tables 1-6) with paired statistics on the lung CT, RetinaMNIST and "
-            "MNIST bundles",
+        "MNIST bundles",
         description="Attack the same test cases with FGSM, PGD, DEV, every SMIA reading, DeepFool / DAG and the "
         "sweeps of the paper's Tables 2-4, under a projected budget and the paper's per-step eps; write "
         "reproduce.md, reproduce.json and figures (each claim: holds / does not hold by a paired bootstrap "
@@ -102,7 +102,9 @@ def _add_reproduce(sub: Any) -> None:
     )
     _add_data_options(rep, "monai_smia_reproduce")
     rep.add_argument(
-        "--quick", action="store_true", help="fewer cases, sweep points and Square queries (see the README for run times)"
+        "--quick",
+        action="store_true",
+        help="fewer cases, sweep points and Square queries (see the README for run times)",
     )
     rep.add_argument(
         "--bundles",
@@ -142,7 +144,7 @@ def _add_evaluate(sub: Any, bundles: str) -> None:
         "--dataset-dir",
         required=True,
         help="the data: a data_prep folder (datalist.json), a Decathlon task folder (dataset.json), or the "
-            "dataset_dir the bundle's own data keys read",
+        "dataset_dir the bundle's own data keys read",
     )
     ev.add_argument("--output", required=True, help="output folder")
     from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS

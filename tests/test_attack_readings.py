@@ -194,8 +194,16 @@ def test_trace_cosines_by_hand(setup):
         assert torch.allclose(tr.cosine_mean(kind), tr.cosines(kind)[1:].mean(0))
         assert torch.equal(tr.positive_share(kind), (tr.cosines(kind)[1:] > 0).double().mean(0))
     summary = tr.summary()
-    for key in ("cosine", "positive_cosine_share", "final_variance", "perturbation_variance", "gradient_cosine_mean",
-                "step_positive_cosine_share", "update_positive_cosine_share", "perturbation_cosine"):
+    for key in (
+        "cosine",
+        "positive_cosine_share",
+        "final_variance",
+        "perturbation_variance",
+        "gradient_cosine_mean",
+        "step_positive_cosine_share",
+        "update_positive_cosine_share",
+        "perturbation_cosine",
+    ):
         assert key in summary
     assert summary["update_positive_cosine_share"] == summary["positive_cosine_share"]
     final = deltas[-1].reshape(2, -1)
@@ -220,7 +228,9 @@ def test_trace_prints_a_table_with_named_columns():
     attack = SMIA(net, eps=0.1, num_iter=3)
     attack(torch.rand(2, 1, 8, 8))
     lines = str(attack.trace).splitlines()
-    assert lines[0] == "| iter | DEV loss | STA loss | Var(d) | cos step | cos gradient | cos update | cos perturbation |"
+    assert (
+        lines[0] == "| iter | DEV loss | STA loss | Var(d) | cos step | cos gradient | cos update | cos perturbation |"
+    )
     assert len(lines) == 2 + 3 + 1 and lines[2].startswith("| 1 |") and lines[2].endswith("| - | - | - | - |")
     assert "nan" not in str(attack.trace) and "applied update has cos > 0" in lines[-1]
     dev = attack.trace.summary()["deviation_loss"]

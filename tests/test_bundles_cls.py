@@ -41,8 +41,6 @@ BUNDLES = {
 TOLERANCE = 0.003  # one test image of RetinaMNIST is 0.0025; float summation order may flip a borderline argmax
 
 
-
-
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
@@ -83,7 +81,9 @@ def _network(bundle: str) -> torch.nn.Module:
 def test_one_epoch_training_smoke(prepared, tmp_path):
     bundle, data = prepared
     ckpt = tmp_path / "ckpt"
-    proc = _run(_bundle_cmd(bundle, "train", data, max_epochs=1, max_train_items=96, max_val_items=48, train_ckpt_dir=ckpt))
+    proc = _run(
+        _bundle_cmd(bundle, "train", data, max_epochs=1, max_train_items=96, max_val_items=48, train_ckpt_dir=ckpt)
+    )
     log = proc.stdout + proc.stderr
     assert "val_accuracy" in log and "train_accuracy" in log
     files = sorted(p.name for p in ckpt.iterdir())

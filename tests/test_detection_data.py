@@ -113,8 +113,25 @@ def _bundle_run(dataset: Path, out: Path, attack: str, max_cases: int, batch_siz
 
     files = ["train.json", "evaluate.json", *(["multi_gpu_evaluate.json"] if nproc > 1 else [])]
     configs = "[" + ",".join(f"'{BUNDLE}/configs/{f}'" for f in files) + "]"
-    args = ["-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset),
-            "--output_dir", str(out), "--attack", attack, "--max_cases", str(max_cases), "--batch_size", str(batch_size)]  # fmt: skip
+    args = [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(BUNDLE),
+        "--dataset_dir",
+        str(dataset),
+        "--output_dir",
+        str(out),
+        "--attack",
+        attack,
+        "--max_cases",
+        str(max_cases),
+        "--batch_size",
+        str(batch_size),
+    ]
     if nproc > 1:
         cmd = [
             sys.executable,

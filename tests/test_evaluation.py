@@ -16,12 +16,6 @@ from monai_smia.apps.evaluate.config import EVALUATOR_CONFIG
 from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
 
 
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def retina_report(retina, tmp_path_factory):
     out = tmp_path_factory.mktemp("retina_eval")
@@ -122,7 +116,8 @@ def _run_condition(mnist, out, nproc: int) -> dict:
     configs = "[" + ",".join(f"'{bundle / 'configs' / f}'" for f in files) + "]"  # an absolute f is kept as is
     args = [
         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(bundle),
-        "--dataset_dir", str(mnist), "--output_dir", str(out), "--max_cases", "7", "--validate#dataloader#batch_size", "1",
+        "--dataset_dir", str(mnist), "--output_dir", str(out), "--max_cases", "7",
+        "--validate#dataloader#batch_size", "1",
         "--attack", "PGD", "--eps", "0.1", "--num_iter", "3", "--num_figure_cases", "0",
     ]  # fmt: skip
     if nproc > 1:

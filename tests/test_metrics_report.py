@@ -217,8 +217,18 @@ def _records() -> list[dict]:
         adv_logits[label] -= 3.0 if i % 2 else 0.0
         recs.append({"case_id": f"c{i}", "attack": "clean", "eps": None, "top1": float(clean_logits.argmax() == label),
                      "label": label, "logits": clean_logits.tolist()})  # fmt: skip
-        recs.append({"case_id": f"c{i}", "attack": "SMIA", "eps": 0.1, "top1": float(adv_logits.argmax() == label),
-                     "linf": 0.1, "psnr": math.inf if i == 0 else 30.0 + i, "label": label, "logits": adv_logits.tolist()})  # fmt: skip
+        recs.append(
+            {
+                "case_id": f"c{i}",
+                "attack": "SMIA",
+                "eps": 0.1,
+                "top1": float(adv_logits.argmax() == label),
+                "linf": 0.1,
+                "psnr": math.inf if i == 0 else 30.0 + i,
+                "label": label,
+                "logits": adv_logits.tolist(),
+            }
+        )
     return recs
 
 
@@ -256,8 +266,14 @@ def test_reports_written_and_readable(tmp_path: Path):
 def test_provenance(tmp_path: Path):
     ckpt = tmp_path / "model.pt"
     torch.save({"w": torch.arange(5)}, ckpt)
-    path = R.write_provenance(tmp_path / "provenance.json", seed=7, checkpoint=ckpt, data_source="RetinaMNIST test split",
-                              attack_settings={"SMIA": {"eps": 1 / 255}}, command_line=["monai-smia", "evaluate"])  # fmt: skip
+    path = R.write_provenance(
+        tmp_path / "provenance.json",
+        seed=7,
+        checkpoint=ckpt,
+        data_source="RetinaMNIST test split",
+        attack_settings={"SMIA": {"eps": 1 / 255}},
+        command_line=["monai-smia", "evaluate"],
+    )
     prov = json.loads(path.read_text())
     assert prov["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert prov["seed"] == 7 and prov["versions"]["torch"] == torch.__version__
@@ -341,8 +357,8 @@ def test_figures_from_a_real_attack(data_dir: Path, tmp_path: Path, monkeypatch)
     assert [line.get_label().split()[0] for line in dev_loss.lines] == ["DEV", "SMIA"]
     assert np.allclose(dev_loss.lines[1].get_ydata(), summaries["SMIA"]["deviation_loss"])
     assert [line.get_label().split()[0] for line in sta_loss.lines] == ["SMIA"]  # DEV has no stabilization loss
-    cases = [{"case_id": f"test_{i}", "image": x[i], "adv_image": adv["SMIA"][i], "label": y[i], "clean_pred": clean_pred[i],
-              "adv_pred": adv_pred[i]} for i in range(3)]  # fmt: skip
+    cases = [{"case_id": f"test_{i}", "image": x[i], "adv_image": adv["SMIA"][i], "label": y[i],
+              "clean_pred": clean_pred[i], "adv_pred": adv_pred[i]} for i in range(3)]  # fmt: skip
     _assert_png(
         case_figure(tmp_path / "cases.png", cases, task="classification", display_range=(0.0, 1.0), attack_name="SMIA")
     )
@@ -371,8 +387,21 @@ def test_segmentation_figure_on_real_ct(data_dir: Path, tmp_path: Path, monkeypa
     broken = label.copy()
     broken[: label.shape[0] // 2] = False
     drawn = _drawn(monkeypatch)
-    path = case_figure(tmp_path / "seg.png", [{"case_id": "ct", "image": image, "adv_image": image + d, "label": label,
-                       "clean_pred": label, "adv_pred": broken}], display_range=(-1000, 400), transpose=True)  # fmt: skip
+    path = case_figure(
+        tmp_path / "seg.png",
+        [
+            {
+                "case_id": "ct",
+                "image": image,
+                "adv_image": image + d,
+                "label": label,
+                "clean_pred": label,
+                "adv_pred": broken,
+            }
+        ],
+        display_range=(-1000, 400),
+        transpose=True,
+    )
     _assert_png(path)
     clean_ax, adv_ax, d_ax, clean_pred_ax, adv_pred_ax = drawn[0].axes
     assert "max |d| = 20" in d_ax.get_title()

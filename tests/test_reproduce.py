@@ -61,7 +61,10 @@ def test_rows_for_every_table_and_reading(run):
     rows = report["claims"]
     assert {r["table"] for r in rows} == {"1", "2", "3", "4", "5", "6", "W"}
     worst = [r for r in rows if r["table"] == "W"]  # SMIA and PGD vs the worst case: measured, not the paper's claims
-    assert [r["claim"] for r in worst] == ["the worst case is stronger than SMIA", "the worst case is stronger than PGD"]
+    assert [r["claim"] for r in worst] == [
+        "the worst case is stronger than SMIA",
+        "the worst case is stronger than PGD",
+    ]
     assert all(r["a"] == "worst-case_T2_e1" and r["lo"] <= r["mean_difference"] <= r["hi"] for r in worst)
     paper = [r for r in rows if r["table"] != "W"]
     assert report["holds"] == sum(r["verdict"] == "holds" for r in paper)

@@ -168,12 +168,16 @@ class Attack:
         if isinstance(out, dict):
             key = self.output_key
             if key is None or key not in out:
-                raise KeyError(f"network returned a dict with keys {sorted(map(str, out))}; set output_key to one of them.")
+                raise KeyError(
+                    f"network returned a dict with keys {sorted(map(str, out))}; set output_key to one of them."
+                )
             out = out[key]
         elif isinstance(out, (tuple, list)):
             out = out[0 if self.output_key is None else self.output_key]
         if not isinstance(out, torch.Tensor) or out.ndim < 2:
-            raise ValueError(f"network logits must be a tensor (B, K[, *spatial]), got {getattr(out, 'shape', type(out))}.")
+            raise ValueError(
+                f"network logits must be a tensor (B, K[, *spatial]), got {getattr(out, 'shape', type(out))}."
+            )
         if out.shape[0] != x.shape[0]:
             raise ValueError(f"network output batch {out.shape[0]} differs from the input batch {x.shape[0]}.")
         return out
@@ -199,7 +203,9 @@ class Attack:
         if value.ndim == 0:
             return value.expand(logits.shape[0])
         if value.shape[0] != logits.shape[0]:
-            raise ValueError(f"loss returned shape {tuple(value.shape)}; expected a scalar or (B, ...) with B={logits.shape[0]}.")
+            raise ValueError(
+                f"loss returned shape {tuple(value.shape)}; expected a scalar or (B, ...) with B={logits.shape[0]}."
+            )
         return per_sample_mean(value)
 
     def project(self, x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

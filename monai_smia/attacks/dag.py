@@ -151,7 +151,9 @@ class DAG(MinimalNormAttack):
             if mask is not None:
                 grad = grad * mask
             norm = grad.reshape(grad.shape[0], -1).abs().amax(dim=1)
-            scale = torch.where(norm > 0, self.gamma / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+            scale = torch.where(
+                norm > 0, self.gamma / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm)
+            )
             r = r + grad * broadcast_samples(scale, grad)
             iterations += active.any(dim=1).long()
         return self.finish(x, delta, iterations, (pred != lab).double().mean(dim=1))
@@ -162,7 +164,9 @@ class DAG(MinimalNormAttack):
         lab = self.target_labels(labels, scores)
         adv = self.target_fn(lab, scores.shape[1])
         if not isinstance(adv, torch.Tensor) or adv.shape != lab.shape:
-            raise ValueError(f"target_fn must return a tensor of shape {tuple(lab.shape)}, got {getattr(adv, 'shape', type(adv))}.")
+            raise ValueError(
+                f"target_fn must return a tensor of shape {tuple(lab.shape)}, got {getattr(adv, 'shape', type(adv))}."
+            )
         adv = adv.to(device=lab.device, dtype=lab.dtype)
         if scores.shape[1] > 1 and (int(adv.min()) < 0 or int(adv.max()) >= scores.shape[1]):
             raise ValueError(f"target_fn returned labels outside [0, {scores.shape[1] - 1}].")

@@ -133,7 +133,9 @@ class DeepFool(MinimalNormAttack):
                 w = w * mask
             w_norm = torch.linalg.vector_norm(w.reshape(b, -1), dim=1).to(z.dtype)
             f = margins[:, c].detach().abs()
-            dist = torch.where(w_norm > 0, f / w_norm.clamp_min(torch.finfo(z.dtype).tiny), torch.full_like(f, float("inf")))
+            dist = torch.where(
+                w_norm > 0, f / w_norm.clamp_min(torch.finfo(z.dtype).tiny), torch.full_like(f, float("inf"))
+            )
             if k > 1:
                 dist = torch.where(y == c, torch.full_like(dist, float("inf")), dist)
             closer = dist < best
@@ -141,5 +143,7 @@ class DeepFool(MinimalNormAttack):
             best_f = torch.where(closer, f, best_f)
             best_w = torch.where(broadcast_samples(closer, w).bool(), w, best_w)
         w_sq = best_w.reshape(b, -1).pow(2).sum(dim=1)
-        scale = torch.where(w_sq > 0, best_f.to(w_sq.dtype) / w_sq.clamp_min(torch.finfo(w_sq.dtype).tiny), torch.zeros_like(w_sq))
+        scale = torch.where(
+            w_sq > 0, best_f.to(w_sq.dtype) / w_sq.clamp_min(torch.finfo(w_sq.dtype).tiny), torch.zeros_like(w_sq)
+        )
         return best_w * broadcast_samples(scale, best_w)

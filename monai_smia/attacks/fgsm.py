@@ -24,4 +24,6 @@ class FGSM(IterativeAttack):
         bounds: Sequence[float] | None = (0.0, 1.0),
         **kwargs: Any,
     ) -> None:
-        super().__init__(network, eps, num_iter=1, step_size=eps, random_start=False, loss=loss, bounds=bounds, **kwargs)
+        super().__init__(
+            network, eps, num_iter=1, step_size=eps, random_start=False, loss=loss, bounds=bounds, **kwargs
+        )

@@ -114,7 +114,9 @@ class MinimalNormAttack(Attack):
             delta = (x + delta).clamp(*self.bounds) - x
         return delta
 
-    def finish(self, x: torch.Tensor, delta: torch.Tensor, iterations: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    def finish(
+        self, x: torch.Tensor, delta: torch.Tensor, iterations: torch.Tensor, error: torch.Tensor
+    ) -> torch.Tensor:
         """Store the unconstrained result of perturbation ``delta`` and return ``delta`` for the projection."""
         flat = delta.detach().reshape(delta.shape[0], -1)
         self.result = MinimalNormResult(

@@ -22,7 +22,9 @@ class RandomSignNoise(Attack):
     #: the noise itself is the random draw (``delta_init`` gives its signs)
     draws_random_start = True
 
-    def __init__(self, network: torch.nn.Module, eps: float, bounds: Sequence[float] | None = (0.0, 1.0), **kwargs: Any) -> None:
+    def __init__(
+        self, network: torch.nn.Module, eps: float, bounds: Sequence[float] | None = (0.0, 1.0), **kwargs: Any
+    ) -> None:
         super().__init__(network, eps, bounds=bounds, **kwargs)
 
     def perturb(
@@ -38,5 +40,7 @@ class RandomSignNoise(Attack):
             signs = self.checked_delta_init(x, delta_init).sign()
         else:
             dev = generator.device if generator is not None else x.device
-            signs = torch.randint(0, 2, x.shape, generator=generator, device=dev).to(device=x.device, dtype=x.dtype) * 2 - 1
+            signs = (
+                torch.randint(0, 2, x.shape, generator=generator, device=dev).to(device=x.device, dtype=x.dtype) * 2 - 1
+            )
         return self.project(x, self.eps * signs, mask)

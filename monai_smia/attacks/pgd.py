@@ -35,5 +35,12 @@ class PGD(IterativeAttack):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, loss=loss, bounds=bounds, **kwargs
+            network,
+            eps,
+            num_iter=num_iter,
+            step_size=step_size,
+            random_start=random_start,
+            loss=loss,
+            bounds=bounds,
+            **kwargs,
         )

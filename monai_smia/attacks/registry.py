@@ -25,8 +25,19 @@ __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "MIN_CLASSES", "ROBUSTNESS", "TASK_ATTA
 
 #: attack names understood by :func:`make_attack`, in the paper's order
 ATTACKS = (
-    "noise", "FGSM", "PGD", "DEV", "SMIA", "DeepFool", "DAG",
-    "APGD", "APGD-T", "SegPGD", "CosPGD", "Square", "worst-case",
+    "noise",
+    "FGSM",
+    "PGD",
+    "DEV",
+    "SMIA",
+    "DeepFool",
+    "DAG",
+    "APGD",
+    "APGD-T",
+    "SegPGD",
+    "CosPGD",
+    "Square",
+    "worst-case",
 )
 #: the attacks of a default evaluation (every task)
 DEFAULT_ATTACKS = ("noise", "FGSM", "PGD", "DEV", "SMIA")
@@ -121,7 +132,16 @@ def make_attack(
                 "reading has no effect; drop it, or use SMIA."
             )
         a = 0.0 if name == "DEV" else alpha
-        return SMIA(network, eps=eps, num_iter=num_iter, alpha=a, sigma=sigma, spatial_dims=spatial_dims, bounds=bounds, **options)
+        return SMIA(
+            network,
+            eps=eps,
+            num_iter=num_iter,
+            alpha=a,
+            sigma=sigma,
+            spatial_dims=spatial_dims,
+            bounds=bounds,
+            **options,
+        )
     readings = sorted(set(options) & set(SMIA_READINGS))
     if readings:
         raise ValueError(f"{', '.join(readings)}: a reading of SMIA, not an option of {name}; drop it.")

@@ -60,9 +60,8 @@ class PerturbationSmoother:
 
     def __call__(self, delta: torch.Tensor) -> torch.Tensor:
         if delta.ndim - 2 != self.spatial_dims:
-            raise ValueError(
-                f"the smoother works on {self.spatial_dims} spatial dims, the perturbation has shape {tuple(delta.shape)}."
-            )
+            dims, shape = self.spatial_dims, tuple(delta.shape)
+            raise ValueError(f"the smoother works on {dims} spatial dims, the perturbation has shape {shape}.")
         return separable_filtering(delta, self.kernels(delta.device, delta.dtype))
 
 
@@ -135,7 +134,14 @@ class SMIA(IterativeAttack):
     ) -> None:
         paper = self._check_protocol(protocol, eps, step_size, random_start)
         super().__init__(
-            network, eps, num_iter=num_iter, step_size=step_size, random_start=random_start, loss=loss, bounds=bounds, **kwargs
+            network,
+            eps,
+            num_iter=num_iter,
+            step_size=step_size,
+            random_start=random_start,
+            loss=loss,
+            bounds=bounds,
+            **kwargs,
         )
         if paper:
             self.step_size, self.eps = self.eps, self.eps * self.num_iter
@@ -171,7 +177,9 @@ class SMIA(IterativeAttack):
                 f"eps ({eps!r}); leave step_size=None or drop protocol."
             )
         if random_start:
-            raise ValueError("random_start=True contradicts protocol='paper' (the paper starts from x); drop one of them.")
+            raise ValueError(
+                "random_start=True contradicts protocol='paper' (the paper starts from x); drop one of them."
+            )
         return True
 
     def _check_readings(self) -> None:
@@ -179,7 +187,9 @@ class SMIA(IterativeAttack):
         if self.stabilization_mode not in ("soft", "hard"):
             raise ValueError(f"stabilization must be 'soft' or 'hard', got {self.stabilization_mode!r}.")
         if self.stabilization_target not in ("detached", "differentiable"):
-            raise ValueError(f"stabilization_target must be 'detached' or 'differentiable', got {self.stabilization_target!r}.")
+            raise ValueError(
+                f"stabilization_target must be 'detached' or 'differentiable', got {self.stabilization_target!r}."
+            )
         if self.smooth not in ("perturbation", "step"):
             raise ValueError(f"smooth must be 'perturbation' or 'step', got {self.smooth!r}.")
         if self.stabilization_target == "differentiable" and self.stabilization_mode == "hard":
@@ -214,7 +224,8 @@ class SMIA(IterativeAttack):
         return super().perturb(x, *args, **kwargs)
 
     def smoothed(self, delta: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-        """The perturbation of the stabilization anchor: ``W * d_t``, or ``d_{t-1} + W * (d_t - d_{t-1})`` (``smooth="step"``)."""
+        """The perturbation of the stabilization anchor: ``W * d_t``, or ``d_{t-1} + W * (d_t - d_{t-1})``
+        (``smooth="step"``)."""
         if self.smooth == "perturbation" or previous is None:
             return self.smoother(delta)
         return previous + self.smoother(delta - previous)

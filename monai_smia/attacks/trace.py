@@ -26,7 +26,17 @@ __all__ = ["COSINE_KINDS", "AttackTrace", "TraceRecorder"]
 COSINE_KINDS = ("step", "gradient", "update", "perturbation")
 #: fields that add up when samples are merged (all but the losses and the zero-gradient flags)
 _SUM_FIELDS = (
-    "numel", "d_sum", "d_sqsum", "upd_dot", "upd_sq", "upd_prev_sq", "step_dot", "step_sq", "grad_dot", "grad_sq", "d_dot",
+    "numel",
+    "d_sum",
+    "d_sqsum",
+    "upd_dot",
+    "upd_sq",
+    "upd_prev_sq",
+    "step_dot",
+    "step_sq",
+    "grad_dot",
+    "grad_sq",
+    "d_dot",
 )
 
 
@@ -175,7 +185,6 @@ class AttackTrace:
             out[f"{kind}_positive_cosine_share"] = float(self.positive_share(kind).mean())
         return out
 
-
     def table(self) -> str:
         """A short per-iteration table, averaged over the batch: the losses, ``Var(d)`` and the cosine of each
         kind between consecutive vectors (``-`` at the first iteration, which has no predecessor), then the
@@ -194,7 +203,9 @@ class AttackTrace:
             rows.append([str(t + 1), *(cell(float(v)) for v in values)])
         share = float(self.positive_cosine_share.mean())
         lines = ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join([*lines, f"share of iterations whose applied update has cos > 0 with the previous one: {cell(share)}"])
+        return "\n".join(
+            [*lines, f"share of iterations whose applied update has cos > 0 with the previous one: {cell(share)}"]
+        )
 
     def __str__(self) -> str:
         return self.table()
@@ -258,7 +269,9 @@ class TraceRecorder:
         flat_d = delta.detach().reshape(b, -1)
         r = self.rows
         r["deviation_loss"].append(deviation.detach().float().reshape(b))
-        r["stabilization_loss"].append(self._nan if stabilization is None else stabilization.detach().float().reshape(b))
+        r["stabilization_loss"].append(
+            self._nan if stabilization is None else stabilization.detach().float().reshape(b)
+        )
         r["zero_gradient"].append(flat_g.abs().amax(dim=1) == 0)
         r["d_sum"].append(flat_d.sum(dim=1).double())
         self._pair("d", flat_d, "d_dot", "d_sqsum")

@@ -54,7 +54,9 @@ class _Rows:
         self.score = SCORE_NAMES[task]
         self.rows: list[ClaimSpec] = []
 
-    def add(self, table: str, claim: str, a: Condition, b: Condition, metric: str, direction: str, reading: str = "default") -> None:
+    def add(
+        self, table: str, claim: str, a: Condition, b: Condition, metric: str, direction: str, reading: str = "default"
+    ) -> None:
         self.rows.append(
             ClaimSpec(
                 table=table,
@@ -69,9 +71,31 @@ class _Rows:
                 direction=direction,
                 a_values=_values(self.records, a.key, metric),
                 b_values=_values(self.records, b.key, metric),
-                warning=next((str(r["warning"]) for r in self.records if r["attack"] == a.key and r.get("warning")), ""),
+                warning=next(
+                    (str(r["warning"]) for r in self.records if r["attack"] == a.key and r.get("warning")), ""
+                ),
             )
         )
+
+
+def _sweep_claims(rows: _Rows, s: Any) -> None:
+    """Tables 2-4: SMIA against DEV (and PGD) across the iteration, eps and alpha sweeps."""
+    t, a, dev = s.num_iter, s.alpha, _dev(s.num_iter)
+    for n in s.iterations:
+        rows.add(
+            "2", f"SMIA is stronger than DEV at T = {n} iterations", _smia("default", n, a), _dev(n), "score", "less"
+        )
+    for f in s.eps_factors:
+        smia, pgd = _smia("default", t, a, f), Condition("PGD", num_iter=t, eps_factor=f)
+        rows.add("3", f"SMIA is stronger than DEV at eps x{f:g}", smia, _dev(t, f), "score", "less")
+        rows.add("3", f"SMIA is stronger than PGD at eps x{f:g}", smia, pgd, "score", "less")
+    for al in s.alphas:
+        if al != 0:
+            claim = f"alpha = {al:g} is stronger than alpha = 0 (DEV)"
+            rows.add("4", claim, _smia("default", t, al), dev, "score", "less")
+        if al not in (0, a):
+            claim = f"alpha = {a:g} (the paper's) is stronger than alpha = {al:g}"
+            rows.add("4", claim, _smia("default", t, a), _smia("default", t, al), "score", "less")
 
 
 def bundle_claims(bundle: str, task: str, protocol: str, s: Any, records: list[Mapping[str, Any]]) -> list[ClaimSpec]:
@@ -83,27 +107,22 @@ def bundle_claims(bundle: str, task: str, protocol: str, s: Any, records: list[M
     for r in s.readings:
         smia = _smia(r, t, a)
         rows.add("1", "DEV+STA is a stronger attack than DEV alone", smia, dev, "score", "less", r)
-        rows.add("1", "DEV+STA's consecutive updates agree more often (share of positive cosines)", smia, dev, "update_positive_share", "greater", r)
-    for n in s.iterations:
-        rows.add("2", f"SMIA is stronger than DEV at T = {n} iterations", _smia("default", n, a), _dev(n), "score", "less")
-    for f in s.eps_factors:
-        smia = _smia("default", t, a, f)
-        rows.add("3", f"SMIA is stronger than DEV at eps x{f:g}", smia, _dev(t, f), "score", "less")
-        rows.add("3", f"SMIA is stronger than PGD at eps x{f:g}", smia, Condition("PGD", num_iter=t, eps_factor=f), "score", "less")
-    for al in s.alphas:
-        if al != 0:
-            rows.add("4", f"alpha = {al:g} is stronger than alpha = 0 (DEV)", _smia("default", t, al), dev, "score", "less")
-        if al not in (0, a):
-            rows.add("4", f"alpha = {a:g} (the paper's) is stronger than alpha = {al:g}", _smia("default", t, a), _smia("default", t, al), "score", "less")
+        claim = "DEV+STA's consecutive updates agree more often (share of positive cosines)"
+        rows.add("1", claim, smia, dev, "update_positive_share", "greater", r)
+    _sweep_claims(rows, s)
     if bundle == "mnist_cls":
         for other in (fgsm, pgd):
-            rows.add("5", f"on MNIST, SMIA is stronger than {other.attack}", _smia("default", t, a), other, "score", "less")
+            claim = f"on MNIST, SMIA is stronger than {other.attack}"
+            rows.add("5", claim, _smia("default", t, a), other, "score", "less")
     for r in s.readings:
         smia = _smia(r, t, a)
         for other in (fgsm, pgd, minimal):
-            rows.add("6", f"SMIA causes a larger {rows.score} drop than {other.attack}", smia, other, "drop", "greater", r)
+            claim = f"SMIA causes a larger {rows.score} drop than {other.attack}"
+            rows.add("6", claim, smia, other, "drop", "greater", r)
         for other in (pgd, dev):
-            rows.add("6", f"SMIA's perturbation varies less (Var) than {other.attack}'s", smia, other, "variance", "less", r)
+            rows.add(
+                "6", f"SMIA's perturbation varies less (Var) than {other.attack}'s", smia, other, "variance", "less", r
+            )
     worst = Condition("worst-case", num_iter=t)
     for name, cond in (("SMIA", _smia("default", t, a)), ("PGD", pgd)):
         rows.add("W", f"the worst case is stronger than {name}", worst, cond, "score", "less")
