@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +25,25 @@ def subprocess_env() -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     return env
+
+
+def mnist_digits(data_dir: Path, num: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The committed mnist_cls network and the first ``num`` MNIST test digits and labels as it reads them
+    (skips the test when either is absent)."""
+    from monai_smia.bundle.victim import load_victim
+
+    if not (REPO_ROOT / "bundles" / "mnist_cls" / "models" / "model.pt").is_file():
+        pytest.skip("bundles/mnist_cls/models/model.pt is absent (train the bundle first)")
+    folder = data_dir / "digits" / "mnist"
+    if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST test digits absent from {folder}")
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:num]
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:num]
+    # the bundle loads PNGs with PILReader, which puts the image width first: rows become columns
+    x = torch.tensor(raw / 255.0, dtype=torch.float32).transpose(-1, -2).unsqueeze(1).contiguous()
+    return load_victim("mnist_cls", device="cpu").network.eval(), x, torch.tensor(labels, dtype=torch.long)
 
 
 @pytest.fixture(scope="session")

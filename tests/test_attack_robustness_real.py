@@ -13,12 +13,10 @@ often than torchattacks' integer rounding of the same schedule.
 
 from __future__ import annotations
 
-import gzip
-
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, mnist_digits
 
 from monai_smia import APGD, PGD, CosPGD, SegPGD, WorstCase
 from monai_smia.bundle.victim import load_victim
@@ -31,18 +29,7 @@ TOLERANCE = 3 / N
 @pytest.fixture(scope="module")
 def mnist_victim(data_dir):
     """The committed mnist_cls network and the first N MNIST test digits as it reads them."""
-    if not (REPO_ROOT / "bundles" / "mnist_cls" / "models" / "model.pt").is_file():
-        pytest.skip("bundles/mnist_cls/models/model.pt is absent (train the bundle first)")
-    folder = data_dir / "digits" / "mnist"
-    if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST test digits absent from {folder}")
-    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
-        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:N]
-    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:N]
-    # the bundle loads PNGs with PILReader, which puts the image width first: rows become columns
-    x = torch.tensor(raw / 255.0, dtype=torch.float32).transpose(-1, -2).unsqueeze(1).contiguous()
-    return load_victim("mnist_cls", device="cpu").network.eval(), x, torch.tensor(labels, dtype=torch.long)
+    return mnist_digits(data_dir, N)
 
 
 def robust_accuracy(net: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:

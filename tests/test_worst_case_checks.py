@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import gzip
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT
+from conftest import mnist_digits
 from monai.networks.nets import UNet
 
 from monai_smia import WorstCase
@@ -113,19 +111,7 @@ def test_slice_wise_volume_gets_one_merged_note():
 def test_no_check_fires_on_committed_mnist_cls(data_dir):
     """The committed mnist_cls victim is deterministic, has gradients and 10 classes; Square breaks no digit that
     APGD-CE and APGD-T left (32 digits, eps 0.05)."""
-    from monai_smia.bundle.victim import load_victim
-
-    if not (REPO_ROOT / "bundles" / "mnist_cls" / "models" / "model.pt").is_file():
-        pytest.skip("bundles/mnist_cls/models/model.pt is absent (train the bundle first)")
-    folder = data_dir / "digits" / "mnist"
-    if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST test digits absent from {folder}")
-    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
-        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:32]
-    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
-        y = torch.tensor(np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:32], dtype=torch.long)
-    x = torch.tensor(raw / 255.0, dtype=torch.float32).transpose(-1, -2).unsqueeze(1).contiguous()
-    net = load_victim("mnist_cls", device="cpu").network.eval()
+    net, x, y = mnist_digits(data_dir, 32)
     attack = run(WorstCase(net, eps=0.05, num_iter=20, num_queries=300), x, y)
     report = worst_case_report(records(attack), "worst-case")
     assert report["warnings"] == [] and report["not_checked"] == []
