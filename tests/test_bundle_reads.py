@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from monai_smia.bundle import files, loading
+from monai_smia.bundle import bundle, loading
 from monai_smia.cli import main
 
 
@@ -36,7 +36,7 @@ def test_one_evaluation_reads_the_bundle_once(mnist, tmp_path, monkeypatch):
         built.append(type(network).__name__)
         return real_weights(network, path, *args, **kwargs)
 
-    files.clear()
+    bundle.clear()  # a network another test still holds would otherwise be reused
     monkeypatch.setattr(loading, "load_weights", counting_weights)
     monkeypatch.setattr("monai_smia.bundle.bundle.load_weights", counting_weights)
     monkeypatch.setattr(builtins, "open", counting_open)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from monai_smia.bundle import files
 from monai_smia.bundle.files import check_config_file, file_version, load_config_files, read_config_file, read_metadata
 from monai_smia.bundle.loading import load_weights
 
@@ -27,6 +28,7 @@ __all__ = [
     "BUILTIN_BUNDLES_DIR",
     "Bundle",
     "builtin_bundles",
+    "clear",
     "is_train_override",
     "open_bundle",
     "resolve_bundle",
@@ -172,6 +174,13 @@ class Bundle:
             network = load_weights(network, ckpt).to(device).eval()
             _NETWORKS[key] = network
         return network
+
+
+def clear() -> None:
+    """Forget every opened bundle, built network and cached file read (tests that count them start here)."""
+    _OPENED.clear()
+    _NETWORKS.clear()
+    files.clear()
 
 
 def open_bundle(name_or_path: str | os.PathLike | Bundle) -> Bundle:
