@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
 import torch
+from conftest import subprocess_env
 
-from monai_smia.apps.evaluate.config import EVALUATOR_CONFIG
+from monai_smia.apps.evaluate.wiring import EVALUATOR_CONFIG
 from monai_smia.bundle.loading import load_split, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -156,7 +156,7 @@ def _bundle_run(dataset: Path, out: Path, attack: str, max_cases: int, batch_siz
 def test_multi_gpu_evaluate_json_splits_cases_as_the_other_bundles():
     """The detection multi_gpu_evaluate.json is the other bundles' override: the DistributedSampler entries
     (every case once across ranks, no padding), process group set up and torn down; it also loads the weights."""
-    from monai_smia.apps.evaluate.config import distributed_overrides
+    from monai_smia.apps.evaluate.wiring import distributed_overrides
 
     det = json.loads((BUNDLE / "configs" / "multi_gpu_evaluate.json").read_text())
     seg = json.loads((ROOT / "bundles" / "lung_ct_seg" / "configs" / "multi_gpu_evaluate.json").read_text())
@@ -182,9 +182,9 @@ def test_evaluate_json_is_an_evaluator_override(det_dataset, tmp_path):
     seeded per case (the same records at another batch size, and from two torchrun processes); a rerun resumes."""
     import torch
 
-    from monai_smia.apps.detection.evaluate import load_detection_bundle
     from monai_smia.apps.detection import detect, make_detection_attack
     from monai_smia.apps.detection.engine import detection_record
+    from monai_smia.apps.detection.evaluate import load_detection_bundle
 
     _, dataset = det_dataset
     fgsm = _bundle_run(dataset, tmp_path / "a", "FGSM", 5, 2)

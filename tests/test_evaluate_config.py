@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, subprocess_env
-
 from monai.bundle import ConfigParser
 
-from monai_smia.apps.evaluate.config import (
+from monai_smia.apps.evaluate.wiring import (
     EVALUATOR_CONFIG,
     SETTINGS,
     bundle_configs,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT, subprocess_env
 
-from monai_smia.cli import main
-from monai_smia.apps.evaluate.config import EVALUATOR_CONFIG
 from monai_smia.apps.evaluate.evaluation import evaluation_from_bundle
+from monai_smia.apps.evaluate.wiring import EVALUATOR_CONFIG
+from monai_smia.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from monai_smia.apps.detection.data import DetectionSet
 from monai_smia.apps.detection.engine import detection_record
 from monai_smia.apps.detection.metrics import METRIC_NAMES, DetectionSetMetrics
 from monai_smia.apps.devices import run_device
-from monai_smia.apps.evaluate.config import bundle_configs
+from monai_smia.apps.evaluate.wiring import bundle_configs
 from monai_smia.bundle.files import load_config_files, read_config_file
 from monai_smia.bundle.loading import load_weights
 from monai_smia.io.paths import check_output_outside

@@ -2,7 +2,7 @@
 budget and iteration count, with MONAI metrics side by side.
 
 Each condition (clean, then attack x eps) runs through the bundle's own evaluator config: its
-``train.json`` with its ``evaluate.json`` override merged (:mod:`monai_smia.apps.evaluate.config`;
+``train.json`` with its ``evaluate.json`` override merged (:mod:`monai_smia.apps.evaluate.wiring`;
 a model-zoo bundle gets the same evaluator entries this repository's bundles ship), with ``attack``
 and ``eps`` set. That config's record handler stores every case as it completes, so an interrupted
 run resumes; under ``torchrun`` each rank evaluates its share of the pending cases
@@ -25,15 +25,9 @@ import torch
 
 from monai_smia.apps.attack.cases import GRIDS
 from monai_smia.apps.devices import run_device
-from monai_smia.apps.evaluate.config import (
-    EVALUATOR_CONFIG,
-    EVALUATOR_KEY,
-    SETTINGS,
-    EvaluationCondition,
-    bundle_configs,
-    condition_parser,
-)
+from monai_smia.apps.evaluate.config import EvaluationCondition
 from monai_smia.apps.evaluate.reports import write_evaluation_reports
+from monai_smia.apps.evaluate.wiring import EVALUATOR_CONFIG, EVALUATOR_KEY, SETTINGS, bundle_configs, condition_parser
 from monai_smia.attacks.progress import slice_progress
 from monai_smia.attacks.registry import ATTACKS, DEFAULT_ATTACKS, check_attacks, make_attack
 from monai_smia.bundle.bundle import Bundle, open_bundle

@@ -1,6 +1,6 @@
 """Source-grid attacks inside a robustness evaluation (``monai-smia evaluate --grid source``).
 
-The evaluator config of one condition (:mod:`monai_smia.apps.evaluate.config`) gets three entries
+The evaluator config of one condition (:mod:`monai_smia.apps.evaluate.wiring`) gets three entries
 changed when ``grid == "source"`` (:func:`source_grid_overrides`):
 
 - the dataset's transform :class:`WithSource` keeps the image as the bundle's loading transforms give
