@@ -150,42 +150,13 @@ def compare_paired(
     Raises:
         ValueError: an unknown direction, a negative tolerance, or case ids that do not match.
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}.")
-    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 1:
-        raise ValueError(f"num_resamples must be a positive int, got {num_resamples!r}.")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
+    _check_settings(direction, tolerance, num_resamples, confidence)
     _, va, vb, dropped = paired_differences(a, b, names)
     d = va - vb
-    sign = 1.0 if direction == "greater" else -1.0
-    wins = int((sign * d > tolerance).sum())
-    losses = int((sign * d < -tolerance).sum())
-    lo, hi = percentile_interval(d[bootstrap_indices(d.size, num_resamples, seed)].mean(axis=1), confidence)
-    holds = lo > 0 if direction == "greater" else hi < 0
-    return PairedComparison(
-        a=names[0],
-        b=names[1],
-        metric=metric,
-        direction=direction,
-        num_cases=int(d.size),
-        num_dropped=int(dropped),
-        mean_a=float(va.mean()),
-        mean_b=float(vb.mean()),
-        mean_difference=float(d.mean()),
-        lo=lo,
-        hi=hi,
-        wins=wins,
-        ties=int(d.size) - wins - losses,
-        losses=losses,
-        tolerance=float(tolerance),
-        confidence=float(confidence),
-        num_resamples=num_resamples,
-        seed=seed,
-        verdict=HOLDS if holds else DOES_NOT_HOLD,
-    )
+    interval = percentile_interval(d[bootstrap_indices(d.size, num_resamples, seed)].mean(axis=1), confidence)
+    means = (float(va.mean()), float(vb.mean()), float(d.mean()))
+    settings = (direction, tolerance, num_resamples, confidence, seed)
+    return _comparison(names, metric, d, int(dropped), means, interval, settings)
 
 
 def compare_paired_statistic(
@@ -210,6 +181,21 @@ def compare_paired_statistic(
     Raises:
         ValueError: an unknown direction, a negative tolerance, bad bootstrap settings or no case.
     """
+    _check_settings(direction, tolerance, num_resamples, confidence)
+    if num_cases < 1:
+        raise ValueError(f"{names[0]} vs {names[1]}: no case to compare.")
+    idx = bootstrap_indices(num_cases, num_resamples, seed)
+    boot = np.array([statistic_a(i) - statistic_b(i) for i in idx], dtype=np.float64)
+    interval = percentile_interval(boot, confidence)
+    per_case = np.array([statistic_a([i]) - statistic_b([i]) for i in range(num_cases)], dtype=np.float64)
+    mean_a, mean_b = float(statistic_a(None)), float(statistic_b(None))
+    settings = (direction, tolerance, num_resamples, confidence, seed)
+    means = (mean_a, mean_b, mean_a - mean_b)
+    return _comparison(names, metric, np.nan_to_num(per_case, nan=0.0), 0, means, interval, settings)
+
+
+def _check_settings(direction: str, tolerance: float, num_resamples: int, confidence: float) -> None:
+    """One-line ``ValueError`` for an unknown direction, a negative tolerance or bad bootstrap settings."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
@@ -218,21 +204,29 @@ def compare_paired_statistic(
         raise ValueError(f"num_resamples must be a positive int, got {num_resamples!r}.")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
-    if num_cases < 1:
-        raise ValueError(f"{names[0]} vs {names[1]}: no case to compare.")
+
+
+def _comparison(
+    names: tuple[str, str],
+    metric: str,
+    per_case: np.ndarray,
+    num_dropped: int,
+    means: tuple[float, float, float],
+    interval: tuple[float, float],
+    settings: tuple[str, float, int, float, int],
+) -> PairedComparison:
+    """The :class:`PairedComparison` of per-case differences ``per_case`` (wins / ties / losses beyond the
+    tolerance), ``means`` (a, b, difference) and the bootstrap ``interval``; ``settings`` are (direction,
+    tolerance, num_resamples, confidence, seed)."""
+    direction, tolerance, num_resamples, confidence, seed = settings
     sign = 1.0 if direction == "greater" else -1.0
-    idx = bootstrap_indices(num_cases, num_resamples, seed)
-    boot = np.array([statistic_a(i) - statistic_b(i) for i in idx], dtype=np.float64)
-    lo, hi = percentile_interval(boot, confidence)
-    per_case = np.array([statistic_a([i]) - statistic_b([i]) for i in range(num_cases)], dtype=np.float64)
-    per_case = np.nan_to_num(per_case, nan=0.0)
     wins, losses = int((sign * per_case > tolerance).sum()), int((sign * per_case < -tolerance).sum())
-    mean_a, mean_b = float(statistic_a(None)), float(statistic_b(None))
+    lo, hi = interval
     holds = lo > 0 if direction == "greater" else hi < 0
     return PairedComparison(
-        a=names[0], b=names[1], metric=metric, direction=direction, num_cases=int(num_cases), num_dropped=0,
-        mean_a=mean_a, mean_b=mean_b, mean_difference=mean_a - mean_b, lo=lo, hi=hi,
-        wins=wins, ties=int(num_cases) - wins - losses, losses=losses, tolerance=float(tolerance),
+        a=names[0], b=names[1], metric=metric, direction=direction, num_cases=int(per_case.size),
+        num_dropped=num_dropped, mean_a=means[0], mean_b=means[1], mean_difference=means[2], lo=lo, hi=hi,
+        wins=wins, ties=int(per_case.size) - wins - losses, losses=losses, tolerance=float(tolerance),
         confidence=float(confidence), num_resamples=num_resamples, seed=seed,
         verdict=HOLDS if holds else DOES_NOT_HOLD,
     )  # fmt: skip
