@@ -89,6 +89,11 @@ def _same_eps(a: Any, b: float | None) -> bool:
 RUN_SETTINGS = "settings.json"
 
 
+def all_stored_line(what: str, num_cases: int, output_dir: str | Path) -> str:
+    """What a rerun that finds every case of ``what`` (a condition, an attack) already stored says."""
+    return f"{what}: all {num_cases} cases already stored in {output_dir}; nothing to do."
+
+
 def check_run_settings(output_dir: str | Path, settings: Mapping[str, Any], write: bool = True) -> None:
     """Refuse an ``output_dir`` that holds results of other settings; record ``settings`` there otherwise.
 

@@ -59,6 +59,7 @@ from monai_smia.losses import hard_prediction, prepare_labels
 from monai_smia.metrics import case_success
 from monai_smia.reports import (
     CaseStore,
+    all_stored_line,
     check_run_settings,
     file_sha256,
     provisional_settings,
@@ -181,8 +182,7 @@ class AdversarialWriter:
                     len(cases), len(cases) - len(pending), settings.attack, settings.eps, settings.eps_unit,
                     settings.grid)  # fmt: skip
         if not pending:  # a rerun that finds everything stored says so (as the evaluator does)
-            stored = f"all {len(cases)} cases already stored in {p.output_dir}"
-            print(f"{p.bundle.name} {settings.attack}: {stored}; nothing to do.")
+            print(all_stored_line(f"{p.bundle.name} {settings.attack}", len(cases), p.output_dir))
         if victim is not None and spec is not None:
             show = p.progress and _has_tqdm
             bar = tqdm(pending, desc=f"{p.bundle.name} {settings.attack}", disable=not show) if _has_tqdm else pending

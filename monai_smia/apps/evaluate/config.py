@@ -36,7 +36,7 @@ from monai_smia.io.units import (
     source_intensity_scale,
     warn_whole_range,
 )
-from monai_smia.reports import CaseStore, atomic_write_bytes, check_run_settings, file_sha256
+from monai_smia.reports import CaseStore, all_stored_line, atomic_write_bytes, check_run_settings, file_sha256
 from monai_smia.transforms.differentiable import split_preprocessing
 
 __all__ = ["CaseErrorNamer", "EvaluationCondition", "EvaluationSettings", "EvaluationStore"]
@@ -231,9 +231,7 @@ class EvaluationCondition:
         done = set(self.store.pending(self.attack, self.eps, [it["case_id"] for it in self.items]))
         self._barrier()
         if not done and self.rank == 0:  # a rerun that finds everything stored says so instead of exiting silently
-            print(
-                f"{self.description}: all {len(self.items)} cases already stored in {self.output_dir}; nothing to do."
-            )
+            print(all_stored_line(self.description, len(self.items), self.output_dir))
         return [it for it in self.items if it["case_id"] in done]
 
     def _barrier(self) -> None:
