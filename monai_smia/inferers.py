@@ -86,6 +86,15 @@ class AttackingInferer(Inferer):
         return [] if self.last_output is None else self.last_output.record_extras
 
 
+def _checked_grad_batch_size(grad_batch_size: int | None) -> int | None:
+    """``grad_batch_size``, or a one-line ``ValueError`` unless it is an integer >= 1 or ``None``."""
+    if grad_batch_size is not None and (
+        isinstance(grad_batch_size, bool) or not isinstance(grad_batch_size, int) or grad_batch_size < 1
+    ):
+        raise ValueError(f"grad_batch_size must be an integer >= 1 or None, got {grad_batch_size!r}.")
+    return grad_batch_size
+
+
 class InfererNetwork(torch.nn.Module):
     """``inferer(x, network)`` as a module, so an attack sees the network the way the inferer runs it
     (e.g. sliding windows with blending); MONAI's inferers let gradients reach the input.
@@ -104,12 +113,7 @@ class InfererNetwork(torch.nn.Module):
         self.inferer = inferer
         self.network = network
         self.windowwise = bool(windowwise)
-        if grad_batch_size is not None and (
-            isinstance(grad_batch_size, bool) or not isinstance(grad_batch_size, int) or grad_batch_size < 1
-        ):
-            raise ValueError(f"grad_batch_size must be an integer >= 1 or None, got {grad_batch_size!r}.")
-        self.grad_batch_size = grad_batch_size
-        self.grad_batch_size = grad_batch_size
+        self.grad_batch_size = _checked_grad_batch_size(grad_batch_size)
 
     def forward(self, x: torch.Tensor) -> Any:
         if self.windowwise and windowwise_applies(self.inferer, self.network, x):
@@ -192,11 +196,7 @@ class AttackInferer(AttackingInferer):
         self.compute_success = compute_success
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.windowwise = bool(windowwise)
-        if grad_batch_size is not None and (
-            isinstance(grad_batch_size, bool) or not isinstance(grad_batch_size, int) or grad_batch_size < 1
-        ):
-            raise ValueError(f"grad_batch_size must be an integer >= 1 or None, got {grad_batch_size!r}.")
-        self.grad_batch_size = grad_batch_size
+        self.grad_batch_size = _checked_grad_batch_size(grad_batch_size)
         self._bound: dict[tuple[int, int], Attack] = {}
         self.last_output: AttackOutput | None = None
 

@@ -279,3 +279,15 @@ def test_host_out_of_memory_in_the_forward_pass_is_not_called_a_blending_error()
     x = torch.rand(1, 1, 32, 32, 32, requires_grad=True)
     with pytest.raises(RuntimeError, match="can't allocate memory"):
         windowwise_sliding_window(x, SlidingWindowInferer((16, 16, 16)), Starved())
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "4"])
+def test_grad_batch_size_is_refused_unless_a_positive_integer(bad):
+    """Both places that take ``grad_batch_size`` refuse the same values with the same one-line message."""
+    net = torch.nn.Conv3d(1, 2, 1)
+    inferer = SlidingWindowInferer(roi_size=(4, 4, 4), sw_batch_size=2)
+    with pytest.raises(ValueError, match="grad_batch_size must be an integer >= 1 or None"):
+        AttackInferer(PGD(net, eps=0.1), inferer, grad_batch_size=bad)
+    with pytest.raises(ValueError, match="grad_batch_size must be an integer >= 1 or None"):
+        InfererNetwork(inferer, net, grad_batch_size=bad)
+    assert AttackInferer(PGD(net, eps=0.1), inferer, grad_batch_size=3).grad_batch_size == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 __all__ = ["run_device"]
@@ -10,8 +12,6 @@ __all__ = ["run_device"]
 def run_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a ``torch.device``; ``None``: CUDA when available (``cuda:LOCAL_RANK`` under torchrun),
     else the CPU."""
-    import os
-
     if device is not None:
         return torch.device(device)
     if not torch.cuda.is_available():
